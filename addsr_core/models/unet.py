@@ -1,0 +1,81 @@
+"""The AddSR/SeeSR UNet: SD2's UNet plus a cross-attention to RAM image tokens in every attention layer."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import UNetConfig
+from .layers import TimestepEmbedding, broadcast_timesteps, timestep_embedding
+from .unet_blocks import MidBlock, build_down_blocks, build_up_blocks
+
+
+class UNet2DConditionModel(nn.Module):
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        self.config = config
+        c0 = config.block_out_channels[0]
+        self.time_embedding = TimestepEmbedding(c0, config.time_embed_dim)
+        self.conv_in = nn.Conv2d(config.in_channels, c0, 3, padding=1)
+        self.down_blocks = build_down_blocks(config)
+        self.mid_block = MidBlock(config, config.block_out_channels[-1], config.attention_heads[-1])
+        self.up_blocks = build_up_blocks(config)
+        self.conv_norm_out = nn.GroupNorm(config.norm_num_groups, c0, eps=config.norm_eps)
+        self.conv_out = nn.Conv2d(c0, config.out_channels, 3, padding=1)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.conv_in.weight.dtype
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        for block in [*self.down_blocks, self.mid_block, *self.up_blocks]:
+            block.gradient_checkpointing = enabled
+
+    def time_embed(self, timestep, batch: int, device, dtype) -> torch.Tensor:
+        t = broadcast_timesteps(timestep, batch, device)
+        emb = timestep_embedding(t, self.config.block_out_channels[0], self.config.flip_sin_to_cos, self.config.freq_shift)
+        return self.time_embedding(emb.to(dtype))
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep,
+        encoder_hidden_states: torch.Tensor,
+        image_encoder_hidden_states: torch.Tensor | None = None,
+        down_block_additional_residuals: Sequence[torch.Tensor] | None = None,
+        mid_block_additional_residual: torch.Tensor | None = None,
+        struct_cond: dict | None = None,
+    ) -> torch.Tensor:
+        """Predict the noise (or v) for ``sample`` at ``timestep``.
+
+        ``down_block_additional_residuals`` are the ControlNet's residuals in forward order
+        (conv_in output, then each layer and downsampler); they are added to the skips.
+        """
+        if self.config.use_image_cross_attention and image_encoder_hidden_states is None:
+            raise ValueError("this UNet has image cross-attention: pass image_encoder_hidden_states (RAM tokens)")
+        temb = self.time_embed(timestep, sample.shape[0], sample.device, sample.dtype)
+        ctx, img_ctx = encoder_hidden_states, image_encoder_hidden_states
+
+        h = self.conv_in(sample)
+        skips = [h]
+        for block in self.down_blocks:
+            h, states = block(h, temb, ctx, img_ctx, struct_cond)
+            skips.extend(states)
+        if down_block_additional_residuals is not None:
+            if len(down_block_additional_residuals) != len(skips):
+                raise ValueError(f"expected {len(skips)} ControlNet residuals, got {len(down_block_additional_residuals)}")
+            skips = [s + r for s, r in zip(skips, down_block_additional_residuals)]
+
+        h = self.mid_block(h, temb, ctx, img_ctx, struct_cond)
+        if mid_block_additional_residual is not None:
+            h = h + mid_block_additional_residual
+
+        for block in self.up_blocks:
+            n = len(block.resnets)
+            block_skips, skips = skips[-n:], skips[:-n]
+            upsample_size = skips[-1].shape[-2:] if skips else None
+            h = block(h, block_skips, temb, ctx, img_ctx, struct_cond, upsample_size)
+
+        return self.conv_out(F.silu(self.conv_norm_out(h)))

@@ -1,0 +1,145 @@
+"""The SD2 VAE (diffusers AutoencoderKL layout), with encoder and decoder usable separately."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import VAEConfig
+from .layers import Downsample2D, ResnetBlock2D, SpatialSelfAttention, Upsample2D
+
+VAE_EPS = 1e-6
+
+
+def _resnets(cfg: VAEConfig, cin: int, cout: int, n: int) -> nn.ModuleList:
+    return nn.ModuleList(
+        [ResnetBlock2D(cin if i == 0 else cout, cout, None, cfg.norm_num_groups, VAE_EPS) for i in range(n)]
+    )
+
+
+class VAEMidBlock(nn.Module):
+    def __init__(self, cfg: VAEConfig, channels: int):
+        super().__init__()
+        self.resnets = _resnets(cfg, channels, channels, 2)
+        self.attentions = nn.ModuleList([SpatialSelfAttention(channels, cfg.norm_num_groups, VAE_EPS)])
+
+    def forward(self, h):
+        h = self.resnets[0](h)
+        h = self.attentions[0](h)
+        return self.resnets[1](h)
+
+
+class DownEncoderBlock(nn.Module):
+    def __init__(self, cfg: VAEConfig, cin: int, cout: int, add_downsample: bool):
+        super().__init__()
+        self.resnets = _resnets(cfg, cin, cout, cfg.layers_per_block)
+        self.downsamplers = nn.ModuleList([Downsample2D(cout, padding=0)]) if add_downsample else None
+
+    def forward(self, h):
+        for resnet in self.resnets:
+            h = resnet(h)
+        if self.downsamplers is not None:
+            h = self.downsamplers[0](h)
+        return h
+
+
+class UpDecoderBlock(nn.Module):
+    def __init__(self, cfg: VAEConfig, cin: int, cout: int, add_upsample: bool):
+        super().__init__()
+        self.resnets = _resnets(cfg, cin, cout, cfg.layers_per_block + 1)
+        self.upsamplers = nn.ModuleList([Upsample2D(cout)]) if add_upsample else None
+
+    def forward(self, h):
+        for resnet in self.resnets:
+            h = resnet(h)
+        if self.upsamplers is not None:
+            h = self.upsamplers[0](h)
+        return h
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        ch = cfg.block_out_channels
+        self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
+        self.down_blocks = nn.ModuleList(
+            [DownEncoderBlock(cfg, ch[max(i - 1, 0)], ch[i], i < len(ch) - 1) for i in range(len(ch))]
+        )
+        self.mid_block = VAEMidBlock(cfg, ch[-1])
+        self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, ch[-1], eps=VAE_EPS)
+        self.conv_act = nn.SiLU()
+        self.conv_out = nn.Conv2d(ch[-1], 2 * cfg.latent_channels, 3, padding=1)
+
+    def forward(self, x):
+        h = self.conv_in(x)
+        for block in self.down_blocks:
+            h = block(h)
+        h = self.mid_block(h)
+        return self.conv_out(self.conv_act(self.conv_norm_out(h)))
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        rev = list(reversed(cfg.block_out_channels))
+        self.conv_in = nn.Conv2d(cfg.latent_channels, rev[0], 3, padding=1)
+        self.mid_block = VAEMidBlock(cfg, rev[0])
+        self.up_blocks = nn.ModuleList(
+            [UpDecoderBlock(cfg, rev[max(i - 1, 0)], rev[i], i < len(rev) - 1) for i in range(len(rev))]
+        )
+        self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, rev[-1], eps=VAE_EPS)
+        self.conv_act = nn.SiLU()
+        self.conv_out = nn.Conv2d(rev[-1], cfg.out_channels, 3, padding=1)
+
+    def forward(self, z):
+        h = self.conv_in(z)
+        h = self.mid_block(h)
+        for block in self.up_blocks:
+            h = block(h)
+        return self.conv_out(self.conv_act(self.conv_norm_out(h)))
+
+
+class AutoencoderKL(nn.Module):
+    """Images in [-1,1] <-> UNSCALED latents. Multiply by ``scaling_factor`` for the diffusion model."""
+
+    def __init__(self, config: VAEConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+        self.quant_conv = nn.Conv2d(2 * config.latent_channels, 2 * config.latent_channels, 1)
+        self.post_quant_conv = nn.Conv2d(config.latent_channels, config.latent_channels, 1)
+
+    @property
+    def scaling_factor(self) -> float:
+        return self.config.scaling_factor
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.decoder.conv_in.weight.dtype
+
+    def encode_moments(self, image: torch.Tensor) -> torch.Tensor:
+        """[B,3,H,W] in [-1,1] -> [B, 2*latent, H/8, W/8] = cat(mean, raw logvar)."""
+        return self.quant_conv(self.encoder(image))
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """Unscaled latent -> raw decoder output (roughly [-1,1], not clamped)."""
+        return self.decoder(self.post_quant_conv(latent))
+
+    def forward(self, image):
+        mean, _ = split_moments(self.encode_moments(image))
+        return self.decode(mean)
+
+
+def split_moments(moments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, logvar) with logvar clamped to [-30, 20] as diffusers' DiagonalGaussianDistribution does."""
+    mean, logvar = moments.chunk(2, dim=1)
+    return mean, logvar.clamp(-30.0, 20.0)
+
+
+def sample_posterior(moments: torch.Tensor, noise: torch.Tensor | None = None, generator=None) -> torch.Tensor:
+    """mean + std * eps; pass ``noise`` to replay a recorded draw."""
+    mean, logvar = split_moments(moments)
+    if noise is None:
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    return mean + torch.exp(0.5 * logvar) * noise
