@@ -1,0 +1,1 @@
+"""Schedules, the few-step refining sampler, and latent tiling."""
