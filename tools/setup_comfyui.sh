@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Make a ComfyUI checkout runnable for our tests on a CPU machine, without touching the installed torch.
+#
+#   tools/setup_comfyui.sh /path/to/ComfyUI [--smoke]
+#   COMFYUI_PATH=/path/to/ComfyUI python -m pytest tests/test_comfyui_host.py tests/test_workflows.py
+#
+# Safe to run again: pip skips what is already satisfied.
+#  - Installs ComfyUI's requirements.txt except torch, torchvision, torchaudio and spandrel, with the
+#    installed torch pinned as a constraint, so pip can never swap it for another build.
+#  - torchvision: PyPI has no CPU build. Its Linux wheel links libtorch_cuda, so with a CPU torch
+#    even `import torchvision` fails ("operator torchvision::nms does not exist"), yet ComfyUI imports
+#    it at startup (comfy/sd.py -> comfy/ldm/cascade/stage_c_coder.py). tests/comfy_host then puts
+#    the import-only stub tools/comfy_stubs on the server's PYTHONPATH; nothing is installed.
+#  - torchaudio is optional for ComfyUI: without it only the audio nodes fail to import (logged).
+#  - spandrel needs torchvision (and would pull a CUDA torch); without it only the upscale-model
+#    nodes (UpscaleModelLoader, ImageUpscaleWithModel) are missing.
+# --smoke starts the server on a free 127.0.0.1 port with this pack linked in a temp folder and
+# checks that /object_info lists the pack's nodes.
+set -euo pipefail
+
+usage() { echo "usage: $0 /path/to/ComfyUI [--smoke]" >&2; exit 2; }
+[ $# -ge 1 ] || usage
+COMFYUI_PATH=$(cd "$1" && pwd) || usage
+SMOKE=${2:-}
+[ -z "$SMOKE" ] || [ "$SMOKE" = "--smoke" ] || usage
+PY=${COMFYUI_PYTHON:-python3}
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(dirname "$HERE")
+
+for f in main.py requirements.txt comfy/cli_args.py; do
+    [ -f "$COMFYUI_PATH/$f" ] || { echo "$COMFYUI_PATH is not a ComfyUI checkout (no $f)" >&2; exit 1; }
+done
+
+TORCH_VERSION=$("$PY" -c "import torch; print(torch.__version__)" 2>/dev/null) || {
+    echo "torch is not installed in $PY; install it first (CPU: pip install torch==2.13.0)" >&2; exit 1; }
+
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+echo "torch==${TORCH_VERSION%%+*}" > "$WORK/constraints.txt"   # 2.13.0 also matches the local 2.13.0+cpu
+grep -v -i -E '^[[:space:]]*(torch|torchvision|torchaudio|spandrel)[[:space:]]*([<>=!~;].*)?$' \
+    "$COMFYUI_PATH/requirements.txt" > "$WORK/requirements.txt"
+
+echo "Installing ComfyUI requirements (keeping torch $TORCH_VERSION)..."
+"$PY" -m pip install --quiet --disable-pip-version-check -r "$WORK/requirements.txt" -c "$WORK/constraints.txt"
+
+AFTER=$("$PY" -c "import torch; print(torch.__version__)")
+[ "$AFTER" = "$TORCH_VERSION" ] || { echo "torch changed from $TORCH_VERSION to $AFTER" >&2; exit 1; }
+
+if "$PY" -c "import torchvision" >/dev/null 2>&1; then
+    echo "torchvision: importable, used as is"
+else
+    echo "torchvision: not importable; the test harness adds the stub $REPO/tools/comfy_stubs"
+    echo "  to start ComfyUI by hand: PYTHONPATH=$REPO/tools/comfy_stubs $PY main.py --cpu --listen 127.0.0.1 --port 8188 --disable-auto-launch"
+fi
+"$PY" -c "import torchaudio" >/dev/null 2>&1 && echo "torchaudio: importable" \
+    || echo "torchaudio: missing (only ComfyUI's audio nodes are unavailable)"
+
+if [ "$SMOKE" = "--smoke" ]; then
+    COMFYUI_PYTHON="$PY" "$PY" - "$COMFYUI_PATH" "$REPO" <<'EOF'
+import sys, tempfile
+comfyui, repo = sys.argv[1], sys.argv[2]
+sys.path[:0] = [repo + "/tests"]
+from comfy_host.server import ComfyServer
+from comfy_host.pack import load_pack
+
+ours = set(load_pack().NODE_CLASS_MAPPINGS)
+with tempfile.TemporaryDirectory(prefix="addsr-comfyui-smoke-") as root, ComfyServer(comfyui, root) as server:
+    info = server.client.object_info()
+    missing = sorted(ours - set(info))
+    print(f"ComfyUI answered on 127.0.0.1:{server.port}: {len(info)} node types, "
+          f"{len(ours) - len(missing)}/{len(ours)} AddSR nodes")
+    if missing or not ours:
+        print("missing AddSR nodes:", missing, "\n" + server.log_tail(), file=sys.stderr)
+        sys.exit(1)
+EOF
+fi
+echo "Done. Run: COMFYUI_PATH=$COMFYUI_PATH $PY -m pytest tests/test_comfyui_host.py tests/test_workflows.py -q"
