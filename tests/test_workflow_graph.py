@@ -100,7 +100,20 @@ class Unused:
         raise AssertionError("nodes no output node needs must not run")
 
 
-NODES = {"MakeNumbers": MakeNumbers, "Scale": Scale, "Pick": Pick, "Collect": Collect, "Unused": Unused}
+class SeedSource:
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "run"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("INT", {"default": 7})}}
+
+    def run(self, value):
+        return (value,)
+
+
+NODES = {"MakeNumbers": MakeNumbers, "Scale": Scale, "Pick": Pick, "Collect": Collect, "Unused": Unused,
+         "SeedSource": SeedSource}
 
 
 def build():
@@ -217,6 +230,23 @@ def test_ui_to_api_prompt_maps_widgets_and_links():
     assert prompt["3"]["inputs"] == {"numbers": ["2", 0], "label": ["2", 1]}
     assert prompt["3"]["_meta"]["title"] == "Result"
     assert validate_api_prompt(prompt, NODES) == []
+
+
+def test_linked_widget_takes_the_link():
+    b = UIWorkflowBuilder(NODES)
+    make = b.add("MakeNumbers", count=1, seed=0, start=0.0)
+    source = b.add("SeedSource", value=5)
+    collect = b.add("Collect")
+    scale = b.add("Scale")
+    b.connect(source, 0, make, "seed")  # a widget input driven by a link, as the frontend allows
+    b.connect(make, 0, scale, "numbers")
+    b.connect(scale, 0, collect, "numbers")
+    b.connect(scale, 1, collect, "label")
+    wf = b.build()
+    assert check_workflow(wf, NODES) == []
+    prompt = ui_to_api_prompt(wf, NODES)
+    assert prompt["1"]["inputs"] == {"count": 1, "seed": ["2", 0], "start": 0.0}
+    assert execute_api_prompt(prompt, NODES).outputs["1"] == ([5.0],)
 
 
 def test_bypassed_and_muted_nodes():

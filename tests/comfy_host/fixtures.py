@@ -33,7 +33,11 @@ def _acquire() -> ComfyServer:
                              start_timeout=float(os.environ.get("COMFYUI_START_TIMEOUT", "180")))
         _shared.update(server=server, root=root)
         atexit.register(_shutdown)
-        server.start()
+        try:
+            server.start()
+        except BaseException:
+            _shutdown()  # the next user tries afresh instead of getting a dead server
+            raise
     _shared["users"] += 1
     return _shared["server"]
 
