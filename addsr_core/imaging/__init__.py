@@ -1,0 +1,1 @@
+"""Image utilities: input normalisation, the official condition-image preparation, colour fix, tiled VAE."""

@@ -1,0 +1,91 @@
+"""Latent tiling against the official tiled branch (reference README §10)."""
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import PARITY, assert_matches
+from addsr_core.sampling.tiling import aggregate_tiles, effective_tile, gaussian_weights, tile_count, tile_origins
+
+
+@pytest.fixture(scope="module")
+def expected():
+    return load_file(PARITY / "tiling" / "expected.safetensors")
+
+
+@pytest.mark.parametrize("w,h", [(64, 64), (40, 24)])
+def test_gaussian_weights_match_official(expected, w, h):
+    ref = expected[f"gaussian_weights_w{w}_h{h}"]
+    ours = gaussian_weights(w, h)
+    assert ours.dtype == torch.float64 and ours.shape == (h, w)
+    assert torch.equal(ref, ref[:1, :1].expand_as(ref))  # every channel is the same tile
+    assert torch.equal(ours, ref[0, 0])  # bit-identical
+
+
+def test_weights_used_by_the_official_stitch(expected):
+    assert torch.equal(gaussian_weights(64, 64), expected["gaussian_weights_w64_h64_used"][0, 0])
+
+
+def test_gaussian_weights_are_asymmetric_in_y():
+    g = gaussian_weights(8, 8)
+    assert torch.allclose(g, g.flip(1))  # x centred at (W-1)/2
+    assert not torch.allclose(g, g.flip(0))  # y centred at H/2
+    assert g[4, 3] == g[:, 3].max()
+
+
+def test_tile_origins_official_order(expected):
+    origins = tile_origins(100, 140, 64, 8)
+    assert origins == [(0, 0), (36, 0), (0, 56), (36, 56), (0, 76), (36, 76)]
+    assert origins == [tuple(o) for o in expected["tile_origins_yx"].tolist()]
+    assert tile_count(100, 140, 64, 8) == 6
+
+
+def test_tile_geometry_edge_cases():
+    assert tile_origins(64, 64, 64, 8) == [(0, 0)]
+    assert tile_origins(50, 100, 64, 8) == [(0, 0), (0, 42), (0, 50)]  # official square clamp to 50
+    assert tile_origins(50, 100, (64, 64), 8) == [(0, 0), (0, 36)]  # per-axis clamp for an explicit (h, w) tile
+    assert tile_origins(120, 120, 64, 8) == [(0, 0), (56, 0), (0, 56), (56, 56)]  # exactly two tiles per axis
+    assert effective_tile(40, 300, 64, 48) == (40, 40, 20, 20)  # overlap >= clamped tile: halved, no endless loop
+    assert tile_count(300, 40, (96, 32), (16, 0)) == 4 * 2
+    for h, w, t, o in [(37, 91, 16, 3), (200, 33, 48, 12), (9, 9, 4, 1)]:
+        th, tw, _, _ = effective_tile(h, w, t, o)
+        covered = torch.zeros(h, w, dtype=torch.bool)
+        for y0, x0 in tile_origins(h, w, t, o):
+            assert 0 <= y0 <= h - th and 0 <= x0 <= w - tw
+            covered[y0 : y0 + th, x0 : x0 + tw] = True
+        assert covered.all()
+    with pytest.raises(ValueError, match="overlap"):
+        tile_origins(100, 100, 64, -1)
+    with pytest.raises(ValueError, match="non-empty"):
+        tile_count(0, 10, 8, 2)
+
+
+def test_stitch_matches_official(expected):
+    preds = [expected[f"tile_pred.{i}"] for i in range(6)]
+    origins = tile_origins(100, 140, 64, 8)
+    calls = []
+
+    def fn(y0, x0, th, tw):
+        calls.append((y0, x0, th, tw))
+        return preds[len(calls) - 1]
+
+    ticks = []
+    out = aggregate_tiles(fn, (100, 140), 64, 8, on_tile=lambda: ticks.append(1))
+    assert calls == [(y, x, 64, 64) for y, x in origins]
+    assert len(ticks) == 6
+    assert out.dtype == torch.float32
+    assert_matches(out, expected["stitched_noise_pred"], name="stitched_noise_pred")
+    assert torch.equal(out, expected["stitched_noise_pred"])  # same accumulation order and precision
+
+
+def test_one_tile_returns_fn_output_exactly():
+    pred = torch.randn(2, 4, 30, 50, generator=torch.Generator().manual_seed(0))
+    out = aggregate_tiles(lambda y0, x0, th, tw: pred, (30, 50), (32, 64), 8)
+    assert out is pred
+
+
+def test_stitch_of_a_global_field_is_exact_and_nonsquare():
+    field = torch.randn(1, 4, 45, 70, generator=torch.Generator().manual_seed(1))
+    out = aggregate_tiles(lambda y0, x0, th, tw: field[..., y0 : y0 + th, x0 : x0 + tw], (45, 70), (24, 32), (6, 10))
+    assert torch.allclose(out, field, atol=1e-6)
+    with pytest.raises(ValueError, match=r"must return \[B,C,24,32\]"):
+        aggregate_tiles(lambda y0, x0, th, tw: field[..., :3, :3], (45, 70), (24, 32), 4)
