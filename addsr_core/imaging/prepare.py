@@ -1,0 +1,325 @@
+"""Input normalisation and the official image preparation of ``test_addsr.py``.
+
+Library convention: RGB float32 [B,3,H,W] in [0,1], with alpha split off as [B,1,H,W].
+
+``to_rgb_float`` accepts what artists have: PIL images in any common mode, numpy arrays
+(HW / HWC / BHWC, channels last as PIL gives them) and torch tensors (HW / CHW / BCHW, channels
+first; pass ``channels_last=True`` for ComfyUI's BHWC). Grayscale becomes RGB, an alpha channel
+is split off (AddSR only sees RGB; the alpha is upscaled separately with plain bicubic and
+reattached at the end), 8-bit, 16-bit and float inputs all become float [0,1].
+
+Two resize paths:
+
+- **PIL** (``method="pil"``): the official one, bit-exact. It works on 8-bit images, as the
+  official script does, so non-8-bit inputs are rounded to 8 bits first.
+- **torch** (``method="torch"``, and ``resize_to``): ``F.interpolate`` bicubic with antialias,
+  which uses PIL's kernel (a=-0.5) and support. In float it matches PIL's float resize to ~1e-7,
+  but PIL's 8-bit resize rounds and clips to 8 bits between its horizontal and vertical passes,
+  so against 8-bit PIL results it differs by a few levels near strong edges. It keeps full
+  precision, runs on any device and resizes once where the official chain resizes up to three
+  times.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+# --- Normalisation ----------------------------------------------------------------------------------
+
+_PIL_TO_RGB_MODES = {"CMYK", "YCbCr", "LAB", "HSV", "RGBX", "P"}
+
+
+@dataclass
+class LoadedImage:
+    """An image split into RGB [B,3,H,W] and optional alpha [B,1,H,W], both float32 in [0,1]."""
+
+    rgb: torch.Tensor
+    alpha: Optional[torch.Tensor] = None
+    source_bits: int = 8  # 8, 16 or 32 (float): what the input carried
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width)."""
+        return tuple(self.rgb.shape[-2:])
+
+    def upscaled_alpha(self, size_hw: Sequence[int]) -> Optional[torch.Tensor]:
+        """The alpha resized to ``size_hw`` with plain bicubic, clamped to [0,1]; None without alpha."""
+        if self.alpha is None:
+            return None
+        return resize_to(self.alpha, size_hw).clamp(0.0, 1.0)
+
+    def reattach_alpha(self, rgb_out: torch.Tensor) -> torch.Tensor:
+        """[B,3,H',W'] -> [B,4,H',W'] with this image's alpha resized to match (unchanged without alpha)."""
+        alpha = self.upscaled_alpha(rgb_out.shape[-2:])
+        if alpha is None:
+            return rgb_out
+        return torch.cat([rgb_out, alpha.to(rgb_out.device, rgb_out.dtype)], dim=1)
+
+
+def _pil_to_array(image: Image.Image) -> np.ndarray:
+    mode = image.mode
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif mode == "PA":
+        image = image.convert("RGBA")
+    elif mode in _PIL_TO_RGB_MODES:
+        image = image.convert("RGB")
+    elif mode == "1":
+        image = image.convert("L")
+    elif mode == "RGBa":
+        image = image.convert("RGBA")
+    elif mode == "La":
+        image = image.convert("LA")
+    return np.asarray(image)
+
+
+def _integer_scale(arr: np.ndarray) -> tuple[float, int]:
+    if arr.dtype == np.uint8:
+        return 255.0, 8
+    if arr.dtype == np.uint16:
+        return 65535.0, 16
+    # PIL's "I" mode (32-bit ints) is how 16-bit PNGs often arrive.
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0 or hi > 65535:
+        raise ValueError(f"integer image values span [{lo}, {hi}]; expected 8-bit (0..255) or 16-bit (0..65535) data")
+    return 65535.0, 16
+
+
+def _array_to_float(arr: np.ndarray) -> tuple[torch.Tensor, int]:
+    if arr.dtype == np.bool_:
+        return torch.from_numpy(arr.astype(np.float32)), 8
+    if np.issubdtype(arr.dtype, np.integer):
+        scale, bits = _integer_scale(arr)
+        return torch.from_numpy(arr.astype(np.float32) / np.float32(scale)), bits
+    if np.issubdtype(arr.dtype, np.floating):
+        return torch.from_numpy(np.array(arr, dtype=np.float32)), 32  # a copy: PIL arrays are read-only
+    raise ValueError(f"unsupported image dtype {arr.dtype}; use uint8, uint16 or float data")
+
+
+def _tensor_to_float(t: torch.Tensor) -> tuple[torch.Tensor, int]:
+    if t.dtype == torch.bool:
+        return t.float(), 8
+    if t.dtype == torch.uint8:
+        return t.float() / 255.0, 8
+    if t.is_floating_point():
+        return t.float(), 32
+    if t.dtype in (torch.int16, torch.int32, torch.int64) or t.dtype == getattr(torch, "uint16", None):
+        return _array_to_float(t.detach().cpu().numpy())
+    raise ValueError(f"unsupported image dtype {t.dtype}; use uint8, uint16 or float data")
+
+
+def to_rgb_float(image, *, channels_last: Optional[bool] = None) -> LoadedImage:
+    """Normalise a PIL image, numpy array or tensor to float32 RGB [B,3,H,W] + alpha in [0,1].
+
+    ``channels_last`` defaults to True for numpy arrays (HWC) and False for tensors (CHW).
+    Float inputs are clamped to [0,1]; NaN/inf, empty images and channel counts other than
+    1 (gray), 2 (gray+alpha), 3 (RGB) or 4 (RGBA) are errors.
+    """
+    if isinstance(image, Image.Image):
+        if image.width == 0 or image.height == 0:
+            raise ValueError(f"image is empty ({image.width}x{image.height})")
+        image = _pil_to_array(image)
+    if isinstance(image, np.ndarray):
+        if image.size == 0:
+            raise ValueError(f"image is empty (shape {image.shape})")
+        data, bits = _array_to_float(image)
+        channels_last = True if channels_last is None else channels_last
+    elif torch.is_tensor(image):
+        if image.numel() == 0:
+            raise ValueError(f"image is empty (shape {tuple(image.shape)})")
+        data, bits = _tensor_to_float(image)
+        channels_last = False if channels_last is None else channels_last
+    else:
+        raise ValueError(f"unsupported image type {type(image).__name__}; pass a PIL image, numpy array or torch tensor")
+
+    if data.ndim == 2:
+        data = data[None, None]
+    elif data.ndim == 3:
+        data = data.permute(2, 0, 1)[None] if channels_last else data[None]
+    elif data.ndim == 4:
+        data = data.permute(0, 3, 1, 2) if channels_last else data
+    else:
+        raise ValueError(f"image must have 2 to 4 dimensions, got shape {tuple(data.shape)}")
+    b, c, h, w = data.shape
+    if min(b, c, h, w) == 0:
+        raise ValueError(f"image is empty ({w}x{h}, batch {b})")
+    if c not in (1, 2, 3, 4):
+        layout = "channels last" if channels_last else "channels first"
+        raise ValueError(
+            f"image has {c} channels (read {layout}); expected 1 (gray), 2 (gray+alpha), 3 (RGB) or 4 (RGBA)"
+        )
+    if not torch.isfinite(data).all():
+        raise ValueError("image contains NaN or infinite values")
+    data = data.clamp(0.0, 1.0)
+    color = data[:, : 1 if c <= 2 else 3]
+    rgb = color.expand(-1, 3, -1, -1) if color.shape[1] == 1 else color
+    alpha = data[:, c - 1 : c] if c in (2, 4) else None
+    return LoadedImage(rgb.contiguous(), None if alpha is None else alpha.contiguous(), bits)
+
+
+def load_image(path: Union[str, Path]) -> LoadedImage:
+    """Read an image file (EXIF orientation applied) into ``LoadedImage``."""
+    from PIL import ImageOps
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+    except OSError as err:
+        raise ValueError(f"cannot read image {path}: {err}") from None
+    return to_rgb_float(im)
+
+
+def save_image(image: torch.Tensor, path: Union[str, Path], alpha: Optional[torch.Tensor] = None) -> None:
+    """Write one [1,3,H,W] / [3,H,W] image in [0,1] (rounded to 8 bits), with optional alpha, as PIL infers from the suffix."""
+    if image.ndim == 4:
+        if image.shape[0] != 1:
+            raise ValueError(f"save_image writes one image; got a batch of {image.shape[0]}")
+        image = image[0]
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"save_image expects [3,H,W] RGB, got {tuple(image.shape)}")
+    planes = [image]
+    if alpha is not None:
+        alpha = alpha.reshape(1, *alpha.shape[-2:])
+        if alpha.shape[-2:] != image.shape[-2:]:
+            raise ValueError(f"alpha {tuple(alpha.shape[-2:])} and image {tuple(image.shape[-2:])} differ in size")
+        planes.append(alpha.to(image.device, image.dtype))
+    arr = to_uint8_round(torch.cat(planes)).numpy()
+    Image.fromarray(arr, "RGBA" if alpha is not None else "RGB").save(path)
+
+
+def to_uint8_round(x: torch.Tensor) -> torch.Tensor:
+    """[C,H,W] or [B,C,H,W] float in [0,1] -> HWC / BHWC uint8, rounded (the pipeline's own PIL output)."""
+    out = x.detach().float().clamp(0.0, 1.0).mul(255).round().to(torch.uint8).cpu()
+    return out.permute(0, 2, 3, 1) if out.ndim == 4 else out.permute(1, 2, 0)
+
+
+# --- Resizing ---------------------------------------------------------------------------------------
+
+
+def _check_size(size_hw: Sequence[int]) -> tuple[int, int]:
+    h, w = (int(v) for v in size_hw)
+    if h < 1 or w < 1:
+        raise ValueError(f"target size must be positive, got {h}x{w}")
+    return h, w
+
+
+def resize_to(images: torch.Tensor, size_hw: Sequence[int]) -> torch.Tensor:
+    """Torch-only PIL-like bicubic (a=-0.5, antialiased) resize of [B,C,H,W] to (h, w); not clamped."""
+    h, w = _check_size(size_hw)
+    if tuple(images.shape[-2:]) == (h, w):
+        return images
+    x = images.float()
+    try:
+        out = F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False, antialias=True)
+    except (RuntimeError, NotImplementedError):  # backends without antialiased bicubic (e.g. some MPS builds)
+        out = F.interpolate(x.cpu(), size=(h, w), mode="bicubic", align_corners=False, antialias=True).to(x.device)
+    return out.to(images.dtype)
+
+
+def resize_pil(images: torch.Tensor, size_hw: Sequence[int], rounding: str = "round") -> torch.Tensor:
+    """PIL bicubic on 8-bit images, as the official script resizes: [B,3,H,W] in [0,1] -> float [0,1].
+
+    The input is made 8-bit first: ``rounding="round"`` (exact for images from 8-bit files) or
+    ``"truncate"`` (what the official colour fix hands to its final resize).
+    """
+    h, w = _check_size(size_hw)
+    if rounding == "truncate":
+        arrays = images.detach().float().clamp(0, 1).mul(255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    elif rounding == "round":
+        arrays = to_uint8_round(images).numpy()
+    else:
+        raise ValueError(f"rounding must be 'round' or 'truncate', got {rounding!r}")
+    out = [np.asarray(Image.fromarray(a, "RGB").resize((w, h), Image.BICUBIC)) for a in arrays]
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float().div(255).to(images.device)
+
+
+# --- The official preparation (test_addsr.py) -----------------------------------------------------
+
+
+def condition_sizes(lr_hw: Sequence[int], scale: int = 4, process_size: int = 512) -> list[tuple[int, int]]:
+    """The (h, w) after each official resize step, ending with the condition image's size.
+
+    1. if a side is below ``process_size // scale``: short side -> that size (``int()`` truncation);
+    2. x ``scale``;
+    3. each side down to a multiple of 8.
+    """
+    h, w = (int(v) for v in lr_hw)
+    if h < 1 or w < 1:
+        raise ValueError(f"LR image is empty ({w}x{h})")
+    if scale < 1:
+        raise ValueError(f"scale must be >= 1, got {scale}")
+    sizes = []
+    short = process_size // scale
+    if w < short or h < short:
+        factor = short / min(w, h)  # the official float expression, truncated like int()
+        h, w = int(factor * h), int(factor * w)
+        sizes.append((h, w))
+    h, w = h * scale, w * scale
+    sizes.append((h, w))
+    h8, w8 = h // 8 * 8, w // 8 * 8
+    if h8 < 8 or w8 < 8:
+        raise ValueError(f"the upscaled image ({w}x{h}) is smaller than 8 px on a side; use a larger image or scale")
+    sizes.append((h8, w8))
+    return sizes
+
+
+def official_condition_pil(image: Image.Image, scale: int = 4, process_size: int = 512) -> Image.Image:
+    """The official preparation on a PIL image (bit-exact): see ``condition_sizes``."""
+    image = image.convert("RGB")
+    for h, w in condition_sizes((image.height, image.width), scale, process_size):
+        image = image.resize((w, h), Image.BICUBIC)  # a same-size resize is a copy, as in PIL
+    return image
+
+
+def official_condition_image(
+    lr: torch.Tensor, scale: int = 4, process_size: int = 512, method: str = "pil"
+) -> torch.Tensor:
+    """The ControlNet condition image from the LR: [B,3,h,w] in [0,1] -> [B,3,H,W], H and W multiples of 8.
+
+    ``method="pil"`` reproduces the official uint8 result exactly (after rounding the input to 8
+    bits); ``method="torch"`` resizes once, in float, straight to the final size.
+    """
+    if lr.ndim != 4 or lr.shape[1] != 3:
+        raise ValueError(f"expected an RGB batch [B,3,h,w], got {tuple(lr.shape)}")
+    if not torch.isfinite(lr).all():
+        raise ValueError("LR image contains NaN or infinite values")
+    sizes = condition_sizes(lr.shape[-2:], scale, process_size)
+    if method == "torch":
+        return resize_to(lr.float(), sizes[-1]).clamp(0.0, 1.0)
+    if method != "pil":
+        raise ValueError(f"method must be 'pil' or 'torch', got {method!r}")
+    out = []
+    for arr in to_uint8_round(lr).numpy():
+        prepared = official_condition_pil(Image.fromarray(arr, "RGB"), scale, process_size)
+        out.append(np.asarray(prepared))
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float().div(255).to(lr.device)
+
+
+def output_size(lr_hw: Sequence[int], scale: int = 4) -> tuple[int, int]:
+    """The official final size: (LR_h * scale, LR_w * scale)."""
+    return int(lr_hw[0]) * scale, int(lr_hw[1]) * scale
+
+
+def official_final_resize(
+    images: torch.Tensor, lr_hw: Sequence[int], scale: int = 4, method: str = "torch", rounding: str = "round"
+) -> torch.Tensor:
+    """The official last step: bicubic resize of the (colour-fixed) output to LR size x scale.
+
+    ``method="pil"`` is the official 8-bit resize; pass ``rounding="truncate"`` to feed it the
+    truncated 8-bit image the official colour fix produces.
+    """
+    size = output_size(lr_hw, scale)
+    if tuple(images.shape[-2:]) == size:
+        return images
+    if method == "pil":
+        return resize_pil(images, size, rounding)
+    if method != "torch":
+        raise ValueError(f"method must be 'pil' or 'torch', got {method!r}")
+    return resize_to(images, size).clamp(0.0, 1.0)
