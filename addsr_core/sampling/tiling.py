@@ -70,7 +70,7 @@ def effective_tile(h: int, w: int, tile: TileSize, overlap: TileSize = 0) -> tup
     return th, tw, oy, ox
 
 
-def _axis_origins(size: int, tile: int, overlap: int) -> list[int]:
+def axis_origins(size: int, tile: int, overlap: int) -> list[int]:
     """Smallest n with (n-1)*stride + tile >= size; origins i*stride with the last flush to the edge."""
     stride = tile - overlap
     n = 1 if size <= tile else 1 + math.ceil((size - tile) / stride)
@@ -80,14 +80,14 @@ def _axis_origins(size: int, tile: int, overlap: int) -> list[int]:
 def tile_origins(h: int, w: int, tile: TileSize, overlap: TileSize = 0) -> list[tuple[int, int]]:
     """Tile origins (y0, x0) in the official visit order: outer loop over x, inner over y."""
     th, tw, oy, ox = effective_tile(h, w, tile, overlap)
-    ys, xs = _axis_origins(h, th, oy), _axis_origins(w, tw, ox)
+    ys, xs = axis_origins(h, th, oy), axis_origins(w, tw, ox)
     return [(y0, x0) for x0 in xs for y0 in ys]
 
 
 def tile_count(h: int, w: int, tile: TileSize, overlap: TileSize = 0) -> int:
     """Number of network calls ``aggregate_tiles`` makes for a latent of size (h, w)."""
     th, tw, oy, ox = effective_tile(h, w, tile, overlap)
-    return len(_axis_origins(h, th, oy)) * len(_axis_origins(w, tw, ox))
+    return len(axis_origins(h, th, oy)) * len(axis_origins(w, tw, ox))
 
 
 def _weight_dtype(device: torch.device) -> torch.dtype:

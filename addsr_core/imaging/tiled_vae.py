@@ -1,0 +1,543 @@
+"""Tiled VAE encode and decode: invisible seams, activation memory bounded by the tile size.
+
+How a tile is made exact, and what stays approximate:
+
+- **Halo.** Each tile runs on its core region plus a margin as wide as the network's
+  receptive field (counted from the config: every 3x3 conv at every resolution), and only the
+  core is kept. The zero padding at a tile's cut edges therefore never reaches the kept pixels;
+  at the image border the tile edge *is* the image edge, so the padding is the real one.
+  Tiles start on the latent grid, so the encoder's stride-2 convs and the decoder's nearest
+  upsampling see the same pixels as in the untiled run.
+- **Whole-image context.** Two operations see the whole image: every GroupNorm (per-tile
+  statistics would give each tile its own colour cast) and the mid-block self-attention. One
+  whole-image pass records, per sample, every GroupNorm's mean and variance and the attention
+  layer's keys and values (``WholeImageContext``). The tiles then run with those fixed
+  statistics, and each tile's attention uses its own exact keys plus the recorded keys of the
+  rest of the image, each weighted by the area it stands for. Recorded at full size this is
+  exactly the untiled VAE (the tests check it).
+- **The one approximation.** To keep memory bounded, the whole-image pass runs on a copy
+  shrunk to ``stats_px``^2 pixels (by default one tile with its halo; area-averaged latent for
+  the decoder, antialiased image for the encoder). An image that fits is handled exactly;
+  a larger one gets statistics and distant attention keys estimated at a lower resolution.
+- **Blending.** Neighbouring cores overlap by ``overlap_px``; outputs are blended with a linear
+  feather across each overlap, so what differences remain fade out instead of forming seams.
+
+Memory: each tile, and the shrunk whole-image pass, holds activations of one (tile + halo)
+input; the attention of a tile spans its own tokens plus at most as many recorded ones. The
+full-size result buffer lives on the input's device (pass CPU tensors to keep it off the
+accelerator). When one tile covers the whole input, the plain untiled call runs (bit-identical).
+The official AddSR code tiles only the decoder (and never the encoder, which runs out of
+memory at 4320x7680); here both are tiled.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..sampling.tiling import axis_origins
+
+# --- Whole-image context: GroupNorm statistics and attention tokens -------------------------------
+
+
+@dataclass
+class GroupNormStats:
+    """Per GroupNorm module: its (mean, var) per call, each [B, groups] float32 (biased variance)."""
+
+    entries: dict = field(default_factory=dict)  # nn.GroupNorm -> list[(mean, var)]
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.entries.values())
+
+
+@dataclass
+class GlobalTokens:
+    """An attention layer's keys and values over the whole (possibly shrunk) image: [B, hs*ws, C] each."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    grid_hw: tuple  # (hs, ws) of the recorded tokens
+
+
+@dataclass
+class WholeImageContext:
+    """What a tile needs from the rest of the image: GroupNorm statistics and attention tokens.
+
+    ``full_hw`` is the whole input's size at the attention layers' resolution (latent units).
+    """
+
+    norms: GroupNormStats
+    tokens: dict  # attention module -> GlobalTokens
+    full_hw: tuple
+
+
+def _group_norms(module: nn.Module) -> list[nn.GroupNorm]:
+    return [m for m in module.modules() if isinstance(m, nn.GroupNorm)]
+
+
+def _attentions(module: nn.Module) -> list[nn.Module]:
+    """Spatial self-attention layers in the diffusers VAE layout (group_norm, to_q/k/v, to_out)."""
+    names = ("group_norm", "to_q", "to_k", "to_v", "to_out")
+    return [m for m in module.modules() if all(hasattr(m, n) for n in names)]
+
+
+def _affine(gn: nn.GroupNorm, y: torch.Tensor) -> torch.Tensor:
+    if gn.weight is None:
+        return y
+    shape = (1, -1) + (1,) * (y.ndim - 2)
+    return y * gn.weight.to(y.dtype).view(shape) + gn.bias.to(y.dtype).view(shape)
+
+
+def _group_view(gn: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    # Statistics in float32 at least: half-precision sums over megapixels are not usable.
+    xf = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    return xf.reshape(x.shape[0], gn.num_groups, -1)
+
+
+@contextmanager
+def _patched_forwards(patches: dict):
+    """Temporarily give modules an instance-level ``forward``; restores exactly what was there."""
+    saved = {m: m.__dict__.get("forward") for m in patches}
+    try:
+        for m, fwd in patches.items():
+            m.forward = fwd
+        yield
+    finally:
+        for m, old in saved.items():
+            if old is None:
+                m.__dict__.pop("forward", None)
+            else:
+                m.forward = old
+
+
+def _recording_norm(gn: nn.GroupNorm, stats: GroupNormStats):
+    def forward(x):
+        var, mean = torch.var_mean(_group_view(gn, x), dim=-1, unbiased=False)
+        stats.entries.setdefault(gn, []).append((mean.float(), var.float()))
+        return F.group_norm(x, gn.num_groups, gn.weight, gn.bias, gn.eps)
+
+    return forward
+
+
+def _fixed_norm(gn: nn.GroupNorm, stats: GroupNormStats):
+    entries, calls = stats.entries.get(gn), [0]
+
+    def forward(x):
+        if not entries:
+            raise ValueError("a GroupNorm layer ran that had no recorded statistics; record them on the same path")
+        mean, var = entries[calls[0] % len(entries)]
+        calls[0] += 1
+        if mean.shape[0] != x.shape[0]:
+            raise ValueError(f"statistics were recorded for batch {mean.shape[0]}, got batch {x.shape[0]}")
+        mean, var = mean.to(x.device), var.to(x.device)
+        y = (_group_view(gn, x) - mean[..., None]) * torch.rsqrt(var[..., None] + gn.eps)
+        return _affine(gn, y.reshape(x.shape)).to(x.dtype)
+
+    return forward
+
+
+@contextmanager
+def record_group_norm_stats(module: nn.Module):
+    """Run ``module`` normally while recording every GroupNorm's statistics; yields ``GroupNormStats``."""
+    stats = GroupNormStats()
+    with _patched_forwards({gn: _recording_norm(gn, stats) for gn in _group_norms(module)}):
+        yield stats
+
+
+def _check_same_module(module: nn.Module, stats: GroupNormStats) -> list[nn.GroupNorm]:
+    norms = _group_norms(module)
+    if not any(gn in stats.entries for gn in norms):
+        raise ValueError("the statistics were recorded on another module; record them on the one being tiled")
+    return norms
+
+
+@contextmanager
+def fixed_group_norm_stats(module: nn.Module, stats: GroupNormStats):
+    """Make every GroupNorm in ``module`` normalise with recorded statistics instead of its input's.
+
+    Calls are matched per module in order (cycling), so a module used once per forward reuses
+    its single entry for every tile.
+    """
+    norms = _check_same_module(module, stats)
+    with _patched_forwards({gn: _fixed_norm(gn, stats) for gn in norms}):
+        yield
+
+
+def _tokens(attn: nn.Module, x: torch.Tensor):
+    b, c, h, w = x.shape
+    t = attn.group_norm(x).reshape(b, c, h * w).transpose(1, 2)
+    return attn.to_q(t), attn.to_k(t), attn.to_v(t)
+
+
+def _attention_out(attn: nn.Module, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    out = attn.to_out[1](attn.to_out[0](out))
+    return out.transpose(1, 2).reshape(x.shape) + x
+
+
+def _recording_attention(attn: nn.Module, tokens: dict):
+    def forward(x):
+        q, k, v = _tokens(attn, x)
+        tokens[attn] = GlobalTokens(k.detach(), v.detach(), tuple(x.shape[-2:]))
+        out = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
+        return _attention_out(attn, out, x)
+
+    return forward
+
+
+@contextmanager
+def record_whole_image_context(module: nn.Module, full_hw: Sequence[int]):
+    """Run ``module`` normally (on the whole, possibly shrunk, input) recording a ``WholeImageContext``.
+
+    ``full_hw`` is the size of the real input at the attention layers' resolution.
+    """
+    context = WholeImageContext(GroupNormStats(), {}, tuple(int(v) for v in full_hw))
+    patches = {gn: _recording_norm(gn, context.norms) for gn in _group_norms(module)}
+    patches.update({a: _recording_attention(a, context.tokens) for a in _attentions(module)})
+    with _patched_forwards(patches):
+        yield context
+
+
+class TileRegion:
+    """Where the tile being run sits: (y0, y1, x0, x1) of its context, in latent units."""
+
+    def __init__(self):
+        self.box = None
+
+
+def _valid_box(box, full_hw, reach: int):
+    """The part of a context whose attention inputs are exact: ``reach`` in from every cut edge."""
+    y0, y1, x0, x1 = box
+    h, w = full_hw
+    return (y0 + reach if y0 > 0 else 0, y1 - reach if y1 < h else h, x0 + reach if x0 > 0 else 0, x1 - reach if x1 < w else w)
+
+
+def _tiled_attention(attn: nn.Module, recorded: Optional[GlobalTokens], full_hw: tuple, region: TileRegion, reach: int):
+    """Attention of the tile's queries over exact local keys plus recorded whole-image keys elsewhere.
+
+    Near a context's cut edges the attention inputs are corrupted by the zero padding (within
+    ``reach`` latents); those keys, and everything outside the context, come from the recorded
+    tokens instead. Each recorded token stands for the area it covers: its logit gets
+    + log(area), carried by an extra key channel so the fused SDPA kernels still apply. With
+    tokens recorded at full size this is exactly the untiled attention.
+    """
+
+    def forward(x):
+        q, k, v = _tokens(attn, x)
+        b, n, c = q.shape
+        if recorded is None:
+            out = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
+            return _attention_out(attn, out, x)
+        box = region.box
+        vy0, vy1, vx0, vx1 = _valid_box(box, full_hw, reach)
+        ly0, lx0 = vy0 - box[0], vx0 - box[2]  # valid box inside the context
+        hc, wc = x.shape[-2:]
+        if vy1 <= vy0 or vx1 <= vx0:
+            local = torch.zeros(0, dtype=torch.long, device=q.device)
+        else:
+            grid = torch.arange(hc * wc, device=q.device).view(hc, wc)
+            local = grid[ly0 : ly0 + vy1 - vy0, lx0 : lx0 + vx1 - vx0].flatten()
+        k_loc, v_loc = k[:, local], v[:, local]
+        outside = _outside_tokens(recorded, full_hw, (vy0, vy1, vx0, vx1))
+        if outside is None:
+            out = F.scaled_dot_product_attention(q[:, None], k_loc[:, None], v_loc[:, None])[:, 0]
+            return _attention_out(attn, out, x)
+        keep, log_area = outside
+        kg = recorded.keys[:, keep].to(q.device, q.dtype)
+        vg = recorded.values[:, keep].to(q.device, q.dtype)
+        scale = 1.0 / math.sqrt(c)
+        pad = 8  # one bias channel, padded so fused kernels keep aligned head sizes
+        q_ext = torch.cat([q, q.new_ones(b, n, 1), q.new_zeros(b, n, pad - 1)], -1)
+        k_ext = torch.cat([
+            torch.cat([k_loc, k_loc.new_zeros(b, k_loc.shape[1], pad)], -1),
+            torch.cat([kg, kg.new_full((b, kg.shape[1], 1), log_area / scale), kg.new_zeros(b, kg.shape[1], pad - 1)], -1),
+        ], 1)
+        v_all = torch.cat([v_loc, vg], 1)
+        out = F.scaled_dot_product_attention(q_ext[:, None], k_ext[:, None], v_all[:, None], scale=scale)[:, 0]
+        return _attention_out(attn, out, x)
+
+    return forward
+
+
+def _outside_tokens(recorded: GlobalTokens, full_hw: tuple, box):
+    """Recorded tokens whose cell centre lies outside ``box``, and the log of the area each stands for."""
+    h, w = full_hw
+    y0, y1, x0, x1 = box
+    local_area = max(0, y1 - y0) * max(0, x1 - x0)
+    if local_area >= h * w:
+        return None
+    hs, ws = recorded.grid_hw
+    cy = (torch.arange(hs, dtype=torch.float64) + 0.5) * (h / hs)
+    cx = (torch.arange(ws, dtype=torch.float64) + 0.5) * (w / ws)
+    inside = ((cy >= y0) & (cy < y1))[:, None] & ((cx >= x0) & (cx < x1))[None, :]
+    keep = (~inside).flatten().nonzero().squeeze(1)
+    if keep.numel() == 0:
+        return None
+    area = (h * w - local_area) / keep.numel()
+    return keep.to(recorded.keys.device), math.log(max(area, 1e-6))
+
+
+@contextmanager
+def tiled_context(module: nn.Module, context: WholeImageContext, region: TileRegion, attention_reach: int):
+    """Run ``module`` tile by tile with the whole image's GroupNorm statistics and attention tokens.
+
+    ``attention_reach``: how far (latents) zero padding at a cut edge reaches by the attention.
+    """
+    norms = _check_same_module(module, context.norms)
+    patches = {gn: _fixed_norm(gn, context.norms) for gn in norms}
+    for attn in _attentions(module):
+        patches[attn] = _tiled_attention(attn, context.tokens.get(attn), context.full_hw, region, attention_reach)
+    with _patched_forwards(patches):
+        yield
+
+
+# --- Geometry -----------------------------------------------------------------------------------------
+
+
+def _latent_factor(vae) -> int:
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def decoder_receptive_px(vae) -> int:
+    """Reach of the decoder, in output pixels, from one latent: every 3x3 conv at its scale."""
+    levels, per_block = len(vae.config.block_out_channels), vae.config.layers_per_block + 1
+    scale = 2 ** (levels - 1)
+    reach = scale * (1 + 4 + 2 * per_block)  # conv_in, mid-block resnets, first up block
+    for _ in range(levels - 1):
+        scale //= 2
+        reach += scale * (1 + 2 * per_block)  # upsample conv, resnets
+    return reach + 1  # conv_out
+
+
+def decoder_attention_reach(vae) -> int:
+    """Latents from a cut edge whose mid-block attention input is affected: conv_in + one resnet."""
+    return 3
+
+
+def encoder_receptive_px(vae) -> int:
+    """Reach of the encoder, in input pixels: convs per level (stride-2 convs reach 2 px), mid block, conv_out."""
+    return _encoder_reach_px(vae, to_attention=False)
+
+
+def encoder_attention_reach(vae) -> int:
+    """Latents from a cut edge whose mid-block attention input is affected."""
+    return math.ceil(_encoder_reach_px(vae, to_attention=True) / _latent_factor(vae))
+
+
+def _encoder_reach_px(vae, to_attention: bool) -> int:
+    levels, per_block = len(vae.config.block_out_channels), vae.config.layers_per_block
+    reach, scale = 1, 1  # conv_in
+    for _ in range(levels - 1):
+        reach += scale * (2 * per_block + 2)
+        scale *= 2
+    mid = 2 if to_attention else 4 + 1  # first mid resnet, or both plus conv_out
+    return reach + scale * (2 * per_block + mid)
+
+
+@dataclass(frozen=True)
+class Span:
+    """One tile along one axis, in latent units: the core [start, end) and its context [ctx_start, ctx_end)."""
+
+    start: int
+    end: int
+    ctx_start: int
+    ctx_end: int
+    ramp_before: int  # overlap with the previous tile (0 at the border)
+    ramp_after: int
+
+
+def plan_spans(size: int, tile: int, overlap: int, halo: int) -> list[Span]:
+    """Cores as in the latent tiling (last one flush with the edge), each with a halo of context."""
+    tile = min(tile, size)
+    overlap = min(overlap, tile // 2)
+    starts = axis_origins(size, tile, overlap)
+    spans = []
+    for i, s in enumerate(starts):
+        before = (starts[i - 1] + tile - s) if i > 0 else 0
+        after = (s + tile - starts[i + 1]) if i + 1 < len(starts) else 0
+        spans.append(Span(s, s + tile, max(0, s - halo), min(size, s + tile + halo), before, after))
+    return spans
+
+
+def feather(length: int, ramp_before: int, ramp_after: int) -> torch.Tensor:
+    """1 inside, a linear ramp across each overlap (sums to 1 with the neighbour's ramp), never 0."""
+    i = torch.arange(length, dtype=torch.float32) + 0.5
+    w = torch.ones(length)
+    if ramp_before > 0:
+        w = torch.minimum(w, i / ramp_before)
+    if ramp_after > 0:
+        w = torch.minimum(w, (length - i) / ramp_after)
+    return w
+
+
+# --- Tiled runs ---------------------------------------------------------------------------------------
+
+
+def _vae_device_dtype(vae):
+    p = next(vae.parameters())
+    return p.device, p.dtype
+
+
+def _check_tiling_args(tile_px: int, overlap_px: int, factor: int) -> tuple[int, int]:
+    if tile_px < factor:
+        raise ValueError(f"tile size must be at least {factor} px, got {tile_px}")
+    if overlap_px < 0:
+        raise ValueError(f"overlap must be >= 0, got {overlap_px}")
+    return tile_px // factor, overlap_px // factor
+
+
+def _run_tiles(
+    run: Callable[[torch.Tensor], torch.Tensor],
+    source: torch.Tensor,
+    ys: Sequence[Span],
+    xs: Sequence[Span],
+    in_scale: int,
+    out_scale: int,
+    region: TileRegion,
+    on_tile: Optional[Callable[[], None]] = None,
+) -> torch.Tensor:
+    """Blend ``run(context)`` over the tile grid. Spans are in latent units; ``*_scale`` = px per latent."""
+    out = weight_sum = None
+    for sx in xs:
+        for sy in ys:
+            region.box = (sy.ctx_start, sy.ctx_end, sx.ctx_start, sx.ctx_end)
+            ctx = source[..., sy.ctx_start * in_scale : sy.ctx_end * in_scale, sx.ctx_start * in_scale : sx.ctx_end * in_scale]
+            result = run(ctx)
+            oy, ox = (sy.start - sy.ctx_start) * out_scale, (sx.start - sx.ctx_start) * out_scale
+            th, tw = (sy.end - sy.start) * out_scale, (sx.end - sx.start) * out_scale
+            core = result[..., oy : oy + th, ox : ox + tw].to(source.device, torch.float32)
+            if out is None:
+                h, w = ys[-1].end * out_scale, xs[-1].end * out_scale
+                out = torch.zeros(*core.shape[:2], h, w, device=source.device)
+                weight_sum = torch.zeros(h, w, device=source.device)
+                out_dtype = result.dtype
+            del result
+            weight = torch.outer(
+                feather(th, sy.ramp_before * out_scale, sy.ramp_after * out_scale),
+                feather(tw, sx.ramp_before * out_scale, sx.ramp_after * out_scale),
+            ).to(source.device)
+            ys0, xs0 = sy.start * out_scale, sx.start * out_scale
+            out[..., ys0 : ys0 + th, xs0 : xs0 + tw] += core * weight
+            weight_sum[ys0 : ys0 + th, xs0 : xs0 + tw] += weight
+            del core
+            if on_tile is not None:
+                on_tile()
+    return out.div_(weight_sum).to(out_dtype)
+
+
+def _shrunk_size(h: int, w: int, max_area: int, multiple: int = 1) -> tuple[int, int]:
+    if h * w <= max_area:
+        return h, w
+    f = math.sqrt(max_area / (h * w))
+    return max(multiple, int(h * f) // multiple * multiple), max(multiple, int(w * f) // multiple * multiple)
+
+
+def decoder_context(vae, latent: torch.Tensor, max_latent_area: Optional[int] = None) -> WholeImageContext:
+    """Record the decoder's whole-image context, on the latent shrunk (area average) to ``max_latent_area``.
+
+    ``None`` records at full size: exact, but with whole-image activations (for checks).
+    """
+    device, dtype = _vae_device_dtype(vae)
+    full = tuple(latent.shape[-2:])
+    size = full if max_latent_area is None else _shrunk_size(*full, max_latent_area)
+    small = latent if size == full else F.interpolate(latent.float(), size=size, mode="area")
+    with record_whole_image_context(vae.decoder, full) as context:
+        vae.decode(small.to(device, dtype))
+    return context
+
+
+def encoder_context(vae, image: torch.Tensor, max_pixel_area: Optional[int] = None) -> WholeImageContext:
+    """Record the encoder's whole-image context, on the image shrunk (antialiased) to ``max_pixel_area``."""
+    device, dtype = _vae_device_dtype(vae)
+    factor = _latent_factor(vae)
+    full = tuple(image.shape[-2:])
+    size = full if max_pixel_area is None else _shrunk_size(*full, max_pixel_area, factor)
+    small = image
+    if size != full:
+        small = F.interpolate(image.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+    with record_whole_image_context(vae.encoder, (full[0] // factor, full[1] // factor)) as context:
+        vae.encode_moments(small.to(device, dtype))
+    return context
+
+
+def tiled_decode(
+    vae,
+    latent: torch.Tensor,
+    tile_px: int = 1792,
+    overlap_px: int = 64,
+    *,
+    halo_px: Optional[int] = None,
+    stats_px: Optional[int] = None,
+    context: Optional[WholeImageContext] = None,
+    on_tile: Optional[Callable[[], None]] = None,
+) -> torch.Tensor:
+    """``vae.decode`` of an UNSCALED latent [B,C,h,w] in tiles of ``tile_px`` output pixels.
+
+    Returns the raw decoder output [B,3,8h,8w] on the latent's device (tiles run on the VAE's,
+    so a CPU latent keeps the full-size result off the accelerator). ``halo_px`` defaults to the
+    decoder's receptive field. ``context`` defaults to ``decoder_context`` on the latent shrunk
+    to at most ``stats_px``^2 output pixels (default: one tile with its halo, so no more memory
+    than a tile; larger is more faithful, and exact once the whole image fits). ``on_tile()``
+    is called after each tile.
+    """
+    factor = _latent_factor(vae)
+    tile, overlap = _check_tiling_args(tile_px, overlap_px, factor)
+    h, w = latent.shape[-2:]
+    device, dtype = _vae_device_dtype(vae)
+    if h <= tile and w <= tile:
+        return vae.decode(latent.to(device, dtype)).to(latent.device)
+    halo = math.ceil((decoder_receptive_px(vae) if halo_px is None else halo_px) / factor)
+    if context is None:
+        stats = tile + 2 * halo if stats_px is None else max(1, stats_px // factor)
+        context = decoder_context(vae, latent, stats * stats)
+
+    def run(ctx):
+        return vae.decoder(vae.post_quant_conv(ctx.to(device, dtype)))
+
+    region = TileRegion()
+    ys, xs = plan_spans(h, tile, overlap, halo), plan_spans(w, tile, overlap, halo)
+    with tiled_context(vae.decoder, context, region, decoder_attention_reach(vae)):
+        return _run_tiles(run, latent, ys, xs, 1, factor, region, on_tile)
+
+
+def tiled_encode(
+    vae,
+    image: torch.Tensor,
+    tile_px: int = 1024,
+    overlap_px: int = 64,
+    *,
+    halo_px: Optional[int] = None,
+    stats_px: Optional[int] = None,
+    context: Optional[WholeImageContext] = None,
+    on_tile: Optional[Callable[[], None]] = None,
+) -> torch.Tensor:
+    """``vae.encode_moments`` of an image [B,3,H,W] in [-1,1], in tiles of ``tile_px`` pixels.
+
+    Returns the moments [B, 2*latent_channels, H/8, W/8] (mean, raw logvar) on the image's
+    device. H and W must be multiples of 8 once more than one tile is needed. Options as for
+    ``tiled_decode`` (``encoder_context`` for ``context``).
+    """
+    factor = _latent_factor(vae)
+    tile, overlap = _check_tiling_args(tile_px, overlap_px, factor)
+    H, W = image.shape[-2:]
+    device, dtype = _vae_device_dtype(vae)
+    if H <= tile * factor and W <= tile * factor:
+        return vae.encode_moments(image.to(device, dtype)).to(image.device)
+    if H % factor or W % factor:
+        raise ValueError(f"tiled encoding needs a size that is a multiple of {factor}, got {W}x{H}; crop or resize the image first")
+    halo = math.ceil((encoder_receptive_px(vae) if halo_px is None else halo_px) / factor)
+    if context is None:
+        stats = (tile + 2 * halo) * factor if stats_px is None else stats_px
+        context = encoder_context(vae, image, stats * stats)
+
+    def run(ctx):
+        return vae.quant_conv(vae.encoder(ctx.to(device, dtype)))
+
+    region = TileRegion()
+    ys, xs = plan_spans(H // factor, tile, overlap, halo), plan_spans(W // factor, tile, overlap, halo)
+    with tiled_context(vae.encoder, context, region, encoder_attention_reach(vae)):
+        return _run_tiles(run, image, ys, xs, factor, 1, region, on_tile)
