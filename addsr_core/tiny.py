@@ -107,3 +107,27 @@ def write_tiny_sd2(root: Path, seed: int = 1) -> Path:
     specials = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "!"}
     (tok / "special_tokens_map.json").write_text(json.dumps(specials))
     return root
+
+
+def write_tiny_kit(root: Path, seed: int = 0) -> dict:
+    """Everything the pipeline needs, in release layouts: AddSR, SD2 base, RAM + DAPE + tag list."""
+    from .ram.tiny import write_tiny_ram
+
+    root = Path(root)
+    paths = {"addsr": write_tiny_addsr(root / "addsr" / "AddSR-tiny", seed), "sd2": write_tiny_sd2(root / "sd2", seed + 1)}
+    paths.update(write_tiny_ram(root / "ram", seed + 2))
+    return paths
+
+
+def load_tiny_models(paths: dict, *, dtype=None, device="cpu"):
+    """AddSRModels from :func:`write_tiny_kit`'s files, through the real loaders."""
+    from .loading.models import load_vae
+    from .loading.pack import load_addsr
+    from .pipeline import AddSRModels
+    from .ram import load_ram
+    from .text import TextConditioner
+
+    unet, controlnet = load_addsr(paths["addsr"], dtype=dtype, device=device)
+    ram, tagger = load_ram(paths["ram"], paths["dape"], tag_list=paths["tag_list"], dtype=dtype, device=device)
+    text = TextConditioner.from_pretrained(paths["sd2"], dtype=dtype, device=device)
+    return AddSRModels(unet, controlnet, load_vae(paths["sd2"], dtype=dtype, device=device), ram, tagger, text)

@@ -103,6 +103,20 @@ def vae_state_dict_from_any(sd: dict) -> dict:
     return rename_legacy_vae_keys(sd)
 
 
+def infer_vae_config(sd: dict, *, norm_num_groups: int = 32, scaling_factor: float = 0.18215) -> VAEConfig:
+    """Read the VAE geometry off a (diffusers-layout) state dict; group count and scale are not in it."""
+    levels = sorted({int(k.split(".")[2]) for k in sd if k.startswith("encoder.down_blocks.")})
+    if not levels or "decoder.conv_in.weight" not in sd:
+        raise CheckpointError(f"not a VAE state dict: it looks like {describe_checkpoint(sd.keys())}")
+    channels = tuple(sd[f"encoder.down_blocks.{i}.resnets.0.conv1.weight"].shape[0] for i in levels)
+    layers = len({k.split(".")[4] for k in sd if k.startswith("encoder.down_blocks.0.resnets.")})
+    return VAEConfig(
+        in_channels=sd["encoder.conv_in.weight"].shape[1], out_channels=sd["decoder.conv_out.weight"].shape[0],
+        latent_channels=sd["decoder.conv_in.weight"].shape[1], block_out_channels=channels, layers_per_block=layers,
+        norm_num_groups=norm_num_groups, scaling_factor=scaling_factor,
+    )
+
+
 def load_vae(path, *, dtype=None, device="cpu", config: VAEConfig | None = None) -> AutoencoderKL:
     """A diffusers ``vae/`` folder, or a single file (SD2 checkpoint, LDM VAE, diffusers VAE)."""
     path = Path(path)
@@ -112,6 +126,6 @@ def load_vae(path, *, dtype=None, device="cpu", config: VAEConfig | None = None)
         config = config or VAEConfig.from_diffusers(cfg_dict)
     else:
         source = str(path)
-        sd = unwrap_state_dict(read_state_dict(path, family="VAE", dtype=dtype, prefixes=VAE_PREFIXES))
-        config = config or VAEConfig()
+        sd = vae_state_dict_from_any(unwrap_state_dict(read_state_dict(path, family="VAE", dtype=dtype, prefixes=VAE_PREFIXES)))
+        return build_vae(config or infer_vae_config(sd), sd, source=source, dtype=dtype, device=device)
     return build_vae(config, vae_state_dict_from_any(sd), source=source, dtype=dtype, device=device)

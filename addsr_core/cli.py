@@ -1,0 +1,96 @@
+"""``python -m addsr_core`` / ``addsr``: upscale files or folders, convert checkpoints, self-check."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+
+
+class CLIError(Exception):
+    """A user-facing problem: printed without a traceback, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="addsr", description="AddSR diffusion super-resolution")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("upscale", help="upscale an image or a folder of images")
+    up.add_argument("input", type=Path, help="an image file or a folder of images")
+    up.add_argument("-o", "--output", type=Path, required=True, help="output file (for one image) or folder")
+    up.add_argument("--addsr", type=Path, required=True, help="AddSR release folder (unet/, controlnet/) or packed file")
+    up.add_argument("--sd2", type=Path, required=True, help="SD2 base: diffusers folder (vae/, text_encoder/, tokenizer/) or single-file checkpoint")
+    up.add_argument("--ram", type=Path, required=True, help="ram_swin_large_14m.pth")
+    up.add_argument("--dape", type=Path, help="DAPE.pth (LoRA merged into RAM)")
+    up.add_argument("--tag-list", type=Path, help="ram_tag_list.txt, to use RAM tags in the prompt")
+    up.add_argument("--tokenizer", type=Path, help="CLIP tokenizer folder or bpe_simple_vocab_16e6.txt.gz (if not inside --sd2)")
+    up.add_argument("--scale", type=int, default=4)
+    up.add_argument("--steps", type=int, default=4, choices=[1, 2, 3, 4])
+    up.add_argument("--psr-weight", type=float, default=0.4)
+    up.add_argument("--cfg", type=float, default=0.0, help="guidance scale; > 1 enables CFG with --negative")
+    up.add_argument("--prompt", default="")
+    up.add_argument("--negative", default="dotted, noise, blur, lowres, smooth")
+    up.add_argument("--color-fix", default="adain", choices=["adain", "wavelet", "none"])
+    up.add_argument("--seed", type=int, default=0)
+    up.add_argument("--tile", type=int, default=1024, help="diffusion tile size in output pixels")
+    up.add_argument("--tile-overlap", type=int, default=256, help="diffusion tile overlap in output pixels")
+    up.add_argument("--vae-tile", type=int, default=1024, help="VAE tile size in pixels")
+    up.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    up.add_argument("--dtype", default="auto", choices=DTYPES)
+    up.add_argument("--overwrite", action="store_true", help="redo images whose output already exists")
+
+    conv = sub.add_parser("convert", help="pack an AddSR release folder into one file, or unpack it")
+    conv_sub = conv.add_subparsers(dest="action", required=True)
+    pack = conv_sub.add_parser("pack")
+    pack.add_argument("folder", type=Path)
+    pack.add_argument("output", type=Path)
+    pack.add_argument("--dtype", default="fp16", choices=["fp32", "fp16", "bf16"])
+    pack.add_argument("--include-vae", action="store_true", help="also pack a vae/ subfolder")
+    unpack = conv_sub.add_parser("unpack")
+    unpack.add_argument("packed", type=Path)
+    unpack.add_argument("output", type=Path)
+
+    sub.add_parser("selfcheck", help="check the install by running the whole pipeline on a tiny random model")
+    return parser
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "convert":
+            return _convert(args)
+        if args.command == "selfcheck":
+            from .selfcheck import run_selfcheck
+
+            return run_selfcheck()
+        from .cli_upscale import run_upscale
+
+        return run_upscale(args)
+    except CLIError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished images are kept; run the same command again to resume", file=sys.stderr)
+        return 130
+    except Exception as err:
+        from .loading import CheckpointError
+
+        if isinstance(err, (CheckpointError, FileNotFoundError, ValueError)):
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _convert(args) -> int:
+    from .loading.pack import pack_release, unpack_release
+
+    if args.action == "pack":
+        out = pack_release(args.folder, args.output, dtype=args.dtype, include_vae=args.include_vae)
+    else:
+        out = unpack_release(args.packed, args.output)
+    print(f"wrote {out}")
+    return 0

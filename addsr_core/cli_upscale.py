@@ -1,0 +1,116 @@
+"""The ``upscale`` command: files or folders, resumable, with a progress bar over tiles x steps."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .cli import IMAGE_SUFFIXES, CLIError
+from .pipeline import AddSRModels, UpscaleOptions, build_prompts, condition_from_lr, count_network_calls, decode, finish, sample
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise CLIError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError("--device cuda asked for, but this torch has no CUDA (or no GPU is visible)")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return table[name]
+
+
+def plan_jobs(source: Path, output: Path, overwrite: bool) -> list[tuple[Path, Path]]:
+    """(input, output) pairs; existing outputs are skipped so a killed batch resumes."""
+    if not source.exists():
+        raise CLIError(f"input {str(source)!r} does not exist")
+    if source.is_file():
+        if source.suffix.lower() not in IMAGE_SUFFIXES:
+            raise CLIError(f"{source.name} is not a supported image ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        target = output / (source.stem + ".png") if output.is_dir() else output
+        jobs = [(source, target)]
+    else:
+        if output.exists() and not output.is_dir():
+            raise CLIError(f"input is a folder, so --output must be a folder, not the file {str(output)!r}")
+        files = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise CLIError(f"no images in {str(source)!r}")
+        jobs = [(p, output / (p.stem + ".png")) for p in files]
+    return [(src, dst) for src, dst in jobs if overwrite or not dst.exists()]
+
+
+def load_models(args, device, dtype) -> AddSRModels:
+    from .loading.models import load_vae
+    from .loading.pack import load_addsr
+    from .ram import load_ram
+    from .text import TextConditioner
+
+    unet, controlnet = load_addsr(args.addsr, dtype=dtype, device=device)
+    vae = load_vae(args.sd2, dtype=dtype, device=device)
+    ram, tagger = load_ram(args.ram, args.dape, tag_list=args.tag_list, dtype=dtype, device=device)
+    text = TextConditioner.from_pretrained(args.sd2, args.tokenizer, dtype=dtype, device=device)
+    return AddSRModels(unet, controlnet, vae, ram, tagger, text)
+
+
+def run_upscale(args) -> int:
+    from tqdm import tqdm
+
+    from .imaging.prepare import load_image, save_image
+
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    options = UpscaleOptions(
+        scale=args.scale, steps=args.steps, psr_weight=args.psr_weight, seed=args.seed, guidance_scale=args.cfg,
+        prompt=args.prompt, negative_prompt=args.negative, color_fix=args.color_fix, latent_tile_px=args.tile,
+        latent_overlap_px=args.tile_overlap, vae_encode_tile_px=args.vae_tile, vae_decode_tile_px=args.vae_tile,
+        use_tags=args.tag_list is not None,
+    )
+    try:
+        options.validate()
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    jobs = plan_jobs(args.input, args.output, args.overwrite)
+    if not jobs:
+        print("nothing to do: every output exists (use --overwrite to redo them)")
+        return 0
+    models = load_models(args, device, dtype)
+    failures = 0
+    for src, dst in jobs:
+        try:
+            upscale_file(models, src, dst, options, device, tqdm)
+        except (ValueError, OSError) as err:
+            failures += 1
+            print(f"skipped {src.name}: {err}")
+    print(f"done: {len(jobs) - failures} written, {failures} failed")
+    return 1 if failures else 0
+
+
+def upscale_file(models, src: Path, dst: Path, options: UpscaleOptions, device, tqdm) -> None:
+    from .imaging.prepare import load_image, save_image
+
+    loaded = load_image(src)
+    lr = loaded.rgb.to(device)
+    cond = condition_from_lr(models, lr, options)
+    prompt_embeds = models.text(build_prompts(cond, options))
+    negative = models.text([options.negative_prompt]) if options.guidance_scale > 1 else None
+    total = count_network_calls(options, cond.moments.shape[-2:])
+    with tqdm(total=total, desc=src.name, unit="call") as bar:
+        z0 = sample(models, cond, prompt_embeds, negative, options, on_tile=lambda: bar.update(1))
+    image = finish(decode(models, z0, options), cond, options)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".partial.png")
+    save_image(image, tmp, alpha=loaded.upscaled_alpha(image.shape[-2:]) if loaded.alpha is not None else None)
+    os.replace(tmp, dst)  # a killed run never leaves a half-written output that resume would skip

@@ -1,0 +1,34 @@
+"""ComfyUI nodes for AddSR. Thin adapters over addsr_core; see host.py for everything ComfyUI-specific."""
+from . import host
+from .encode import AddSREncodeLR
+from .loaders import AddSRModelLoader, AddSRRAMLoader
+from .postprocess import AddSRColorFix, AddSRTagger
+from .sampler import AddSRSampler
+from .upscale import AddSRUpscale
+from .vae import AddSRTiledVAEDecode, AddSRTiledVAEEncode
+
+host.register_model_folders()
+
+NODE_CLASS_MAPPINGS = {
+    "AddSRModelLoader": AddSRModelLoader,
+    "AddSRRAMLoader": AddSRRAMLoader,
+    "AddSREncodeLR": AddSREncodeLR,
+    "AddSRSampler": AddSRSampler,
+    "AddSRTiledVAEDecode": AddSRTiledVAEDecode,
+    "AddSRTiledVAEEncode": AddSRTiledVAEEncode,
+    "AddSRColorFix": AddSRColorFix,
+    "AddSRTagger": AddSRTagger,
+    "AddSRUpscale": AddSRUpscale,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "AddSRModelLoader": "AddSR Load Model",
+    "AddSRRAMLoader": "AddSR Load RAM (DAPE)",
+    "AddSREncodeLR": "AddSR Encode LR",
+    "AddSRSampler": "AddSR Sampler",
+    "AddSRTiledVAEDecode": "AddSR Tiled VAE Decode",
+    "AddSRTiledVAEEncode": "AddSR Tiled VAE Encode",
+    "AddSRColorFix": "AddSR Colour Fix",
+    "AddSRTagger": "AddSR Tagger (RAM)",
+    "AddSRUpscale": "AddSR Upscale (all-in-one)",
+}

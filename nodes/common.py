@@ -1,0 +1,117 @@
+"""Conversions between ComfyUI's objects and addsr_core's, shared by the nodes."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from addsr_core.loading.keymaps import ldm_vae_to_diffusers, looks_like_ldm_vae, rename_legacy_vae_keys
+from addsr_core.models import AutoencoderKL
+
+from .host import ManagedModule
+
+CATEGORY = "AddSR"
+MIN_LR_SIDE = 8
+
+
+class AddSRInputError(ValueError):
+    """A problem with what the user wired or typed; ComfyUI shows the message in the UI."""
+
+
+def image_to_bchw(image: torch.Tensor) -> torch.Tensor:
+    """ComfyUI IMAGE [B,H,W,C] in [0,1] -> [B,3,H,W] float32; grayscale expanded, alpha dropped."""
+    if image.ndim == 3:
+        image = image[None]
+    if image.ndim != 4:
+        raise AddSRInputError(f"expected an IMAGE [batch, height, width, channels], got shape {tuple(image.shape)}")
+    channels = image.shape[-1]
+    if channels == 1:
+        image = image.expand(-1, -1, -1, 3)
+    elif channels == 4:
+        image = image[..., :3]
+    elif channels != 3:
+        raise AddSRInputError(f"IMAGE has {channels} channels; AddSR needs RGB (3), grayscale (1) or RGBA (4)")
+    if min(image.shape[1:3]) < MIN_LR_SIDE:
+        raise AddSRInputError(f"image is {image.shape[2]}x{image.shape[1]}; AddSR needs at least {MIN_LR_SIDE} px per side")
+    image = image.float()
+    if not torch.isfinite(image).all():
+        raise AddSRInputError("image contains NaN or infinite values")
+    return image.permute(0, 3, 1, 2).clamp(0, 1).contiguous()
+
+
+def bchw_to_image(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 2, 3, 1).float().cpu().clamp(0, 1).contiguous()
+
+
+def alpha_of(image: torch.Tensor) -> torch.Tensor | None:
+    return image[..., 3] if image.ndim == 4 and image.shape[-1] == 4 else None
+
+
+def conditioning_tensor(conditioning, what: str = "positive") -> torch.Tensor:
+    """The text embedding inside a ComfyUI CONDITIONING ([[tensor, {...}], ...])."""
+    try:
+        tensor = conditioning[0][0]
+    except (TypeError, IndexError, KeyError):
+        raise AddSRInputError(f"{what} is not a CONDITIONING; connect a CLIP Text Encode node") from None
+    if not torch.is_tensor(tensor) or tensor.ndim != 3:
+        raise AddSRInputError(f"{what} conditioning has an unexpected shape; connect a CLIP Text Encode node")
+    return tensor
+
+
+def encode_text(clip, text: str) -> torch.Tensor:
+    """A ComfyUI CLIP object (or any callable taking a list of prompts) -> [1,77,C]."""
+    if hasattr(clip, "tokenize"):
+        return clip.encode_from_tokens(clip.tokenize(text))
+    return clip([text])
+
+
+@dataclass
+class VAEHandle:
+    """Our AutoencoderKL over the same weights as a ComfyUI VAE (no copy), managed by ComfyUI."""
+
+    managed: ManagedModule
+
+    @property
+    def vae(self) -> AutoencoderKL:
+        return self.managed.module
+
+
+_VAE_CACHE_ATTR = "_addsr_vae_handle"
+
+
+def as_addsr_vae(vae) -> VAEHandle:
+    """Accept ComfyUI's VAE (from Load Checkpoint / Load VAE) or our own AutoencoderKL."""
+    if isinstance(vae, VAEHandle):
+        return vae
+    if isinstance(vae, AutoencoderKL):
+        return VAEHandle(ManagedModule(vae))
+    cached = getattr(vae, _VAE_CACHE_ATTR, None)
+    if cached is not None:
+        return cached
+    model = getattr(vae, "first_stage_model", None)
+    if model is None:
+        raise AddSRInputError("the vae input is not a VAE; connect the VAE output of Load Checkpoint (SD2 base)")
+    from addsr_core.loading import CheckpointError, assign_state_dict
+    from addsr_core.loading.models import infer_vae_config
+
+    sd = model.state_dict()
+    sd = ldm_vae_to_diffusers(sd) if looks_like_ldm_vae(sd) else rename_legacy_vae_keys(sd)
+    latent = sd.get("decoder.conv_in.weight")
+    if latent is None or latent.shape[1] != 4:
+        raise AddSRInputError(
+            "this VAE is not a Stable Diffusion 1/2 VAE (4 latent channels); AddSR needs the SD2 base VAE"
+        )
+    groups = next((m.num_groups for m in model.modules() if isinstance(m, torch.nn.GroupNorm)), 32)
+    with torch.device("meta"):
+        ours = AutoencoderKL(infer_vae_config(sd, norm_num_groups=groups))
+    try:
+        # assign=True shares storage with ComfyUI's weights: no second copy.
+        assign_state_dict(ours, sd, family="SD2 VAE", source="the connected VAE")
+    except CheckpointError as err:
+        raise AddSRInputError(f"the connected VAE does not fit AddSR: {err}") from None
+    handle = VAEHandle(ManagedModule(ours.eval()))
+    try:
+        setattr(vae, _VAE_CACHE_ATTR, handle)
+    except Exception:
+        pass
+    return handle

@@ -1,0 +1,228 @@
+"""Everything that touches ComfyUI lives here, each import inside a function.
+
+Without ComfyUI (tests, the CLI) every function falls back to plain behaviour: CPU devices, a
+no-op progress bar, no interruption.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("addsr")
+
+MODEL_FOLDERS = ("addsr", "ram")
+WEIGHT_EXTENSIONS = {".safetensors", ".sft", ".pth", ".pt", ".bin", ".ckpt"}
+
+
+def comfy_available() -> bool:
+    try:
+        import comfy.model_management  # noqa: F401
+        import folder_paths  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Model folders
+
+
+def register_model_folders() -> None:
+    """models/addsr and models/ram, plus whatever extra_model_paths.yaml adds under those names."""
+    try:
+        import folder_paths
+    except Exception:
+        return
+    for name in MODEL_FOLDERS:
+        default = os.path.join(folder_paths.models_dir, name)
+        if name in folder_paths.folder_names_and_paths:
+            paths, exts = folder_paths.folder_names_and_paths[name]
+            if default not in paths:
+                paths.append(default)
+            folder_paths.folder_names_and_paths[name] = (paths, set(exts) | WEIGHT_EXTENSIONS)
+        else:
+            folder_paths.folder_names_and_paths[name] = ([default], set(WEIGHT_EXTENSIONS))
+
+
+def model_dirs(kind: str) -> list[Path]:
+    env = os.environ.get(f"ADDSR_{kind.upper()}_DIR")
+    dirs = [Path(p) for p in env.split(os.pathsep)] if env else []
+    try:
+        import folder_paths
+
+        dirs += [Path(p) for p in folder_paths.get_folder_paths(kind)]
+    except Exception:
+        pass
+    return [d for d in dirs if d.is_dir()]
+
+
+def list_models(kind: str, *, folders_with: str | None = None) -> list[str]:
+    """Weight files (relative names) under the ``kind`` folders, and release folders containing
+    ``folders_with`` (e.g. ``unet``) listed by their folder name."""
+    names = set()
+    for root in model_dirs(kind):
+        for path in root.rglob("*"):
+            rel = path.relative_to(root).as_posix()
+            if folders_with and path.is_dir() and (path / folders_with / "config.json").is_file():
+                names.add(rel)
+            elif path.is_file() and path.suffix.lower() in WEIGHT_EXTENSIONS and not _inside_release(path, root):
+                names.add(rel)
+    return sorted(names)
+
+
+def _inside_release(path: Path, root: Path) -> bool:
+    return any((parent / "config.json").is_file() for parent in path.parents if root in parent.parents or parent == root)
+
+
+def resolve_model(kind: str, name: str) -> Path:
+    for root in model_dirs(kind):
+        candidate = root / name
+        if candidate.exists():
+            return candidate
+    searched = ", ".join(str(d) for d in model_dirs(kind)) or f"models/{kind} (missing)"
+    raise FileNotFoundError(f"{name!r} not found in {searched}. Put the file there, or pick another one.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Devices, dtypes and memory
+
+
+def torch_device() -> torch.device:
+    try:
+        import comfy.model_management as mm
+
+        return mm.get_torch_device()
+    except Exception:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def offload_device() -> torch.device:
+    try:
+        import comfy.model_management as mm
+
+        return mm.unet_offload_device()
+    except Exception:
+        return torch.device("cpu")
+
+
+def pick_dtype(choice: str, device: torch.device | None = None) -> torch.dtype:
+    """auto: what ComfyUI would pick for a UNet of this size, else fp16 on CUDA and fp32 on CPU."""
+    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if choice in table:
+        return table[choice]
+    device = device or torch_device()
+    try:
+        import comfy.model_management as mm
+
+        return mm.unet_dtype(device=device, supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
+    except Exception:
+        return torch.float16 if device.type == "cuda" else torch.float32
+
+
+class ManagedModule:
+    """An nn.Module that ComfyUI loads onto the GPU and offloads like its own models.
+
+    Without ComfyUI it simply moves the module to the torch device when used.
+    """
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+        self.patcher = None
+        with contextlib.suppress(Exception):
+            import comfy.model_patcher
+
+            self.patcher = comfy.model_patcher.ModelPatcher(module, load_device=torch_device(), offload_device=offload_device())
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.module.parameters()).dtype
+
+
+def load_to_device(managed: list[ManagedModule], memory_required: int = 0) -> torch.device:
+    """Ask ComfyUI to make room and load these modules (respects --lowvram/--cpu)."""
+    device = torch_device()
+    patchers = [m.patcher for m in managed if m.patcher is not None]
+    if patchers:
+        import comfy.model_management as mm
+
+        mm.load_models_gpu(patchers, memory_required=memory_required)
+    for m in managed:
+        if m.patcher is None or m.device != device:
+            m.module.to(device)
+    return device
+
+
+def free_memory(bytes_needed: int, device: torch.device | None = None) -> None:
+    with contextlib.suppress(Exception):
+        import comfy.model_management as mm
+
+        mm.free_memory(bytes_needed, device or torch_device())
+
+
+def soft_empty_cache() -> None:
+    with contextlib.suppress(Exception):
+        import comfy.model_management as mm
+
+        mm.soft_empty_cache()
+
+
+def is_oom(err: BaseException) -> bool:
+    try:
+        import comfy.model_management as mm
+
+        if isinstance(err, mm.OOM_EXCEPTION):
+            return True
+    except Exception:
+        pass
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress, previews, cancellation
+
+
+def check_interrupt() -> None:
+    """Raises ComfyUI's InterruptProcessingException when the user pressed Cancel."""
+    try:
+        import comfy.model_management as mm
+    except Exception:
+        return
+    mm.throw_exception_if_processing_interrupted()
+
+
+class Progress:
+    """Progress over ``total`` units; also checks for Cancel at every update."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.bar = max(1, total), 0, None
+        with contextlib.suppress(Exception):
+            import comfy.utils
+
+            self.bar = comfy.utils.ProgressBar(self.total)
+
+    def update(self, n: int = 1, preview=None) -> None:
+        check_interrupt()
+        self.done = min(self.total, self.done + n)
+        if self.bar is not None:
+            self.bar.update_absolute(self.done, self.total, preview)
+
+
+def latent_preview(latent: torch.Tensor, max_size: int = 512):
+    """A cheap RGB preview of an (unscaled or scaled) SD latent, in ComfyUI's preview format."""
+    try:
+        from comfy.latent_formats import SD15
+        from PIL import Image
+    except Exception:
+        return None
+    factors = torch.tensor(SD15().latent_rgb_factors, dtype=torch.float32)
+    rgb = torch.einsum("chw,cr->hwr", latent[0].float().cpu(), factors)
+    rgb = ((rgb + 1) / 2).clamp(0, 1).mul(255).byte().numpy()
+    return ("JPEG", Image.fromarray(rgb), max_size)

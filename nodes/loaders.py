@@ -1,0 +1,111 @@
+"""Loader nodes: the AddSR UNet + ControlNet, and the RAM/DAPE encoder."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import host
+from .common import CATEGORY, AddSRInputError
+
+DTYPE_CHOICES = ["auto", "fp16", "bf16", "fp32"]
+NONE = "none"
+
+
+@dataclass
+class AddSRModel:
+    """ComfyUI's ``ADDSR_MODEL``: the UNet and ControlNet, each managed by ComfyUI."""
+
+    unet: host.ManagedModule
+    controlnet: host.ManagedModule
+    name: str
+
+
+@dataclass
+class RAMModel:
+    """ComfyUI's ``ADDSR_RAM``: the RAM/DAPE encoder (and tagger when a tag list was given)."""
+
+    encoder: host.ManagedModule
+    tagger: object | None
+    name: str
+
+
+class AddSRModelLoader:
+    DESCRIPTION = "Loads the AddSR UNet and ControlNet from models/addsr (release folder or packed .safetensors)."
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("ADDSR_MODEL",)
+    RETURN_NAMES = ("addsr_model",)
+    OUTPUT_TOOLTIPS = ("The AddSR UNet + ControlNet, for AddSR Sampler / AddSR Upscale.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (host.list_models("addsr", folders_with="unet"), {
+                    "tooltip": "An AddSR release folder (with unet/ and controlnet/) or a packed .safetensors in models/addsr."}),
+                "dtype": (DTYPE_CHOICES, {"default": "auto",
+                    "tooltip": "Weight precision. auto: what ComfyUI picks for your GPU (fp16/bf16), fp32 on CPU."}),
+            }
+        }
+
+    def load(self, model, dtype="auto"):
+        from addsr_core.loading.pack import load_addsr
+
+        path = host.resolve_model("addsr", model)
+        torch_dtype = host.pick_dtype(dtype)
+        unet, controlnet = load_addsr(path, dtype=torch_dtype, device=host.offload_device())
+        return (AddSRModel(host.ManagedModule(unet), host.ManagedModule(controlnet), model),)
+
+
+class AddSRRAMLoader:
+    DESCRIPTION = "Loads RAM (Swin-L) with the DAPE LoRA merged, which turns images into AddSR's image tokens and tags."
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("ADDSR_RAM",)
+    RETURN_NAMES = ("ram",)
+    OUTPUT_TOOLTIPS = ("The RAM/DAPE image encoder (and tagger), for Encode LR, Tagger and AddSR Upscale.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        files = host.list_models("ram") + [f for f in host.list_models("addsr") if f.endswith(".pth")]
+        files = sorted(set(files))
+        return {
+            "required": {
+                "ram": (files, {"tooltip": "ram_swin_large_14m.pth (from models/ram or models/addsr)."}),
+                "dape": ([NONE] + files, {"default": NONE,
+                    "tooltip": "DAPE.pth, the degradation-aware LoRA AddSR was trained with. Strongly recommended."}),
+                "dtype": (DTYPE_CHOICES, {"default": "auto", "tooltip": "Weight precision of the encoder."}),
+            },
+            "optional": {
+                "tag_list": ([NONE] + _text_files(), {"default": NONE,
+                    "tooltip": "ram_tag_list.txt (ships with the RAM weights); enables the Tagger and automatic tags."}),
+            },
+        }
+
+    def load(self, ram, dape=NONE, dtype="auto", tag_list=NONE):
+        from addsr_core.ram import load_ram
+
+        if dape == NONE:
+            host.log.warning("AddSR: loading RAM without DAPE; AddSR was trained with DAPE tokens, expect weaker results")
+        encoder, tagger = load_ram(
+            host.resolve_model("ram" if ram in host.list_models("ram") else "addsr", ram),
+            None if dape == NONE else host.resolve_model("ram" if dape in host.list_models("ram") else "addsr", dape),
+            tag_list=None if tag_list in (None, NONE) else _resolve_text(tag_list),
+            dtype=host.pick_dtype(dtype), device=host.offload_device(),
+        )
+        return (RAMModel(host.ManagedModule(encoder), tagger, ram),)
+
+
+def _text_files() -> list[str]:
+    names = set()
+    for kind in ("ram", "addsr"):
+        for root in host.model_dirs(kind):
+            names.update(p.relative_to(root).as_posix() for p in root.rglob("*.txt"))
+    return sorted(names)
+
+
+def _resolve_text(name: str):
+    for kind in ("ram", "addsr"):
+        for root in host.model_dirs(kind):
+            if (root / name).is_file():
+                return root / name
+    raise AddSRInputError(f"tag list {name!r} not found in models/ram or models/addsr")

@@ -1,0 +1,97 @@
+"""Seamless tiled VAE decode and encode, with memory bounded by the tile size."""
+from __future__ import annotations
+
+import torch
+
+from . import host
+from .common import CATEGORY, as_addsr_vae, bchw_to_image, image_to_bchw
+
+MIN_VAE_TILE = 256
+
+
+def _with_oom_retry(run, tile: int):
+    while True:
+        try:
+            return run(tile)
+        except Exception as err:
+            if not host.is_oom(err) or tile // 2 < MIN_VAE_TILE:
+                raise
+            host.soft_empty_cache()
+            tile //= 2
+            host.log.warning("AddSR: VAE out of memory, retrying with %dpx tiles", tile)
+
+
+class AddSRTiledVAEDecode:
+    DESCRIPTION = "Decodes a latent in overlapping tiles with shared normalisation statistics: no seams, bounded memory."
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE",)
+    OUTPUT_TOOLTIPS = ("The decoded image, resized to the exact upscaled size when the latent came from AddSR Sampler.",)
+    FUNCTION = "decode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "samples": ("LATENT", {"tooltip": "Latent to decode (e.g. from AddSR Sampler)."}),
+                "vae": ("VAE", {"tooltip": "The SD2 base VAE."}),
+                "tile_size": ("INT", {"default": 1024, "min": MIN_VAE_TILE, "max": 4096, "step": 64,
+                    "tooltip": "Tile size in output pixels. Smaller uses less memory; halved automatically on out-of-memory."}),
+                "overlap": ("INT", {"default": 64, "min": 0, "max": 512, "step": 16, "tooltip": "Overlap between tiles in pixels."}),
+            }
+        }
+
+    def decode(self, samples, vae, tile_size=1024, overlap=64):
+        from addsr_core.imaging.prepare import resize_to
+        from addsr_core.imaging.tiled_vae import tiled_decode
+
+        handle = as_addsr_vae(vae)
+        device = host.load_to_device([handle.managed])
+        latent = samples["samples"].to(device, handle.managed.dtype)
+
+        def run(tile):
+            with torch.no_grad():
+                return tiled_decode(handle.vae, latent, tile, min(overlap, tile // 4))
+
+        images = (_with_oom_retry(run, tile_size).float() / 2 + 0.5).clamp(0, 1)
+        size = samples.get("addsr_output_size")
+        if size is not None and tuple(images.shape[-2:]) != tuple(size):
+            images = resize_to(images, tuple(size))
+        return (bchw_to_image(images),)
+
+
+class AddSRTiledVAEEncode:
+    DESCRIPTION = "Encodes an image in overlapping tiles with shared normalisation statistics: no seams, bounded memory."
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("LATENT",)
+    OUTPUT_TOOLTIPS = ("The latent (posterior mean), in ComfyUI's usual unscaled form.",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "pixels": ("IMAGE", {"tooltip": "Image to encode."}),
+                "vae": ("VAE", {"tooltip": "The SD2 base VAE."}),
+                "tile_size": ("INT", {"default": 1024, "min": MIN_VAE_TILE, "max": 4096, "step": 64,
+                    "tooltip": "Tile size in pixels; halved automatically on out-of-memory."}),
+                "overlap": ("INT", {"default": 64, "min": 0, "max": 512, "step": 16, "tooltip": "Overlap between tiles in pixels."}),
+            }
+        }
+
+    def encode(self, pixels, vae, tile_size=1024, overlap=64):
+        from addsr_core.imaging.tiled_vae import tiled_encode
+
+        handle = as_addsr_vae(vae)
+        device = host.load_to_device([handle.managed])
+        image = image_to_bchw(pixels)
+        h, w = image.shape[-2:]
+        if h % 8 or w % 8:  # the VAE needs multiples of 8: crop like ComfyUI's VAE Encode
+            image = image[..., : h // 8 * 8, : w // 8 * 8]
+        x = (image * 2 - 1).to(device, handle.managed.dtype)
+
+        def run(tile):
+            with torch.no_grad():
+                return tiled_encode(handle.vae, x, tile, min(overlap, tile // 4))
+
+        moments = _with_oom_retry(run, tile_size)
+        return ({"samples": moments[:, :4].float().cpu()},)

@@ -1,0 +1,179 @@
+"""Node contracts and every node run on tiny checkpoints, without ComfyUI installed."""
+import numbers
+
+import pytest
+import torch
+
+import nodes
+from nodes.common import AddSRInputError
+from nodes.encode import AddSRCond
+from nodes.loaders import AddSRModel, RAMModel
+from nodekit import FakeComfyCLIP, FakeComfyVAE, make_kit
+
+COMFY_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "IMAGE", "LATENT", "VAE", "CLIP", "CONDITIONING", "MASK"}
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kit")
+    paths = make_kit(root)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ADDSR_ADDSR_DIR", str(root / "addsr"))
+    mp.setenv("ADDSR_RAM_DIR", str(root / "ram"))
+    yield paths
+    mp.undo()
+
+
+@pytest.mark.parametrize("name", sorted(nodes.NODE_CLASS_MAPPINGS))
+def test_node_contract(kit, name):
+    cls = nodes.NODE_CLASS_MAPPINGS[name]
+    assert name in nodes.NODE_DISPLAY_NAME_MAPPINGS
+    spec = cls.INPUT_TYPES()
+    assert set(spec) <= {"required", "optional", "hidden"} and spec["required"]
+    assert isinstance(cls.RETURN_TYPES, tuple) and cls.RETURN_TYPES
+    assert len(getattr(cls, "OUTPUT_TOOLTIPS", cls.RETURN_TYPES)) == len(cls.RETURN_TYPES)
+    assert callable(getattr(cls, cls.FUNCTION))
+    assert cls.CATEGORY.startswith("AddSR") and cls.DESCRIPTION
+    for section in ("required", "optional"):
+        for inp, (kind, *opts) in spec.get(section, {}).items():
+            options = opts[0] if opts else {}
+            assert options.get("tooltip"), f"{name}.{inp} has no tooltip"
+            if isinstance(kind, list):
+                assert kind and options.get("default", kind[0]) in kind, f"{name}.{inp}"
+            elif kind in ("INT", "FLOAT"):
+                assert options["min"] <= options["default"] <= options["max"], f"{name}.{inp}"
+            else:
+                assert kind in COMFY_TYPES or kind.startswith("ADDSR_"), f"{name}.{inp}: {kind}"
+    for out in cls.RETURN_TYPES:
+        assert out in COMFY_TYPES or out.startswith("ADDSR_")
+
+
+def test_loader_lists_release_folders_and_files(kit):
+    spec = nodes.AddSRModelLoader.INPUT_TYPES()["required"]["model"][0]
+    assert spec == ["AddSR-tiny"]
+    ram_files = nodes.AddSRRAMLoader.INPUT_TYPES()["required"]["ram"][0]
+    assert {"ram_base.pth", "DAPE.pth"} <= set(ram_files)
+    assert "ram_tag_list.txt" in nodes.AddSRRAMLoader.INPUT_TYPES()["optional"]["tag_list"][0]
+
+
+@pytest.fixture(scope="module")
+def loaded(kit):
+    (model,) = nodes.AddSRModelLoader().load("AddSR-tiny", "fp32")
+    (ram,) = nodes.AddSRRAMLoader().load("ram_base.pth", "DAPE.pth", "fp32", tag_list="ram_tag_list.txt")
+    return model, ram, FakeComfyVAE(kit["sd2"]), FakeComfyCLIP(kit["sd2"])
+
+
+def lr_image(batch=1, h=24, w=32, channels=3, seed=0):
+    return torch.rand(batch, h, w, channels, generator=torch.Generator().manual_seed(seed))
+
+
+def test_modular_graph(loaded):
+    model, ram, vae, clip = loaded
+    assert isinstance(model, AddSRModel) and isinstance(ram, RAMModel)
+    image = lr_image(batch=2, h=36, w=150)
+    cond, lr_latent = nodes.AddSREncodeLR().encode(image, vae, ram, scale=2, vae_tile_size=256, min_size=80)
+    assert isinstance(cond, AddSRCond)
+    # 36 is below min_size//2 = 40: official upsizing to a 40 short side (int() truncation), then x2, then //8*8.
+    assert tuple(cond.cond.control_image.shape) == (2, 3, 80, 328)
+    assert lr_latent["samples"].shape == (2, 4, 10, 41)
+    assert cond.cond.output_size == (72, 300)
+    positive, negative = clip.conditioning("a dog"), clip.conditioning("blur")
+    (latent,) = nodes.AddSRSampler().sample(model, cond, positive, negative, seed=3, steps=2, psr_weight=0.4,
+                                            cfg=0.0, tile_size=256, tile_overlap=64)
+    assert latent["samples"].shape == (2, 4, 10, 41) and torch.isfinite(latent["samples"]).all()
+    (again,) = nodes.AddSRSampler().sample(model, cond, positive, negative, seed=3, steps=2, psr_weight=0.4,
+                                           cfg=0.0, tile_size=256, tile_overlap=64)
+    assert torch.equal(latent["samples"], again["samples"]), "same seed, same result"
+    (decoded,) = nodes.AddSRTiledVAEDecode().decode(latent, vae, tile_size=256, overlap=32)
+    assert decoded.shape == (2, 72, 300, 3) and 0 <= decoded.min() and decoded.max() <= 1
+    (fixed,) = nodes.AddSRColorFix().fix(decoded, image, "adain")
+    assert fixed.shape == decoded.shape
+    # AdaIN: the per-channel means now follow the reference.
+    assert torch.allclose(fixed.mean(dim=(1, 2)), image.mean(dim=(1, 2)), atol=0.03)
+    (wave,) = nodes.AddSRColorFix().fix(decoded, image, "wavelet")
+    assert wave.shape == decoded.shape
+    (tags,) = nodes.AddSRTagger().tag(image, ram)
+    assert len(tags.split("\n")) == 2 and all(t for t in tags.split("\n"))
+    (encoded,) = nodes.AddSRTiledVAEEncode().encode(decoded, vae, tile_size=256, overlap=32)
+    assert encoded["samples"].shape == (2, 4, 9, 37)
+
+
+def test_cfg_uses_negative_and_changes_result(loaded):
+    model, ram, vae, clip = loaded
+    cond, _ = nodes.AddSREncodeLR().encode(lr_image(), vae, ram, scale=2, vae_tile_size=1024, min_size=64)
+    pos, neg = clip.conditioning("a dog"), clip.conditioning("blur")
+    run = lambda cfg: nodes.AddSRSampler().sample(model, cond, pos, neg, seed=1, steps=1, cfg=cfg)[0]["samples"]
+    assert not torch.allclose(run(0.0), run(4.0))
+
+
+def test_all_in_one_rgba_and_grayscale(loaded):
+    model, ram, vae, clip = loaded
+    rgba = lr_image(h=20, w=20, channels=4)
+    (out,) = nodes.AddSRUpscale().upscale(rgba, model, ram, vae, clip, prompt="a cat", seed=0, steps=1, scale=4,
+                                          tile_size=256, min_size=64)
+    assert out.shape == (1, 80, 80, 4)
+    alpha = torch.nn.functional.interpolate(rgba[..., 3][:, None], size=(80, 80), mode="bicubic", antialias=True)
+    assert (out[..., 3] - alpha[:, 0].clamp(0, 1)).abs().max() < 1e-5, "alpha upscaled separately"
+    gray = lr_image(h=16, w=24, channels=1)
+    (out,) = nodes.AddSRUpscale().upscale(gray, model, ram, vae, clip, seed=0, steps=1, scale=2, tile_size=256,
+                                          min_size=64)
+    assert out.shape == (1, 32, 48, 3)
+
+
+def test_bad_inputs_give_readable_errors(loaded):
+    model, ram, vae, clip = loaded
+    with pytest.raises(AddSRInputError, match="at least 8 px"):
+        nodes.AddSREncodeLR().encode(lr_image(h=4, w=40), vae, ram)
+    with pytest.raises(AddSRInputError, match="not a VAE"):
+        nodes.AddSREncodeLR().encode(lr_image(), object(), ram)
+    with pytest.raises(AddSRInputError, match="AddSR Load Model"):
+        nodes.AddSRSampler().sample(ram, None, None, None)
+    cond, _ = nodes.AddSREncodeLR().encode(lr_image(), vae, ram, min_size=64)
+    with pytest.raises(AddSRInputError, match="CLIP Text Encode"):
+        nodes.AddSRSampler().sample(model, cond, "not conditioning", None)
+    nan = lr_image()
+    nan[0, 0, 0, 0] = float("nan")
+    with pytest.raises(AddSRInputError, match="NaN"):
+        nodes.AddSREncodeLR().encode(nan, vae, ram)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        nodes.AddSRModelLoader().load("missing-model", "fp32")
+    no_tags = RAMModel(ram.encoder, None, "x")
+    with pytest.raises(AddSRInputError, match="tag list"):
+        nodes.AddSRTagger().tag(lr_image(), no_tags)
+
+
+def test_cancel_stops_within_one_network_call(loaded, monkeypatch):
+    model, ram, vae, clip = loaded
+    cond, _ = nodes.AddSREncodeLR().encode(lr_image(h=40, w=80), vae, ram, scale=4, min_size=64)
+    calls = []
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt():
+        calls.append(1)
+        if len(calls) >= 2:
+            raise Interrupted()
+
+    monkeypatch.setattr(nodes.host, "check_interrupt", interrupt)
+    with pytest.raises(Interrupted):
+        nodes.AddSRSampler().sample(model, cond, clip.conditioning("x"), clip.conditioning("y"), steps=4, tile_size=256,
+                                    tile_overlap=64)
+    assert len(calls) == 2
+
+
+def test_oom_halves_the_tile_then_gives_up(loaded, monkeypatch):
+    import nodes.sampler as sampler_mod
+
+    model, ram, vae, clip = loaded
+    cond, _ = nodes.AddSREncodeLR().encode(lr_image(), vae, ram, min_size=64)
+    tiles = []
+
+    def fake_sample(models, c, pos, neg, options, **kw):
+        tiles.append(options.latent_tile_px)
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(sampler_mod, "sample", fake_sample)
+    with pytest.raises(AddSRInputError, match="out of memory even with 256px tiles"):
+        nodes.AddSRSampler().sample(model, cond, clip.conditioning("x"), clip.conditioning("y"), tile_size=1024)
+    assert tiles == [1024, 512, 256]
