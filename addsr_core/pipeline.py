@@ -127,7 +127,7 @@ def count_network_calls(options: UpscaleOptions, latent_hw) -> int:
     from .sampling.tiling import tile_count
 
     tiling = latent_tiling(options, latent_hw)
-    per_step = tile_count(*latent_hw, *tiling) if tiling else 1
+    per_step = tile_count(*latent_hw, (tiling[0], tiling[0]), tiling[1]) if tiling else 1
     return per_step * options.steps
 
 

@@ -44,4 +44,6 @@ class TiledDenoiser:
                 control_image[..., s * y0 : s * (y0 + th), s * x0 : s * (x0 + tw)], tokens, prompt_embeds,
             )
 
-        return aggregate_tiles(run, z.shape[-2:], self.tile, self.overlap, on_tile=self.on_tile)
+        # A (tile, tile) pair is clamped per axis: a 64x300 latent with tile 128 takes 3 calls, not
+        # the 9 square 64-tiles the official clamp would make.
+        return aggregate_tiles(run, z.shape[-2:], (self.tile, self.tile), self.overlap, on_tile=self.on_tile)
