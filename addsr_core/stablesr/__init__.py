@@ -1,0 +1,23 @@
+"""StableSR (Wang et al., IJCV 2024): SD2 UNet + SFT layers + time-aware encoder, CFW decoder, DDPM sampler."""
+from .cfw import DEFAULT_FIDELITY, CFWAutoencoder, CFWDecoder, FuseSFTBlock
+from .checkpoint import CheckpointError, load_lightning_checkpoint, read_checkpoint
+from .encoder import TimeAwareEncoder, TimeAwareEncoderConfig
+from .loading import guess_prediction_type, load_cfw_vae, load_stablesr, split_stablesr_state_dict
+from .model import StableSRConfig, StableSRModel, sd2_unet_config
+from .sampling import (
+    StableSRDenoiser,
+    StableSRSampling,
+    respaced_schedule,
+    sample_stablesr,
+    space_timesteps,
+    tiled_denoiser,
+)
+from .spade import SPADE, attach_spade
+
+__all__ = [
+    "DEFAULT_FIDELITY", "CFWAutoencoder", "CFWDecoder", "FuseSFTBlock", "CheckpointError", "load_lightning_checkpoint",
+    "read_checkpoint", "TimeAwareEncoder", "TimeAwareEncoderConfig", "guess_prediction_type", "load_cfw_vae",
+    "load_stablesr", "split_stablesr_state_dict", "StableSRConfig", "StableSRModel", "sd2_unet_config",
+    "StableSRDenoiser", "StableSRSampling", "respaced_schedule", "sample_stablesr", "space_timesteps", "tiled_denoiser",
+    "SPADE", "attach_spade",
+]

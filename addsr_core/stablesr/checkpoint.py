@@ -1,0 +1,91 @@
+"""Reading StableSR's released files safely: Lightning ``.ckpt`` pickles without running them.
+
+``torch.load(weights_only=True)`` refuses the non-tensor objects Lightning stores next to the
+weights (the ModelCheckpoint callback class used as a dict key, numpy scalars in its state,
+``argparse.Namespace`` hyper-parameters, paths). We allow exactly those names, each mapped to an
+inert stand-in that accepts any constructor arguments and state and does nothing; every other
+global (``os.system``, ``builtins.eval``, ...) is still refused by torch's weights-only unpickler
+and reported as a :class:`CheckpointError`. Only the tensors of the state dict are kept.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+
+import torch
+
+from ..loading.io import PICKLE_SUFFIXES, CheckpointError, read_state_dict, unwrap_state_dict
+
+
+class InertObject:
+    """Stands in for an allow-listed non-tensor object: swallows arguments and state."""
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+    def __repr__(self):
+        return f"<inert {self._pickled_name}>"
+
+
+# Training-run metadata found in Lightning checkpoints of the LDM era. Nothing here is needed.
+LIGHTNING_ALLOWED_GLOBALS = (
+    "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
+    "pytorch_lightning.callbacks.early_stopping.EarlyStopping",
+    "pytorch_lightning.callbacks.lr_monitor.LearningRateMonitor",
+    "lightning.pytorch.callbacks.model_checkpoint.ModelCheckpoint",
+    "lightning_fabric.utilities.data.AttributeDict",
+    "pytorch_lightning.utilities.parsing.AttributeDict",
+    "argparse.Namespace",
+    "pathlib.PosixPath",
+    "pathlib.WindowsPath",
+    "pathlib.PurePosixPath",
+    "pathlib.PureWindowsPath",
+    "numpy.dtype",
+    "numpy.ndarray",
+    "numpy.core.multiarray.scalar",
+    "numpy.core.multiarray._reconstruct",
+    "numpy._core.multiarray.scalar",
+    "numpy._core.multiarray._reconstruct",
+    *(f"numpy.dtypes.{name}DType" for name in (
+        "Float64", "Float32", "Float16", "Int64", "Int32", "Int16", "Int8", "UInt64", "UInt32", "UInt16", "UInt8", "Bool",
+    )),
+)
+
+
+def _stand_ins() -> list[tuple[type, str]]:
+    return [(type(name.rsplit(".", 1)[1], (InertObject,), {"_pickled_name": name}), name) for name in LIGHTNING_ALLOWED_GLOBALS]
+
+
+def load_lightning_checkpoint(path: str | os.PathLike, *, family: str = "StableSR") -> dict:
+    """The whole pickled object of a ``.ckpt``/``.pth``, with allow-listed metadata made inert."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{family} checkpoint not found: {path!r}. Check the path, or download the file first.")
+    try:
+        with torch.serialization.safe_globals(_stand_ins()):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as err:
+        if "Unsupported global" in str(err) or "weights_only" in str(err) or isinstance(err, pickle.UnpicklingError):
+            raise CheckpointError(
+                f"{path!r} contains a Python object we do not load ({err}). Loading it would mean running code "
+                "from the file, which we never do. If it is a genuine StableSR/SD file, convert it to .safetensors "
+                "in a trusted environment first."
+            ) from None
+        raise CheckpointError(
+            f"Could not read the {family} checkpoint {path!r}: {type(err).__name__}: {err}. "
+            "The file is probably truncated or corrupt (an interrupted download?): download it again."
+        ) from err
+
+
+def read_checkpoint(path: str | os.PathLike, *, family: str = "StableSR", dtype=None, prefixes=None) -> dict[str, torch.Tensor]:
+    """Flat tensor state dict of a safetensors file or a (Lightning) pickle, read safely."""
+    if os.fspath(path).lower().endswith(PICKLE_SUFFIXES):
+        return unwrap_state_dict(load_lightning_checkpoint(path, family=family))
+    return unwrap_state_dict(read_state_dict(path, family=family, dtype=dtype, prefixes=prefixes))

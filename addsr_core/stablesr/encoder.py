@@ -1,0 +1,151 @@
+"""StableSR's time-aware encoder (official ``EncoderUNetModelWT``), with the official key names.
+
+It is the down half of a small UNet over the LR latent with its own timestep embedding. Before
+each downsample and after the middle block it taps the feature map, turns it into
+``out_channels`` maps with a ResBlock (``fea_tran``), and returns them keyed by ``str(width)``:
+for a 64x64 latent, ``{"64", "32", "16", "8"}``. The SFT layers pick the entry by width.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.layers import broadcast_timesteps, timestep_embedding
+from .spade import GroupNorm32
+
+
+@dataclass(frozen=True)
+class TimeAwareEncoderConfig:
+    """The official ``structcond_stage_config`` (identical in the 512 and 768-v configs)."""
+
+    in_channels: int = 4
+    model_channels: int = 256
+    out_channels: int = 256
+    num_res_blocks: int = 2
+    attention_resolutions: tuple = (4, 2, 1)
+    channel_mult: tuple = (1, 1, 2, 2)
+    num_heads: int = 4
+    groups: int = 32
+
+    @property
+    def time_embed_dim(self) -> int:
+        return 4 * self.model_channels
+
+
+class ResBlock(nn.Module):
+    """The LDM ResBlock: ``in_layers``/``emb_layers``/``out_layers``/``skip_connection`` Sequentials."""
+
+    def __init__(self, channels: int, emb_channels: int, out_channels: int, groups: int):
+        super().__init__()
+        self.in_layers = nn.Sequential(GroupNorm32(groups, channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
+        self.out_layers = nn.Sequential(
+            GroupNorm32(groups, out_channels), nn.SiLU(), nn.Dropout(0.0), nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        )
+        self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
+
+    def forward(self, x, emb):
+        h = self.in_layers(x)
+        h = h + self.emb_layers(emb).type(h.dtype)[:, :, None, None]
+        return self.skip_connection(x) + self.out_layers(h)
+
+
+class AttentionBlock(nn.Module):
+    """Global self-attention with the legacy head split: qkv rows are grouped per head as [q|k|v]."""
+
+    def __init__(self, channels: int, num_heads: int, groups: int):
+        super().__init__()
+        if channels % num_heads:
+            raise ValueError(f"{channels} channels do not split into {num_heads} heads")
+        self.num_heads = num_heads
+        self.norm = GroupNorm32(groups, channels)
+        self.qkv = nn.Conv1d(channels, 3 * channels, 1)
+        self.proj_out = nn.Conv1d(channels, channels, 1)
+
+    def forward(self, x):
+        b, c, *spatial = x.shape
+        x = x.reshape(b, c, -1)
+        length, ch = x.shape[-1], c // self.num_heads
+        qkv = self.qkv(self.norm(x)).reshape(b * self.num_heads, 3 * ch, length)
+        q, k, v = (t.transpose(1, 2) for t in qkv.split(ch, dim=1))
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, c, length)
+        return (x + self.proj_out(a)).reshape(b, c, *spatial)
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.op(x)
+
+
+class TimestepSequential(nn.ModuleList):
+    """An ``input_blocks.N`` / ``middle_block`` container: children numbered as in the checkpoint."""
+
+    def forward(self, x, emb):
+        for layer in self:
+            x = layer(x, emb) if isinstance(layer, ResBlock) else layer(x)
+        return x
+
+
+class TimeAwareEncoder(nn.Module):
+    def __init__(self, config: TimeAwareEncoderConfig = TimeAwareEncoderConfig()):
+        super().__init__()
+        self.config = cfg = config
+        mc, emb = cfg.model_channels, cfg.time_embed_dim
+        self.time_embed = nn.Sequential(nn.Linear(mc, emb), nn.SiLU(), nn.Linear(emb, emb))
+        self.input_blocks = nn.ModuleList([TimestepSequential([nn.Conv2d(cfg.in_channels, mc, 3, padding=1)])])
+        tapped_channels, ch, ds = [], mc, 1
+        for level, mult in enumerate(cfg.channel_mult):
+            for _ in range(cfg.num_res_blocks):
+                layers = [ResBlock(ch, emb, mult * mc, cfg.groups)]
+                ch = mult * mc
+                if ds in cfg.attention_resolutions:
+                    layers.append(AttentionBlock(ch, cfg.num_heads, cfg.groups))
+                self.input_blocks.append(TimestepSequential(layers))
+            if level != len(cfg.channel_mult) - 1:
+                self.input_blocks.append(TimestepSequential([Downsample(ch)]))
+                tapped_channels.append(ch)
+                ds *= 2
+        self.middle_block = TimestepSequential(
+            [ResBlock(ch, emb, ch, cfg.groups), AttentionBlock(ch, cfg.num_heads, cfg.groups), ResBlock(ch, emb, ch, cfg.groups)]
+        )
+        tapped_channels.append(ch)
+        self.fea_tran = nn.ModuleList([ResBlock(c, emb, cfg.out_channels, cfg.groups) for c in tapped_channels])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.time_embed[0].weight.dtype
+
+    def forward(self, lr_latent: torch.Tensor, timestep) -> dict[str, torch.Tensor]:
+        """``lr_latent`` [B,4,h,w] (scaled), ``timestep`` int / 0-d / [B] -> {str(width): [B,C,h',w']}."""
+        t = broadcast_timesteps(timestep, lr_latent.shape[0], lr_latent.device)
+        emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(self.dtype))
+        taps = []
+        h = lr_latent.to(self.dtype)
+        for block in self.input_blocks:
+            if isinstance(block[0], Downsample):
+                taps.append(h)
+            h = block(h, emb)
+        taps.append(self.middle_block(h, emb))
+        features = {}
+        for tap, tran in zip(taps, self.fea_tran):
+            key = str(tap.shape[-1])
+            if key in features:
+                raise ValueError(f"latent width {lr_latent.shape[-1]} is too small: two encoder levels have width {key}")
+            features[key] = tran(tap, emb)
+        return features
+
+
+def encoder_widths(width: int, levels: int = 4) -> list[int]:
+    """The widths the encoder (and the UNet) see for a latent ``width``: stride-2, pad-1 convs."""
+    widths = [width]
+    for _ in range(levels - 1):
+        widths.append(math.floor((widths[-1] - 1) / 2) + 1)
+    return widths

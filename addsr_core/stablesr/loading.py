@@ -1,0 +1,180 @@
+"""Load StableSR from the files people have.
+
+- The official Lightning checkpoints ``stablesr_000117.ckpt`` (SD 2.1-512 base),
+  ``stablesr_768v_000139.ckpt`` (SD 2.1-768-v) and ``stablesr_turbo.ckpt`` (SD-Turbo):
+  ``model.diffusion_model.*`` (SD2 UNet + ``.spade.``), ``structcond_stage_model.*``, and the
+  SD2 VAE / OpenCLIP text encoder, which are not ours to load here.
+- The sd-webui "SR module" files (only the ``.spade.`` and ``structcond_stage_model.*`` tensors),
+  applied on top of a base SD 2.x / SD-Turbo checkpoint (LDM single file or diffusers ``unet/``).
+  A base may also be given with a full StableSR file: the base then supplies every non-SFT UNet
+  weight.
+- The CFW VAE ``vqgan_cfw_00011.ckpt`` (LDM VAE + ``decoder.fusion_layer_*``, no prefix, maybe
+  ``loss.*``), or the webui split into a VAE-only file and a CFW-only file.
+Everything is built on the meta device and assigned strictly.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from ..loading.identify import describe_checkpoint
+from ..loading.io import CheckpointError, assign_state_dict
+from ..loading.keymaps import LDM_VAE_PREFIX, ldm_vae_to_diffusers, looks_like_ldm_vae, rename_legacy_vae_keys
+from ..loading.keymaps_unet import LDM_UNET_PREFIX, ldm_unet_to_diffusers
+from ..loading.models import infer_vae_config, read_diffusers_folder
+from ..models import VAEConfig
+from .cfw import CFWAutoencoder
+from .checkpoint import read_checkpoint
+from .model import StableSRConfig, StableSRModel
+
+STRUCTCOND_PREFIX = "structcond_stage_model."
+FUSION_PREFIX = "decoder.fusion_layer_"
+
+
+def _is_sft_key(key: str) -> bool:
+    return ".spade." in key
+
+
+def split_stablesr_state_dict(sd: dict) -> tuple[dict, dict, dict]:
+    """(UNet non-SFT tensors, UNet SFT tensors, encoder tensors), the UNet parts in our key names."""
+    unet, unplaced = ldm_unet_to_diffusers(sd)
+    if unplaced:
+        raise CheckpointError(f"these UNet tensors do not fit an SD2 UNet: {sorted(unplaced)[:10]}")
+    base = {k: v for k, v in unet.items() if not _is_sft_key(k)}
+    sft = {k: v for k, v in unet.items() if _is_sft_key(k)}
+    encoder = {k[len(STRUCTCOND_PREFIX):]: v for k, v in sd.items() if k.startswith(STRUCTCOND_PREFIX)}
+    return base, sft, encoder
+
+
+def read_base_unet(path: str | os.PathLike) -> tuple[dict, str]:
+    """A base SD 2.x / SD-Turbo UNet in our key names: LDM single file or diffusers ``unet/`` folder."""
+    path = Path(path)
+    if path.is_dir():
+        _, sd, source = read_diffusers_folder(path, "unet")
+        return sd, source
+    sd = read_checkpoint(path, family="SD2 base", prefixes=(LDM_UNET_PREFIX,))
+    if not any(k.startswith(LDM_UNET_PREFIX) for k in sd):
+        if any(k.startswith("input_blocks.") for k in sd):  # a bare LDM UNet file
+            sd = {LDM_UNET_PREFIX + k: v for k, v in sd.items()}
+        elif any(k.startswith("down_blocks.") for k in sd):  # a diffusers UNet as a single file
+            return sd, str(path)
+        else:
+            raise CheckpointError(f"{str(path)!r} has no SD2 UNet: it looks like {describe_checkpoint(sd.keys())}.")
+    base, _, _ = split_stablesr_state_dict(sd)
+    return base, str(path)
+
+
+def build_stablesr(config: StableSRConfig, state_dict: dict, *, source: str, dtype=None, device="cpu") -> StableSRModel:
+    """``state_dict`` keys: ``unet.*`` (ours, incl. spade) and ``struct_encoder.*`` (official names)."""
+    with torch.device("meta"):
+        model = StableSRModel(config)
+    try:
+        assign_state_dict(model, state_dict, family="StableSR (SD2 UNet + SFT + time-aware encoder)", source=source, dtype=dtype, device=device)
+    except CheckpointError as err:
+        raise CheckpointError(f"{err}\nThe file looks like {describe_checkpoint(state_dict.keys())}.") from None
+    return model.eval()
+
+
+def load_stablesr(
+    path: str | os.PathLike,
+    *,
+    base: str | os.PathLike | None = None,
+    prediction_type: str | None = None,
+    config: StableSRConfig | None = None,
+    dtype=None,
+    device="cpu",
+) -> StableSRModel:
+    """A StableSR checkpoint (full, or SR module + ``base``) -> :class:`StableSRModel`.
+
+    ``prediction_type`` (else ``config``'s) defaults to "v_prediction" for files named like the
+    768-v release (``*768v*``) and "epsilon" otherwise (the 512 and Turbo releases).
+    """
+    source = os.fspath(path)
+    sd = read_checkpoint(path, family="StableSR", prefixes=(LDM_UNET_PREFIX, STRUCTCOND_PREFIX))
+    unet_base, sft, encoder = split_stablesr_state_dict(sd)
+    del sd
+    if not sft or not encoder:
+        raise CheckpointError(
+            f"{source!r} is not a StableSR checkpoint (it has {len(sft)} SFT and {len(encoder)} time-aware encoder tensors); "
+            f"it looks like {describe_checkpoint(checkpoint_keys(path))}."
+        )
+    if base is not None:
+        unet_base, base_source = read_base_unet(base)
+        source = f"{source} + {base_source}"
+    elif not unet_base:
+        raise CheckpointError(
+            f"{source!r} is a StableSR SR module (SFT layers + time-aware encoder only). Also give the base model it "
+            "was made for: SD 2.1-512 (stablesr_000117 module), SD 2.1-768-v (768v module) or SD-Turbo."
+        )
+    if prediction_type is None:
+        prediction_type = config.prediction_type if config is not None else guess_prediction_type(path)
+    config = replace(config or StableSRConfig(), prediction_type=prediction_type)
+    state = {f"unet.{k}": v for k, v in {**unet_base, **sft}.items()}
+    state.update({f"struct_encoder.{k}": v for k, v in encoder.items()})
+    return build_stablesr(config, state, source=source, dtype=dtype, device=device)
+
+
+def checkpoint_keys(path) -> list[str]:
+    """Tensor names only (cheap for safetensors), to describe a file that was not what we expected."""
+    if os.fspath(path).lower().endswith((".safetensors", ".sft")):
+        from safetensors import safe_open
+
+        with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
+            return list(f.keys())
+    return list(read_checkpoint(path).keys())
+
+
+def guess_prediction_type(path) -> str:
+    """The releases do not record it: the 768-v model is named ``*768v*``; the rest predict epsilon."""
+    return "v_prediction" if "768" in Path(path).name.lower() else "epsilon"
+
+
+def cfw_state_dict_from_any(sd: dict) -> tuple[dict, dict]:
+    """(VAE tensors in our names, fusion tensors in official names) from any CFW/VAE layout."""
+    sd = {(k[len(LDM_VAE_PREFIX):] if k.startswith(LDM_VAE_PREFIX) else k): v for k, v in sd.items() if not k.startswith("loss.")}
+    fusion = {k: v for k, v in sd.items() if k.startswith(FUSION_PREFIX)}
+    rest = {k: v for k, v in sd.items() if not k.startswith(FUSION_PREFIX)}
+    if looks_like_ldm_vae(rest):
+        vae = ldm_vae_to_diffusers(rest)
+    else:
+        vae = rename_legacy_vae_keys({(k[4:] if k.startswith("vae.") else k): v for k, v in rest.items()})
+        vae = {k: v for k, v in vae.items() if k.startswith(("encoder.", "decoder.", "quant_conv.", "post_quant_conv."))}
+    return vae, fusion
+
+
+def load_cfw_vae(
+    path: str | os.PathLike,
+    *,
+    fusion_path: str | os.PathLike | None = None,
+    config: VAEConfig | None = None,
+    dtype=None,
+    device="cpu",
+) -> CFWAutoencoder:
+    """``vqgan_cfw_00011.ckpt`` (or .safetensors), or a VAE file plus the CFW-only ``fusion_path``."""
+    vae, fusion = cfw_state_dict_from_any(read_checkpoint(path, family="CFW VAE"))
+    source = os.fspath(path)
+    if fusion_path is not None:
+        extra_vae, extra_fusion = cfw_state_dict_from_any(read_checkpoint(fusion_path, family="CFW fusion layers"))
+        if not extra_fusion:
+            raise CheckpointError(f"{os.fspath(fusion_path)!r} has no decoder.fusion_layer_* tensors: it is not a CFW file.")
+        fusion.update(extra_fusion)
+        vae = vae or extra_vae
+        source = f"{source} + {os.fspath(fusion_path)}"
+    if not vae:
+        raise CheckpointError(f"{source!r} holds only CFW fusion layers: also give the VAE they go with (e.g. the *_vae_only file).")
+    if not fusion:
+        raise CheckpointError(
+            f"{source!r} is a plain VAE without CFW fusion layers: give the CFW-only file as well, or use it as an ordinary VAE."
+        )
+    config = config or infer_vae_config(vae)
+    with torch.device("meta"):
+        model = CFWAutoencoder(config)
+    state = {**vae, **fusion}
+    try:
+        assign_state_dict(model, state, family="StableSR CFW VAE", source=source, dtype=dtype, device=device)
+    except CheckpointError as err:
+        raise CheckpointError(f"{err}\nThe file looks like {describe_checkpoint(state.keys())}.") from None
+    return model.eval()

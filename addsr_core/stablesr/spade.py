@@ -1,0 +1,78 @@
+"""StableSR's SFT layers: each UNet resnet's output is modulated by the time-aware encoder's features.
+
+The official layer is SPADE (NVIDIA) used as SFT: ``norm(h) * (1 + gamma(f)) + beta(f)``, where
+``f`` is the encoder feature map with the same width as ``h``. It sits in every ResBlockDual after
+``out_layers`` (the second conv), before the skip connection is added, which is exactly where
+our :class:`~addsr_core.models.layers.ResnetBlock2D` calls its ``spade`` slot.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SPADE_HIDDEN = 128  # hard-coded in the official SPADE
+
+
+class GroupNorm32(nn.GroupNorm):
+    """The LDM GroupNorm: statistics in float32 whatever the activations' dtype."""
+
+    def forward(self, x):
+        return super().forward(x.float()).type(x.dtype)
+
+
+def feature_for(struct_cond: Mapping[str, torch.Tensor], h: torch.Tensor) -> torch.Tensor:
+    """The official lookup: the encoder feature keyed by ``str(width)`` of the activation."""
+    key = str(h.shape[-1])
+    if key not in struct_cond:
+        raise ValueError(
+            f"no time-aware encoder feature of width {key} (have {sorted(struct_cond, key=int)}); the encoder "
+            "must see the LR latent of the same size as the latent being denoised"
+        )
+    feature = struct_cond[key]
+    if feature.shape[-2:] != h.shape[-2:]:
+        raise ValueError(f"encoder feature {tuple(feature.shape[-2:])} does not match activation {tuple(h.shape[-2:])}")
+    return feature
+
+
+class SPADE(nn.Module):
+    """Parameter names as in the official checkpoints: param_free_norm, mlp_shared.0, mlp_gamma, mlp_beta.
+
+    ``param_free_norm`` is, despite its name, an affine GroupNorm(32) in the official code.
+    """
+
+    def __init__(self, channels: int, cond_channels: int, hidden: int = SPADE_HIDDEN, kernel: int = 3, groups: int = 32):
+        super().__init__()
+        pad = kernel // 2
+        self.param_free_norm = GroupNorm32(groups, channels)
+        self.mlp_shared = nn.Sequential(nn.Conv2d(cond_channels, hidden, kernel, padding=pad), nn.ReLU())
+        self.mlp_gamma = nn.Conv2d(hidden, channels, kernel, padding=pad)
+        self.mlp_beta = nn.Conv2d(hidden, channels, kernel, padding=pad)
+
+    def forward(self, h: torch.Tensor, struct_cond: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        feature = feature_for(struct_cond, h).to(h.dtype)
+        actv = self.mlp_shared(feature)
+        return self.param_free_norm(h) * (1 + self.mlp_gamma(actv)) + self.mlp_beta(actv)
+
+
+def unet_resnets(unet: nn.Module) -> list[nn.Module]:
+    """Every resnet of the UNet in forward order: down, mid, up (22 for SD2)."""
+    blocks = [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
+    return [resnet for block in blocks for resnet in block.resnets]
+
+
+def attach_spade(unet: nn.Module, cond_channels: int) -> int:
+    """Give every resnet of ``unet`` its SFT layer (on the UNet's current device); returns how many."""
+    resnets = unet_resnets(unet)
+    device = unet.conv_in.weight.device
+    for resnet in resnets:
+        with torch.device(device):
+            resnet.spade = SPADE(resnet.conv2.out_channels, cond_channels)
+    return len(resnets)
+
+
+def detach_spade(unet: nn.Module) -> None:
+    for resnet in unet_resnets(unet):
+        resnet.spade = None
