@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import UNetConfig
-from .layers import TimestepEmbedding, broadcast_timesteps, timestep_embedding
+from .layers import TimestepEmbedding
 from .unet_blocks import MidBlock, build_down_blocks
 
 
@@ -93,9 +93,10 @@ class ControlNetModel(nn.Module):
             )
         if self.config.use_image_cross_attention and image_encoder_hidden_states is None:
             raise ValueError("this ControlNet has image cross-attention: pass image_encoder_hidden_states (RAM tokens)")
-        t = broadcast_timesteps(timestep, sample.shape[0], sample.device)
-        emb = timestep_embedding(t, self.config.block_out_channels[0], self.config.flip_sin_to_cos, self.config.freq_shift)
-        temb = self.time_embedding(emb.to(sample.dtype))
+        cfg = self.config
+        temb = self.time_embedding.embed_timesteps(
+            timestep, sample.shape[0], sample.device, sample.dtype, cfg.flip_sin_to_cos, cfg.freq_shift
+        )
 
         cond_embedding, features = self.controlnet_cond_embedding(controlnet_cond.to(sample.dtype))
         h = self.conv_in(sample) + cond_embedding

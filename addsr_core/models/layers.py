@@ -41,6 +41,12 @@ class TimestepEmbedding(nn.Module):
     def forward(self, x):
         return self.linear_2(self.act(self.linear_1(x)))
 
+    def embed_timesteps(self, timestep, batch: int, device, dtype, flip_sin_to_cos=True, freq_shift=0.0):
+        """Raw timesteps (int, 0-d or [B]) -> [B, time_embed_dim], as the UNet and ControlNet need."""
+        t = broadcast_timesteps(timestep, batch, device)
+        emb = timestep_embedding(t, self.linear_1.in_features, flip_sin_to_cos, freq_shift)
+        return self(emb.to(dtype))
+
 
 class ResnetBlock2D(nn.Module):
     """GroupNorm-SiLU-conv twice, with an optional timestep injection and 1x1 shortcut.

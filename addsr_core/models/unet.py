@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import UNetConfig
-from .layers import TimestepEmbedding, broadcast_timesteps, timestep_embedding
+from .layers import TimestepEmbedding
 from .unet_blocks import MidBlock, build_down_blocks, build_up_blocks
 
 
@@ -34,9 +34,8 @@ class UNet2DConditionModel(nn.Module):
             block.gradient_checkpointing = enabled
 
     def time_embed(self, timestep, batch: int, device, dtype) -> torch.Tensor:
-        t = broadcast_timesteps(timestep, batch, device)
-        emb = timestep_embedding(t, self.config.block_out_channels[0], self.config.flip_sin_to_cos, self.config.freq_shift)
-        return self.time_embedding(emb.to(dtype))
+        cfg = self.config
+        return self.time_embedding.embed_timesteps(timestep, batch, device, dtype, cfg.flip_sin_to_cos, cfg.freq_shift)
 
     def forward(
         self,
