@@ -208,16 +208,20 @@ class StableSRDenoiser:
         return self.model(z.to(dtype), t, lr_latent.to(dtype), context.to(dtype))
 
 
-def tiled_denoiser(denoise: Denoise, tile: int, overlap: int, on_tile: Optional[Callable[[], None]] = None) -> Denoise:
+def tiled_denoiser(denoise: Denoise, tile, overlap, on_tile: Optional[Callable[[], None]] = None) -> Denoise:
     """Run ``denoise`` on overlapping latent tiles (latent and LR latent cropped alike, so the
     time-aware encoder sees each tile's own LR crop) and stitch with the official Gaussian weights.
 
     Official: ``tile = input_size / 8`` (64 for the 512 and Turbo models, 96 for 768-v) and
-    ``overlap = --tile_overlap`` (32 latent pixels by default).
+    ``overlap = --tile_overlap`` (32 latent pixels by default). An int tile is square and clamped
+    to the latent's shorter side (the official canvas pads the image to at least one tile
+    instead); ``(tile_h, tile_w)`` is clamped per axis. See :func:`~addsr_core.sampling.tiling.aggregate_tiles`.
     """
     from ..sampling.tiling import aggregate_tiles
 
-    if tile <= overlap:
+    tiles = (tile, tile) if isinstance(tile, int) else tuple(tile)
+    overlaps = (overlap, overlap) if isinstance(overlap, int) else tuple(overlap)
+    if any(t <= o for t, o in zip(tiles, overlaps)):
         raise ValueError(f"latent tile ({tile}) must be larger than the overlap ({overlap})")
 
     def run(z, t, lr_latent, context):
