@@ -17,10 +17,12 @@ SPADE_HIDDEN = 128  # hard-coded in the official SPADE
 
 
 class GroupNorm32(nn.GroupNorm):
-    """The LDM GroupNorm: statistics in float32 whatever the activations' dtype."""
+    """The LDM GroupNorm: computed in float32 whatever the activations' (and weights') dtype."""
 
     def forward(self, x):
-        return super().forward(x.float()).type(x.dtype)
+        weight = self.weight.float() if self.weight is not None else None
+        bias = self.bias.float() if self.bias is not None else None
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).type(x.dtype)
 
 
 def feature_for(struct_cond: Mapping[str, torch.Tensor], h: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,184 @@
+"""The whole StableSR upscale, following the official ``sr_val_ddpm_text_T_vqganfin_oldcanvas_tile.py``.
+
+1. ``prepare_lr``: bicubic-upscale the LR (in [-1,1], no antialias) by ``max(input_size / short
+   side, scale)``, clamp, reflect-pad bottom/right to a multiple of 32.
+2. Images larger than ``image_tile_px`` are cut into official pixel tiles (1280 px, stride 1000,
+   Gaussian-blended, the same seed for every tile); each tile is upscaled on its own by
+   ``upscale_tile``:
+   - encode with the CFW VAE: a posterior sample x 0.18215 is the LR latent, and the encoder's
+     level-1/2 features are kept for CFW;
+   - ``sample_stablesr`` with latent tiles of ``input_size / 8`` (the official canvas sampler);
+   - CFW decode with fidelity ``w``, then the colour fix against the (padded) upscaled LR.
+3. ``finish``: to [0,1], crop the padding, and resize to ``scale x`` the LR when the upscale
+   factor was raised to reach ``input_size``.
+
+Deviation: the official script resizes before removing the padding (so padded borders survive
+for small inputs); we crop first and return exactly ``int(h*scale) x int(w*scale)``. A pixel tile
+is clamped to the image (the official weights crash when only one side exceeds the tile).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..imaging.colorfix import apply_color_fix
+from ..models.vae import sample_posterior
+from ..sampling.noise import NoiseSource, SeededNoise
+from ..sampling.tiling import gaussian_weights
+from .cfw import DEFAULT_FIDELITY, CFWAutoencoder
+from .model import StableSRModel
+from .sampling import DEFAULT_STEPS, StableSRDenoiser, StableSRSampling, sample_stablesr, tiled_denoiser
+
+COLOR_FIXES = ("adain", "wavelet", "none")
+PAD_MULTIPLE = 32
+
+
+@dataclass
+class StableSROptions:
+    """Defaults: the official 512 model run (200 steps, w=0.5, AdaIN as in the paper)."""
+
+    scale: float = 4.0
+    steps: int = DEFAULT_STEPS  # 4 for StableSR-Turbo
+    seed: int = 0
+    fidelity: float = DEFAULT_FIDELITY
+    color_fix: str = "adain"
+    input_size: int = 512  # 768 for the 768-v model; the latent tile is input_size / 8
+    tile_overlap: int = 32  # latent pixels
+    start: str = "lr_noised"
+    guidance_scale: float = 1.0
+    image_tile_px: int = 1280  # official --vqgantile_size
+    image_tile_stride_px: int = 1000  # official --vqgantile_stride
+
+    def validate(self) -> None:
+        if self.scale <= 0:
+            raise ValueError(f"scale must be positive, got {self.scale}")
+        if self.color_fix not in COLOR_FIXES:
+            raise ValueError(f"color_fix must be one of {COLOR_FIXES}, got {self.color_fix!r}")
+        if self.input_size < 8 or self.input_size % 8:
+            raise ValueError(f"input_size must be a positive multiple of 8, got {self.input_size}")
+        if not 0 <= self.tile_overlap < self.input_size // 8:
+            raise ValueError(f"tile_overlap must be >= 0 and below the latent tile ({self.input_size // 8}), got {self.tile_overlap}")
+        if not 0 < self.image_tile_stride_px <= self.image_tile_px:
+            raise ValueError("image_tile_stride_px must be positive and at most image_tile_px")
+        if not 0.0 <= self.fidelity <= 1.0:
+            raise ValueError(f"fidelity (CFW w) must be in [0, 1], got {self.fidelity}")
+
+    def sampling(self, prediction_type: str) -> StableSRSampling:
+        return StableSRSampling(steps=self.steps, prediction_type=prediction_type, start=self.start, guidance_scale=self.guidance_scale)
+
+
+@dataclass
+class StableSRModels:
+    model: StableSRModel
+    vae: CFWAutoencoder
+
+
+@dataclass
+class PreparedLR:
+    image: torch.Tensor  # [B,3,Hp,Wp] upscaled LR in [-1,1], padded to a multiple of 32
+    upscaled_hw: tuple  # size before padding
+    output_hw: tuple  # int(h * scale), int(w * scale)
+
+
+def prepare_lr(lr: torch.Tensor, options: StableSROptions) -> PreparedLR:
+    """``lr`` [B,3,h,w] in [0,1] -> the official upscaled, padded network input."""
+    options.validate()
+    h, w = lr.shape[-2:]
+    factor = max(options.input_size / min(h, w), options.scale)
+    size = (int(h * factor), int(w * factor))
+    image = F.interpolate(lr.float() * 2 - 1, size=size, mode="bicubic").clamp(-1, 1)
+    pad_h, pad_w = (-size[0]) % PAD_MULTIPLE, (-size[1]) % PAD_MULTIPLE
+    if pad_h or pad_w:
+        mode = "reflect" if pad_h < size[0] and pad_w < size[1] else "replicate"
+        image = F.pad(image, (0, pad_w, 0, pad_h), mode=mode)
+    return PreparedLR(image, size, (int(h * options.scale), int(w * options.scale)))
+
+
+def pixel_tile_starts(length: int, tile: int, stride: int) -> list[int]:
+    """Official ``ImageSpliterTh.extract_starts``: stride steps, the overflowing ones flush to the end."""
+    if length <= tile:
+        return [0]
+    starts = [min(s, length - tile) for s in range(0, length, stride)]
+    return list(dict.fromkeys(starts))
+
+
+def upscale_tile(
+    models: StableSRModels,
+    image: torch.Tensor,
+    context: torch.Tensor,
+    options: StableSROptions,
+    *,
+    noise: Optional[NoiseSource] = None,
+    negative_context: Optional[torch.Tensor] = None,
+    on_tile: Optional[Callable[[], None]] = None,
+    on_step: Optional[Callable] = None,
+) -> torch.Tensor:
+    """One official pass on ``image`` [B,3,H,W] in [-1,1] (H, W multiples of 8): colour-fixed, unclamped, [-1,1]."""
+    vae, model = models.vae, models.model
+    noise = noise or SeededNoise(options.seed)
+    vae_device, vae_dtype = vae.decoder.conv_in.weight.device, vae.dtype
+    with torch.no_grad():
+        moments, feats = vae.encode_with_features(image.to(vae_device, vae_dtype))
+        moments = moments.float()
+        eps = noise.draw("posterior_eps", (moments.shape[0], moments.shape[1] // 2, *moments.shape[2:]), device=moments.device, dtype=moments.dtype)
+        lr_latent = sample_posterior(moments, eps) * vae.scaling_factor
+        model_device = model.unet.conv_in.weight.device
+        denoise = tiled_denoiser(StableSRDenoiser(model), options.input_size // 8, options.tile_overlap, on_tile=on_tile)
+        z0 = sample_stablesr(
+            denoise=denoise, lr_latent=lr_latent.to(model_device), context=context.to(model_device),
+            negative_context=None if negative_context is None else negative_context.to(model_device),
+            options=options.sampling(model.config.prediction_type), noise=noise, on_step=on_step,
+        )
+        decoded = vae.decode((z0 / vae.scaling_factor).to(vae_device, vae_dtype), feats, options.fidelity).float()
+    return apply_color_fix(options.color_fix, decoded, image.to(decoded.device, decoded.dtype))
+
+
+def upscale(
+    models: StableSRModels,
+    lr: torch.Tensor,
+    context: torch.Tensor,
+    options: Optional[StableSROptions] = None,
+    *,
+    negative_context: Optional[torch.Tensor] = None,
+    on_tile: Optional[Callable[[], None]] = None,
+    on_step: Optional[Callable] = None,
+) -> torch.Tensor:
+    """[B,3,h,w] RGB in [0,1] -> [B,3,int(h*scale),int(w*scale)] in [0,1].
+
+    ``context``: the text embedding [1 or B, 77, 1024]; the official prompt is empty ("").
+    """
+    options = options or StableSROptions()
+    prepared = prepare_lr(lr, options)
+    image = prepared.image
+    _, _, height, width = image.shape
+    tile, stride = options.image_tile_px, options.image_tile_stride_px
+    run = lambda crop: upscale_tile(  # noqa: E731 - the official script reseeds for every pixel tile
+        models, crop, context, options, noise=SeededNoise(options.seed), negative_context=negative_context, on_tile=on_tile, on_step=on_step
+    )
+    if height <= tile and width <= tile:
+        result = run(image)
+    else:
+        ys, xs = pixel_tile_starts(height, tile, stride), pixel_tile_starts(width, tile, stride)
+        th, tw = min(tile, height), min(tile, width)
+        weights = gaussian_weights(tw, th)
+        result = torch.zeros_like(image)
+        total = torch.zeros(height, width, dtype=image.dtype, device=image.device)
+        for x0 in xs:  # official order: outer over x, inner over y
+            for y0 in ys:
+                out = run(image[..., y0 : y0 + th, x0 : x0 + tw]).to(image.device)
+                result[..., y0 : y0 + th, x0 : x0 + tw] += out * weights.to(image.device)
+                total[y0 : y0 + th, x0 : x0 + tw] += weights.to(image.device)
+        result = result / total
+    return finish(result, prepared)
+
+
+def finish(result: torch.Tensor, prepared: PreparedLR) -> torch.Tensor:
+    """[-1,1] network output -> [0,1], padding removed, at exactly the output size."""
+    images = ((result.float() + 1) / 2).clamp(0, 1)
+    images = images[..., : prepared.upscaled_hw[0], : prepared.upscaled_hw[1]]
+    if tuple(images.shape[-2:]) != tuple(prepared.output_hw):
+        images = F.interpolate(images, size=prepared.output_hw, mode="bicubic").clamp(0, 1)
+    return images
