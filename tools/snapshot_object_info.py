@@ -21,7 +21,7 @@ from comfy_host.server import ComfyServer  # noqa: E402
 CORE_NODES = (
     "LoadImage", "SaveImage", "PreviewImage", "EmptyImage", "ImageScale", "ImageScaleBy", "ImageBatch",
     "CheckpointLoaderSimple", "CLIPLoader", "VAELoader", "CLIPTextEncode", "ConditioningZeroOut",
-    "VAEDecode", "VAEEncode", "VAEDecodeTiled", "VAEEncodeTiled",
+    "VAEDecode", "VAEEncode", "VAEDecodeTiled", "VAEEncodeTiled", "StringConcatenate",
 )
 
 
