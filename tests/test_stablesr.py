@@ -20,6 +20,7 @@ from addsr_core.loading.keymaps_unet import (
 from addsr_core.models import AutoencoderKL, UNet2DConditionModel, VAEConfig
 from addsr_core.stablesr import (
     CFWAutoencoder,
+    StableSRConfig,
     StableSRModel,
     TimeAwareEncoder,
     load_cfw_vae,
@@ -418,7 +419,18 @@ def test_non_stablesr_file_is_named(tmp_path, model):
 def test_wrong_size_checkpoint_lists_the_mismatch(tmp_path, model):
     save_file(_ldm_state(model), tmp_path / "stablesr.safetensors")
     with pytest.raises(CheckpointError, match="Wrong shapes"):
-        load_stablesr(tmp_path / "stablesr.safetensors")  # the full-size config
+        load_stablesr(tmp_path / "stablesr.safetensors", config=StableSRConfig())  # the full-size config, forced
+
+
+def test_architecture_is_recognised_from_the_shapes(tmp_path, model):
+    save_file(_ldm_state(model), tmp_path / "stablesr.safetensors")
+    loaded = load_stablesr(tmp_path / "stablesr.safetensors")  # no config: the tiny size is recognised
+    assert loaded.config.unet == TINY_STABLESR.unet and loaded.config.encoder == TINY_STABLESR.encoder
+    assert torch.equal(loaded.state_dict()["unet.conv_in.weight"], model.state_dict()["unet.conv_in.weight"])
+    odd = {k: v for k, v in _ldm_state(model).items() if "output_blocks.11" not in k}  # a UNet of no known size
+    save_file(odd, tmp_path / "odd.safetensors")
+    with pytest.raises(CheckpointError, match="not a StableSR model of a known size.*width 32"):
+        load_stablesr(tmp_path / "odd.safetensors")
 
 
 def _cfw_ldm_state(cfw):

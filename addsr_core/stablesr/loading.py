@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from pathlib import Path
+from typing import Mapping
 
 import torch
 
@@ -56,15 +57,48 @@ def read_base_unet(path: str | os.PathLike) -> tuple[dict, str]:
         _, sd, source = read_diffusers_folder(path, "unet")
         return sd, source
     sd = read_checkpoint(path, family="SD2 base", prefixes=(LDM_UNET_PREFIX,))
+    return base_unet_from_state_dict(sd, source=str(path)), str(path)
+
+
+def base_unet_from_state_dict(sd: Mapping[str, torch.Tensor], *, source: str = "the base model") -> dict:
+    """A base SD 2.x UNet in our key names from an in-memory state dict: a whole LDM checkpoint
+    (``model.diffusion_model.*``), a bare LDM UNet (what ComfyUI's ``diffusion_model.state_dict()``
+    gives) or diffusers keys. SFT tensors, if any, are dropped (the SR module supplies them)."""
     if not any(k.startswith(LDM_UNET_PREFIX) for k in sd):
-        if any(k.startswith("input_blocks.") for k in sd):  # a bare LDM UNet file
+        if any(k.startswith("input_blocks.") for k in sd):  # a bare LDM UNet
             sd = {LDM_UNET_PREFIX + k: v for k, v in sd.items()}
-        elif any(k.startswith("down_blocks.") for k in sd):  # a diffusers UNet as a single file
-            return sd, str(path)
+        elif any(k.startswith("down_blocks.") for k in sd):  # diffusers keys
+            return {k: v for k, v in sd.items() if not _is_sft_key(k)}
         else:
-            raise CheckpointError(f"{str(path)!r} has no SD2 UNet: it looks like {describe_checkpoint(sd.keys())}.")
-    base, _, _ = split_stablesr_state_dict(sd)
-    return base, str(path)
+            raise CheckpointError(f"{source} has no SD2 UNet: it looks like {describe_checkpoint(sd.keys())}.")
+    base, _, _ = split_stablesr_state_dict({k: v for k, v in sd.items() if k.startswith(LDM_UNET_PREFIX)})
+    return base
+
+
+# Architectures a file may hold, tried in order: the released SD2 size, then the tiny test size.
+def known_configs() -> list[StableSRConfig]:
+    from .tiny import TINY_STABLESR
+
+    return [StableSRConfig(), TINY_STABLESR]
+
+
+def infer_stablesr_config(state_dict: Mapping[str, torch.Tensor], prediction_type: str = "epsilon") -> StableSRConfig:
+    """The known architecture whose tensor names and shapes are exactly ``state_dict``'s
+    (``unet.*`` and ``struct_encoder.*``); the releases do not record their configuration."""
+    shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
+    to_k = shapes.get("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight")
+    for config in known_configs():
+        if to_k is not None and len(to_k) == 2 and to_k[1] != config.unet.cross_attention_dim:  # text width varies
+            config = replace(config, unet=replace(config.unet, cross_attention_dim=to_k[1]))
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in StableSRModel(config).state_dict().items()}
+        if expected == shapes:
+            return replace(config, prediction_type=prediction_type)
+    width = shapes.get("unet.conv_in.weight", ("?",))[0]
+    raise CheckpointError(
+        f"these weights are not a StableSR model of a known size (UNet width {width}; the SD 2.x UNet has 320). "
+        "StableSR works with SD 2.x-512, SD 2.x-768-v and SD-Turbo bases only."
+    )
 
 
 def build_stablesr(config: StableSRConfig, state_dict: dict, *, source: str, dtype=None, device="cpu") -> StableSRModel:
@@ -81,7 +115,7 @@ def build_stablesr(config: StableSRConfig, state_dict: dict, *, source: str, dty
 def load_stablesr(
     path: str | os.PathLike,
     *,
-    base: str | os.PathLike | None = None,
+    base: str | os.PathLike | Mapping[str, torch.Tensor] | None = None,
     prediction_type: str | None = None,
     config: StableSRConfig | None = None,
     dtype=None,
@@ -89,6 +123,9 @@ def load_stablesr(
 ) -> StableSRModel:
     """A StableSR checkpoint (full, or SR module + ``base``) -> :class:`StableSRModel`.
 
+    ``base`` is a file/folder (:func:`read_base_unet`) or an in-memory UNet state dict
+    (:func:`base_unet_from_state_dict`, e.g. ComfyUI's ``diffusion_model.state_dict()``).
+    Without ``config`` the architecture is recognised from the tensor shapes.
     ``prediction_type`` (else ``config``'s) defaults to "v_prediction" for files named like the
     768-v release (``*768v*``) and "epsilon" otherwise (the 512 and Turbo releases).
     """
@@ -101,7 +138,9 @@ def load_stablesr(
             f"{source!r} is not a StableSR checkpoint (it has {len(sft)} SFT and {len(encoder)} time-aware encoder tensors); "
             f"it looks like {describe_checkpoint(checkpoint_keys(path))}."
         )
-    if base is not None:
+    if isinstance(base, Mapping):
+        unet_base, source = base_unet_from_state_dict(base), f"{source} + the connected base model"
+    elif base is not None:
         unet_base, base_source = read_base_unet(base)
         source = f"{source} + {base_source}"
     elif not unet_base:
@@ -111,9 +150,14 @@ def load_stablesr(
         )
     if prediction_type is None:
         prediction_type = config.prediction_type if config is not None else guess_prediction_type(path)
-    config = replace(config or StableSRConfig(), prediction_type=prediction_type)
     state = {f"unet.{k}": v for k, v in {**unet_base, **sft}.items()}
     state.update({f"struct_encoder.{k}": v for k, v in encoder.items()})
+    if config is None:
+        try:
+            config = infer_stablesr_config(state, prediction_type)
+        except CheckpointError as err:
+            raise CheckpointError(f"{source!r}: {err}") from None
+    config = replace(config, prediction_type=prediction_type)
     return build_stablesr(config, state, source=source, dtype=dtype, device=device)
 
 
@@ -146,16 +190,27 @@ def cfw_state_dict_from_any(sd: dict) -> tuple[dict, dict]:
 
 
 def load_cfw_vae(
-    path: str | os.PathLike,
+    path: str | os.PathLike | None,
     *,
     fusion_path: str | os.PathLike | None = None,
+    vae_state_dict: Mapping[str, torch.Tensor] | None = None,
     config: VAEConfig | None = None,
     dtype=None,
     device="cpu",
 ) -> CFWAutoencoder:
-    """``vqgan_cfw_00011.ckpt`` (or .safetensors), or a VAE file plus the CFW-only ``fusion_path``."""
-    vae, fusion = cfw_state_dict_from_any(read_checkpoint(path, family="CFW VAE"))
-    source = os.fspath(path)
+    """``vqgan_cfw_00011.ckpt`` (or .safetensors), or a VAE file plus the CFW-only ``fusion_path``.
+
+    ``vae_state_dict`` (any VAE layout, e.g. ComfyUI's ``first_stage_model.state_dict()``)
+    supplies the plain VAE part when the files hold only the fusion layers.
+    """
+    if path is None:
+        vae, fusion, source = {}, {}, "no CFW file"
+    else:
+        vae, fusion = cfw_state_dict_from_any(read_checkpoint(path, family="CFW VAE"))
+        source = os.fspath(path)
+    if vae_state_dict is not None and not vae:
+        vae, _ = cfw_state_dict_from_any(dict(vae_state_dict))
+        source = f"{source} + the connected VAE"
     if fusion_path is not None:
         extra_vae, extra_fusion = cfw_state_dict_from_any(read_checkpoint(fusion_path, family="CFW fusion layers"))
         if not extra_fusion:

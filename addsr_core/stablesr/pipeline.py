@@ -30,7 +30,7 @@ from ..sampling.noise import NoiseSource, SeededNoise
 from ..sampling.tiling import gaussian_weights
 from .cfw import DEFAULT_FIDELITY, CFWAutoencoder
 from .model import StableSRModel
-from .sampling import DEFAULT_STEPS, StableSRDenoiser, StableSRSampling, sample_stablesr, tiled_denoiser
+from .sampling import DEFAULT_STEPS, StableSRDenoiser, StableSRSampling, native_input_size, sample_stablesr, tiled_denoiser
 
 COLOR_FIXES = ("adain", "wavelet", "none")
 PAD_MULTIPLE = 32
@@ -65,6 +65,13 @@ class StableSROptions:
             raise ValueError("image_tile_stride_px must be positive and at most image_tile_px")
         if not 0.0 <= self.fidelity <= 1.0:
             raise ValueError(f"fidelity (CFW w) must be in [0, 1], got {self.fidelity}")
+
+    @classmethod
+    def for_model(cls, model: StableSRModel, **kwargs) -> "StableSROptions":
+        """Options with the model's native ``input_size``: 512 (512 and Turbo models) or 768 (768-v,
+        giving the official 96-latent tiles)."""
+        kwargs.setdefault("input_size", native_input_size(model.config.prediction_type))
+        return cls(**kwargs)
 
     def sampling(self, prediction_type: str) -> StableSRSampling:
         return StableSRSampling(steps=self.steps, prediction_type=prediction_type, start=self.start, guidance_scale=self.guidance_scale)
@@ -105,6 +112,50 @@ def pixel_tile_starts(length: int, tile: int, stride: int) -> list[int]:
     return list(dict.fromkeys(starts))
 
 
+def encode_lr(vae: CFWAutoencoder, image: torch.Tensor, noise: NoiseSource) -> torch.Tensor:
+    """The scaled LR latent (a posterior sample x 0.18215, float32) of ``image`` [B,3,H,W] in [-1,1]."""
+    device, dtype = vae.decoder.conv_in.weight.device, vae.dtype
+    with torch.no_grad():
+        moments = vae.encode_moments(image.to(device, dtype)).float()
+    eps = noise.draw("posterior_eps", (moments.shape[0], moments.shape[1] // 2, *moments.shape[2:]), device=moments.device, dtype=moments.dtype)
+    return sample_posterior(moments, eps) * vae.scaling_factor
+
+
+def sample_latent(
+    model: StableSRModel,
+    lr_latent: torch.Tensor,
+    context: torch.Tensor,
+    options: StableSROptions,
+    *,
+    noise: NoiseSource,
+    negative_context: Optional[torch.Tensor] = None,
+    latent_tile=None,
+    on_tile: Optional[Callable[[], None]] = None,
+    on_step: Optional[Callable] = None,
+) -> torch.Tensor:
+    """The scaled x0 latent: the official canvas sampler, latent tiles of ``latent_tile``
+    (default ``input_size / 8``) with ``options.tile_overlap``."""
+    device = model.unet.conv_in.weight.device
+    tile = options.input_size // 8 if latent_tile is None else latent_tile
+    denoise = tiled_denoiser(StableSRDenoiser(model), tile, options.tile_overlap, on_tile=on_tile)
+    with torch.no_grad():
+        return sample_stablesr(
+            denoise=denoise, lr_latent=lr_latent.to(device), context=context.to(device),
+            negative_context=None if negative_context is None else negative_context.to(device),
+            options=options.sampling(model.config.prediction_type), noise=noise, on_step=on_step,
+        )
+
+
+def decode_cfw(vae: CFWAutoencoder, z0: torch.Tensor, image: torch.Tensor, fidelity: float, color_fix: str) -> torch.Tensor:
+    """Scaled latent -> CFW-decoded, colour-fixed image in [-1,1] (unclamped); ``image`` is the
+    upscaled LR in [-1,1] at 8x the latent size (its encoder features feed the fusion layers)."""
+    device, dtype = vae.decoder.conv_in.weight.device, vae.dtype
+    with torch.no_grad():
+        feats = vae.lr_features(image.to(device, dtype)) if fidelity != 0 else None
+        decoded = vae.decode((z0 / vae.scaling_factor).to(device, dtype), feats, fidelity).float()
+    return apply_color_fix(color_fix, decoded, image.to(decoded.device, decoded.dtype))
+
+
 def upscale_tile(
     models: StableSRModels,
     image: torch.Tensor,
@@ -117,23 +168,11 @@ def upscale_tile(
     on_step: Optional[Callable] = None,
 ) -> torch.Tensor:
     """One official pass on ``image`` [B,3,H,W] in [-1,1] (H, W multiples of 8): colour-fixed, unclamped, [-1,1]."""
-    vae, model = models.vae, models.model
     noise = noise or SeededNoise(options.seed)
-    vae_device, vae_dtype = vae.decoder.conv_in.weight.device, vae.dtype
-    with torch.no_grad():
-        moments, feats = vae.encode_with_features(image.to(vae_device, vae_dtype))
-        moments = moments.float()
-        eps = noise.draw("posterior_eps", (moments.shape[0], moments.shape[1] // 2, *moments.shape[2:]), device=moments.device, dtype=moments.dtype)
-        lr_latent = sample_posterior(moments, eps) * vae.scaling_factor
-        model_device = model.unet.conv_in.weight.device
-        denoise = tiled_denoiser(StableSRDenoiser(model), options.input_size // 8, options.tile_overlap, on_tile=on_tile)
-        z0 = sample_stablesr(
-            denoise=denoise, lr_latent=lr_latent.to(model_device), context=context.to(model_device),
-            negative_context=None if negative_context is None else negative_context.to(model_device),
-            options=options.sampling(model.config.prediction_type), noise=noise, on_step=on_step,
-        )
-        decoded = vae.decode((z0 / vae.scaling_factor).to(vae_device, vae_dtype), feats, options.fidelity).float()
-    return apply_color_fix(options.color_fix, decoded, image.to(decoded.device, decoded.dtype))
+    lr_latent = encode_lr(models.vae, image, noise)
+    z0 = sample_latent(models.model, lr_latent, context, options, noise=noise, negative_context=negative_context,
+                       on_tile=on_tile, on_step=on_step)
+    return decode_cfw(models.vae, z0, image, options.fidelity, options.color_fix)
 
 
 def upscale(

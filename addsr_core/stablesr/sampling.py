@@ -34,6 +34,20 @@ LINEAR_START, LINEAR_END = 0.00085, 0.0120
 DEFAULT_STEPS = 200
 TURBO_STEPS = 4
 START_MODES = ("lr_noised", "noise")
+# The image size each release was trained at (official --input_size); the latent tile is 1/8 of it.
+NATIVE_INPUT_SIZE = {"epsilon": 512, "v_prediction": 768}  # 512 + Turbo: eps; 768-v: v
+
+
+def native_input_size(prediction_type: str) -> int:
+    """512 for the 512 and Turbo models (epsilon), 768 for the 768-v model (v-prediction)."""
+    if prediction_type not in NATIVE_INPUT_SIZE:
+        raise ValueError(f"prediction_type must be one of {tuple(NATIVE_INPUT_SIZE)}, got {prediction_type!r}")
+    return NATIVE_INPUT_SIZE[prediction_type]
+
+
+def native_latent_tile(prediction_type: str) -> int:
+    """The official latent tile: 64 (512 and Turbo models) or 96 (768-v model)."""
+    return native_input_size(prediction_type) // 8
 
 Denoise = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 Trace = Callable[[str, torch.Tensor], None]

@@ -39,3 +39,87 @@ def tiny_stablesr(seed: int = 0, prediction_type: str = "epsilon") -> StableSRMo
 
 def tiny_cfw(seed: int = 0) -> CFWAutoencoder:
     return seeded_weights(CFWAutoencoder(TINY_CFW), seed).eval()
+
+
+# --- tiny files in the real release layouts ---------------------------------------------------------
+
+TINY_FILES = {
+    "full": "stablesr_tiny_000117.ckpt",  # like stablesr_000117.ckpt / stablesr_turbo.ckpt (epsilon)
+    "full_768v": "stablesr_tiny_768v_000139.ckpt",  # like stablesr_768v_000139.ckpt (v-prediction by name)
+    "sr_module": "stablesr_tiny_webui_sr_module.safetensors",  # spade + structcond only (the webui file)
+    "base": "stablesr_tiny_sd2_base.safetensors",  # SD2-like single file: UNet + VAE (the module's base)
+    "cfw": "vqgan_cfw_tiny_00011.ckpt",  # like vqgan_cfw_00011.ckpt (VAE + fusion layers + loss.*)
+    "cfw_vae_only": "vqgan_cfw_tiny_vae_only.safetensors",
+    "cfw_only": "vqgan_cfw_tiny_cfw_only.safetensors",
+}
+
+
+def ldm_stablesr_state(model: StableSRModel) -> dict:
+    """The model in the official single-file names (``model.diffusion_model.*`` with ``.spade.``,
+    ``structcond_stage_model.*``)."""
+    from ..loading.keymaps_unet import diffusers_unet_to_ldm
+
+    sd = model.state_dict()
+    out = diffusers_unet_to_ldm({k[5:]: v for k, v in sd.items() if k.startswith("unet.")})
+    out.update({"structcond_stage_model." + k[len("struct_encoder."):]: v for k, v in sd.items() if k.startswith("struct_encoder.")})
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def ldm_cfw_state(cfw: CFWAutoencoder) -> tuple[dict, dict]:
+    """(plain VAE in LDM names without prefix, ``decoder.fusion_layer_*``), as in vqgan_cfw_00011.ckpt."""
+    from ..loading.keymaps import diffusers_vae_to_ldm
+
+    sd = cfw.state_dict()
+    fusion = {k: v.contiguous() for k, v in sd.items() if ".fusion_layer_" in k}
+    plain = diffusers_vae_to_ldm({k: v for k, v in sd.items() if k not in fusion}, prefix="")
+    return {k: v.contiguous() for k, v in plain.items()}, fusion
+
+
+def _lightning(state_dict: dict, step: int) -> dict:
+    """What a Lightning ModelCheckpoint writes around the weights (metadata a safe reader skips)."""
+    return {"epoch": 0, "global_step": step, "pytorch-lightning_version": "1.4.2", "state_dict": state_dict}
+
+
+def write_tiny_stablesr_files(models_dir, seed: int = 0, context_dim: int = TINY_CONTEXT_DIM) -> dict:
+    """Tiny seeded StableSR files in the real release layouts, under ``models_dir/stablesr``
+    (and the SR module's base under ``models_dir/checkpoints``), for node, workflow and real-host tests.
+
+    Returns ``{"StableSRModelLoader": {"model": ...}, "StableSRCFWLoader": {"vae_name": ...},
+    "CheckpointLoaderSimple": {"ckpt_name": ...}, "files": {kind: Path}, "context_dim": int}``:
+    widget values (names relative to their model folder) per loader node type, every file written
+    (keys of :data:`TINY_FILES`), and the text width the models expect from CLIP. ``context_dim``
+    picks that width (the tiny UNet is otherwise fixed), e.g. to match a tiny CLIP.
+    """
+    from dataclasses import replace
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    models_dir = Path(models_dir)
+    folder, checkpoints = models_dir / "stablesr", models_dir / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    config = replace(TINY_STABLESR, unet=replace(TINY_STABLESR.unet, cross_attention_dim=context_dim))
+    model = seeded_weights(StableSRModel(config), seed).eval()
+    model_v = seeded_weights(StableSRModel(replace(config, prediction_type="v_prediction")), seed + 1).eval()
+    cfw = tiny_cfw(seed + 2)
+    plain, fusion = ldm_cfw_state(cfw)
+    first_stage = {"first_stage_model." + k: v for k, v in plain.items()}
+    files = {kind: (checkpoints if kind == "base" else folder) / name for kind, name in TINY_FILES.items()}
+
+    ldm = ldm_stablesr_state(model)
+    torch.save(_lightning({**ldm, **first_stage}, 117), files["full"])
+    torch.save(_lightning({**ldm_stablesr_state(model_v), **first_stage}, 139), files["full_768v"])
+    save_file({k: v for k, v in ldm.items() if ".spade." in k or k.startswith("structcond_stage_model.")}, str(files["sr_module"]))
+    base = {k: v for k, v in ldm.items() if k.startswith("model.diffusion_model.") and ".spade." not in k}
+    save_file({**base, **first_stage}, str(files["base"]))
+    torch.save(_lightning({**plain, **fusion, "loss.logvar": torch.zeros(())}, 11), files["cfw"])
+    save_file(plain, str(files["cfw_vae_only"]))
+    save_file(fusion, str(files["cfw_only"]))
+    return {
+        "StableSRModelLoader": {"model": TINY_FILES["full"]},
+        "StableSRCFWLoader": {"vae_name": TINY_FILES["cfw"]},
+        "CheckpointLoaderSimple": {"ckpt_name": TINY_FILES["base"]},
+        "files": files,
+        "context_dim": context_dim,
+    }
