@@ -205,6 +205,10 @@ class LossConfig:
     two_step_prob: float = 0.5
     teacher_samples: int = 4  # teacher timesteps drawn per image (uniform in [0, 1000))
     r1_weight: float = 0.0  # official r1_lamda = 0 (R1 off)
+    # The refined step's ControlNet condition: psr_condition_weight * decoded first-step prediction
+    # + (1 - weight) * LR, in [0,1]. Official training uses the pure prediction (1.0), but passes it
+    # in [-1,1] while inference passes [0,1]; we always use [0,1], as inference does.
+    psr_condition_weight: float = 1.0
 
 
 @dataclass
@@ -238,15 +242,35 @@ class TrainingConfig:
     controlnet_trainable_suffixes: tuple = ("image_attentions",)
     controlnet_trainable_prefixes: tuple = ("controlnet_cond_embedding",)
     ema_decay: float = 0.99
-    engine: str = "accelerate"  # "accelerate" (official) or "torchrun"
-    report_to: str = "tensorboard"
+    # Distributed engine: plain torch.distributed launched by ``torchrun`` (the official script uses
+    # Accelerate; we do not depend on it). One process per GPU; single process without torchrun.
+    engine: str = "torchrun"
+    report_to: str = "tensorboard"  # "tensorboard" or "none" (metrics.jsonl is always written)
     log_every: int = 10
+    image_log_every: int = 500  # HR / condition / student images to TensorBoard (0: off)
+    resume_from: str = ""  # "", "latest" or a checkpoint folder
+    # Validation: upscale a few held-out LR images with the real sampler (EMA weights).
+    validation_images: str = ""  # folder of LR images (or a single image); "" disables validation
+    validation_steps: int = 1000
+    validation_count: int = 4
+    validation_sampler_steps: int = 4
+    # Export at the end of training: EMA student in the release layout (+ packed single file).
+    export_dtype: str = "fp16"  # fp16 | bf16 | fp32, for the packed file
+    export_discriminator: bool = False
 
     def validate(self) -> None:
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise TrainConfigError(f"train.mixed_precision must be 'no', 'fp16' or 'bf16', got {self.mixed_precision!r}.")
-        if self.engine not in ("accelerate", "torchrun"):
-            raise TrainConfigError(f"train.engine must be 'accelerate' or 'torchrun', got {self.engine!r}.")
+        if self.engine != "torchrun":
+            raise TrainConfigError(
+                f"train.engine must be 'torchrun' (plain torch.distributed; Accelerate is not used), got {self.engine!r}."
+            )
+        if self.report_to not in ("tensorboard", "none"):
+            raise TrainConfigError(f"train.report_to must be 'tensorboard' or 'none', got {self.report_to!r}.")
+        if self.export_dtype not in ("fp16", "bf16", "fp32"):
+            raise TrainConfigError(f"train.export_dtype must be fp16, bf16 or fp32, got {self.export_dtype!r}.")
+        if not 1 <= self.validation_sampler_steps <= 4:
+            raise TrainConfigError("train.validation_sampler_steps must be 1..4.")
         for name in ("batch_size", "gradient_accumulation_steps", "max_train_steps", "checkpointing_steps"):
             if getattr(self, name) < 1:
                 raise TrainConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}.")
@@ -271,6 +295,8 @@ class AddSRTrainConfig:
         self.train.validate()
         if not 0.0 <= self.loss.two_step_prob <= 1.0:
             raise TrainConfigError("loss.two_step_prob must be in [0, 1].")
+        if not 0.0 <= self.loss.psr_condition_weight <= 1.0:
+            raise TrainConfigError("loss.psr_condition_weight must be in [0, 1].")
         if self.loss.teacher_samples < 1:
             raise TrainConfigError("loss.teacher_samples must be >= 1.")
         return self
