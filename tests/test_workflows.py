@@ -1,19 +1,37 @@
-"""The shipped workflows (workflows/*.json): what the frontend and the server would say about them.
+"""The shipped workflows (workflows/*.json): what the frontend and the server would say about them,
+and that they run end to end.
 
 Offline, core nodes are checked against tests/comfy_host/core_object_info.json (recorded from
 ComfyUI 0.3.64 / frontend 1.27.10 by tools/snapshot_object_info.py) and our nodes against the pack's
-own classes. With COMFYUI_PATH set, the same checks run against the live server's /object_info.
+own classes; then each graph is executed in this process (execute_api_prompt) on tiny seeded
+checkpoints, with stand-ins for the core nodes. With COMFYUI_PATH set, the same checks run against
+the live server's /object_info, and each workflow is queued through the HTTP API on tiny checkpoints.
 """
 import json
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from comfy_host.fixtures import comfy, comfy_server, requires_comfyui  # noqa: F401
+from comfy_host.models import COMFYUI, INPROCESS, LOADERS, UnsupportedLoaderError, install_tiny_models
 from comfy_host.pack import load_pack
-from nodes.workflow_graph import check_workflow, load_ui_workflow, ui_to_api_prompt, validate_api_prompt
+from comfy_host.standins import core_standins, saved_files
+from nodes.workflow_graph import (
+    FRONTEND_ONLY_TYPES,
+    as_node_specs,
+    check_workflow,
+    execute_api_prompt,
+    load_ui_workflow,
+    ui_to_api_prompt,
+    validate_api_prompt,
+)
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO / "tools") not in sys.path:
+    sys.path.insert(0, str(REPO / "tools"))
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 CORE_SNAPSHOT = Path(__file__).parent / "comfy_host" / "core_object_info.json"
 # COMBO inputs whose choices are the files installed on the user's machine: any name is accepted.
@@ -21,6 +39,10 @@ FILE_INPUTS = frozenset({
     "image", "ckpt_name", "vae_name", "clip_name",  # core loaders
     "model", "ram", "dape", "tag_list",  # AddSR loaders (models/addsr, models/ram)
 })
+# Frontend rules for properties.models (MissingModelsWarning in frontend 1.27): the entry must name
+# the widget's value; downloads are offered only from these sources with these suffixes.
+DOWNLOAD_SOURCES = ("https://civitai.com/", "https://huggingface.co/")
+DOWNLOAD_SUFFIXES = (".safetensors", ".sft")
 
 workflow_params = [pytest.param(p, id=p.name) for p in WORKFLOWS] or [
     pytest.param(None, marks=pytest.mark.skip(reason="no workflows/*.json yet"), id="none")]
@@ -32,12 +54,198 @@ def offline_definitions():
     return {**core, **load_pack().NODE_CLASS_MAPPINGS}
 
 
+# ---------------------------------------------------------------------------------------------
+# Static checks
+
+
 @pytest.mark.parametrize("path", workflow_params)
 def test_workflow_loads_without_problems(path, offline_definitions):
     workflow = load_ui_workflow(path)
     assert check_workflow(workflow, offline_definitions, ignore_choices_for=FILE_INPUTS) == []
     prompt = ui_to_api_prompt(workflow, offline_definitions)
     assert validate_api_prompt(prompt, offline_definitions, ignore_choices_for=FILE_INPUTS) == []
+
+
+@pytest.mark.parametrize("path", workflow_params)
+def test_workflow_is_shareable(path, offline_definitions):
+    """Thumbnail, a Note that names the files, properties.models the frontend can use, tidy layout."""
+    import build_workflows
+
+    workflow = load_ui_workflow(path)
+    thumb = path.with_suffix(".png")
+    assert thumb.is_file() and thumb.stat().st_size < 200_000, f"{thumb.name}: missing or >= 200 KB"
+    with Image.open(thumb) as im:
+        assert im.width >= 256 and im.height >= 128
+
+    notes = [n for n in workflow["nodes"] if n["type"] in ("Note", "MarkdownNote")]
+    assert notes, "no Note explaining which files to download"
+    note_text = "\n".join(str(v) for n in notes for v in n["widgets_values"])
+    specs = as_node_specs(offline_definitions)
+    for node in workflow["nodes"]:
+        if node["type"] in FRONTEND_ONLY_TYPES:
+            continue
+        values = node.get("widgets_values") or []
+        for entry in node["properties"].get("models", []):
+            assert set(entry) >= {"name", "url", "directory"}, entry
+            assert entry["name"] in values, f"{entry['name']} is not a widget value of node {node['id']}"
+            assert entry["url"].startswith("https://"), entry
+            if entry["name"].endswith(DOWNLOAD_SUFFIXES):
+                assert entry["url"].startswith(DOWNLOAD_SOURCES), f"the frontend refuses to download {entry['url']}"
+        if node["type"] in LOADERS:  # every loader's file names are explained in the Note
+            spec = specs[node["type"]]
+            for widget, kind in spec.widget_layout():
+                value = values[[w for w, _ in spec.widget_layout()].index(widget)] if kind == "value" else None
+                if widget.name in FILE_INPUTS and isinstance(value, str) and value != "none":
+                    assert value in note_text, f"{value} ({node['type']}) is not named in the Note"
+    checkpoint = [n for n in workflow["nodes"] if n["type"] == "CheckpointLoaderSimple"]
+    assert all(n["properties"].get("models") for n in checkpoint)
+
+    # Nothing overlaps, even after the frontend grows each node to its computed size.
+    rects = []
+    for node in workflow["nodes"]:
+        min_w, min_h = build_workflows.min_node_size(node, specs)
+        assert node["size"][0] >= min_w - 1 and node["size"][1] >= min_h - 1, f"node {node['id']} too small"
+        rects.append((node["id"], build_workflows.node_rect(node)))
+    for i, (a_id, a) in enumerate(rects):
+        for b_id, b in rects[i + 1:]:
+            assert not build_workflows.rects_overlap(a, b), f"nodes {a_id} and {b_id} overlap"
+    groups = [g["bounding"] for g in workflow.get("groups", [])]
+    boxes = [(x, y, x + w, y + h) for x, y, w, h in groups]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not build_workflows.rects_overlap(a, b), "groups overlap"
+
+
+def test_builder_reproduces_the_shipped_files(tmp_path):
+    """workflows/*.json are exactly what tools/build_workflows.py writes (no hand edits drift)."""
+    import build_workflows
+
+    ours = {name for name in build_workflows.WORKFLOWS if name.startswith("addsr_")}
+    assert ours <= {p.stem for p in WORKFLOWS}
+    for name in sorted(ours):
+        written = build_workflows.write_workflow(name, tmp_path)
+        assert json.loads(written.read_text()) == json.loads((REPO / "workflows" / f"{name}.json").read_text()), name
+
+
+def test_install_tiny_models_fails_loudly_for_unknown_loaders(tmp_path):
+    workflow = {"nodes": [{"id": 1, "type": "SomeNewLoader", "mode": 0, "widgets_values": ["weights.safetensors"]}]}
+    definitions = {"SomeNewLoader": {"input": {"required": {"ckpt": [["weights.safetensors"]]}}, "output": ["X"]}}
+    with pytest.raises(UnsupportedLoaderError, match="SomeNewLoader.*weights.safetensors"):
+        install_tiny_models(tmp_path, workflow, definitions)
+
+
+def test_standins_match_the_core_definitions(tmp_path, offline_definitions):
+    """The in-process stand-ins take and return what ComfyUI's own nodes do."""
+    standins = as_node_specs(core_standins(tmp_path / "m", tmp_path / "i", tmp_path / "o"))
+    served = as_node_specs({k: v for k, v in offline_definitions.items() if k in standins})
+    assert set(standins) == set(served)
+    for name, spec in standins.items():
+        shape = lambda s: [(i.name, i.type, i.required, i.is_widget, i.control_values) for i in s.inputs]
+        assert shape(spec) == shape(served[name]), name
+        assert spec.outputs == served[name].outputs and spec.output_node == served[name].output_node, name
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the graphs
+
+
+def lr_photo(width: int, height: int) -> Image.Image:
+    """A real photo (skimage's astronaut), degraded: a face crop shrunk to width x height."""
+    from skimage import data
+
+    photo = Image.fromarray(data.astronaut())
+    return photo.crop((120, 20, 340, 220)).resize((width, height), Image.BICUBIC)
+
+
+def shrink_for_cpu(prompt: dict, min_tile: bool) -> dict:
+    """Same graph, CPU-sized: no enlarging of small inputs, and (optionally) the smallest tiles, so
+    a small image still crosses tile borders. Everything else stays as shipped."""
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if "min_size" in inputs:
+            inputs["min_size"] = 64
+        if min_tile:
+            for key in ("tile_size", "vae_tile_size"):
+                if key in inputs and not isinstance(inputs[key], list):
+                    inputs[key] = 256
+            if "tile_overlap" in inputs:
+                inputs["tile_overlap"] = 64
+    return prompt
+
+
+def check_outputs(files_by_node: dict, workflow: dict, lr: Image.Image, scale: int = 4) -> None:
+    lr_array = np.asarray(lr.convert("RGB"), dtype=np.float64) / 255
+    expected = (lr.width * scale, lr.height * scale)
+    saves = [str(n["id"]) for n in workflow["nodes"] if n["type"] == "SaveImage"]
+    previews = [str(n["id"]) for n in workflow["nodes"] if n["type"] == "PreviewImage"]
+    assert saves and previews
+    for node_id in saves + previews:
+        files = files_by_node.get(node_id)
+        assert files, f"node {node_id} saved nothing"
+        for path in files:
+            assert path.is_file(), path
+            with Image.open(path) as png:
+                assert png.size == expected, (path.name, png.size, expected)
+                array = np.asarray(png.convert("RGB"), dtype=np.float64) / 255
+            assert array.std() > 0.02, f"{path.name} is (nearly) constant"
+            assert np.isfinite(array).all()
+    for node_id in saves:  # SaveImage gets the adain-fixed result: the LR's colour statistics
+        with Image.open(files_by_node[node_id][0]) as png:
+            out = np.asarray(png.convert("RGB"), dtype=np.float64) / 255
+        assert np.allclose(out.mean(axis=(0, 1)), lr_array.mean(axis=(0, 1)), atol=0.03)
+        assert np.allclose(out.std(axis=(0, 1)), lr_array.std(axis=(0, 1)), atol=0.05)
+
+
+_installed: dict = {}
+
+
+def tiny_models_for(workflow: dict, root: Path) -> Path:
+    """One tiny-model folder per distinct set of loader widgets (installing takes seconds)."""
+    key = json.dumps(sorted((n["type"], n.get("widgets_values")) for n in workflow["nodes"] if n["type"] in LOADERS))
+    if key not in _installed:
+        models = root / f"models{len(_installed)}"
+        install_tiny_models(models, workflow, target=INPROCESS)
+        _installed[key] = models
+    return _installed[key]
+
+
+@pytest.fixture(scope="module")
+def models_root(tmp_path_factory):
+    yield tmp_path_factory.mktemp("tiny-models")
+    _installed.clear()
+
+
+@pytest.mark.parametrize("path", workflow_params)
+def test_workflow_runs_in_process(path, tmp_path, models_root, monkeypatch):
+    workflow = load_ui_workflow(path)
+    models = tiny_models_for(workflow, models_root)
+    inputs, outputs = tmp_path / "input", tmp_path / "output"
+    monkeypatch.setenv("ADDSR_ADDSR_DIR", str(models / "addsr"))
+    monkeypatch.setenv("ADDSR_RAM_DIR", str(models / "ram"))
+    tiled = "tiled" in path.stem
+    # The tiled workflow: 4x is 288 x 256, more than one 256 px tile; the others stay small.
+    lr = lr_photo(72, 64) if tiled else lr_photo(40, 32)
+    inputs.mkdir()
+    for node in workflow["nodes"]:
+        if node["type"] == "LoadImage":
+            lr.save(inputs / node["widgets_values"][0])
+
+    definitions = {**core_standins(models, inputs, outputs), **load_pack().NODE_CLASS_MAPPINGS}
+    prompt = shrink_for_cpu(ui_to_api_prompt(workflow, definitions), min_tile=tiled)
+    result = execute_api_prompt(prompt, definitions, extra_pnginfo={"workflow": workflow})
+
+    files = {node_id: saved_files(ui, outputs) for node_id, ui in result.ui.items()}
+    check_outputs(files, workflow, lr)
+    nearest = [n for n in workflow["nodes"] if n["type"] == "ImageScaleBy"]
+    for node in nearest:  # the comparison preview is exactly the input, 4x nearest
+        preview = next(str(n["id"]) for n in workflow["nodes"] if n["type"] == "PreviewImage")
+        with Image.open(files[preview][0]) as png:
+            assert np.array_equal(np.asarray(png.convert("RGB")),
+                                  np.asarray(lr.resize((lr.width * 4, lr.height * 4), Image.NEAREST)))
+
+
+# ---------------------------------------------------------------------------------------------
+# A real ComfyUI
 
 
 @pytest.mark.comfyui
@@ -47,5 +255,30 @@ def test_workflow_matches_the_live_server(path, comfy):
     object_info = comfy.object_info()
     workflow = load_ui_workflow(path)
     assert check_workflow(workflow, object_info, ignore_choices_for=FILE_INPUTS) == []
-    # Running it needs weights in comfy_server.models_dir (tiny seeded checkpoints); the lead adds
-    # that per workflow with comfy.run(ui_to_api_prompt(workflow, object_info), workflow=workflow).
+
+
+@pytest.mark.comfyui
+@requires_comfyui
+@pytest.mark.parametrize("path", workflow_params)
+def test_workflow_runs_on_the_live_server(path, comfy, comfy_server):
+    """Tiny checkpoints in the server's models folder (an SD2 checkpoint ComfyUI detects as SD 2),
+    the workflow queued through /prompt as the frontend would, the saved PNGs checked."""
+    workflow = load_ui_workflow(path)
+    install_tiny_models(comfy_server.models_dir, workflow, target=COMFYUI)
+    lr = lr_photo(20, 16)  # 4x: 80 x 64; the full-size SD2 VAE is slow on a CPU
+    for node in workflow["nodes"]:
+        if node["type"] == "LoadImage":
+            lr.save(comfy_server.input_dir / node["widgets_values"][0])
+    object_info = comfy.object_info()  # now lists the installed files
+    assert check_workflow(workflow, object_info) == [], "installed names do not match the widgets"
+    prompt = shrink_for_cpu(ui_to_api_prompt(workflow, object_info), min_tile=False)
+    entry = comfy.run(prompt, workflow=workflow, timeout=900)
+
+    files = {}
+    for node_id, output in (entry.get("outputs") or {}).items():
+        files[node_id] = comfy.output_files({"outputs": {node_id: output}})
+    check_outputs(files, workflow, lr)
+    save = next(str(n["id"]) for n in workflow["nodes"] if n["type"] == "SaveImage")
+    with Image.open(files[save][0]) as png:
+        embedded = json.loads(png.text["workflow"])  # the UI workflow travels inside the PNG
+    assert embedded["id"] == workflow["id"] and len(embedded["nodes"]) == len(workflow["nodes"])

@@ -135,7 +135,7 @@ class Layout:
     """Stacks nodes in columns and draws groups around them."""
 
     builder: UIWorkflowBuilder
-    column_width: float = 400.0
+    column_width: float = 480.0
     gap: float = 40.0
     top: float = 0.0
     _bottom: dict = field(default_factory=dict)
