@@ -4,6 +4,8 @@ from .encode import AddSREncodeLR
 from .loaders import AddSRModelLoader, AddSRRAMLoader
 from .postprocess import AddSRColorFix, AddSRTagger
 from .sampler import AddSRSampler
+from .stablesr_loaders import StableSRCFWLoader, StableSRModelLoader
+from .stablesr_sampler import StableSRCFWDecode, StableSRSampler
 from .upscale import AddSRUpscale
 from .vae import AddSRTiledVAEDecode, AddSRTiledVAEEncode
 
@@ -19,6 +21,10 @@ NODE_CLASS_MAPPINGS = {
     "AddSRColorFix": AddSRColorFix,
     "AddSRTagger": AddSRTagger,
     "AddSRUpscale": AddSRUpscale,
+    "StableSRModelLoader": StableSRModelLoader,
+    "StableSRCFWLoader": StableSRCFWLoader,
+    "StableSRSampler": StableSRSampler,
+    "StableSRCFWDecode": StableSRCFWDecode,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -31,4 +37,8 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "AddSRColorFix": "AddSR Colour Fix",
     "AddSRTagger": "AddSR Tagger (RAM)",
     "AddSRUpscale": "AddSR Upscale (all-in-one)",
+    "StableSRModelLoader": "StableSR Model Loader",
+    "StableSRCFWLoader": "StableSR CFW VAE Loader",
+    "StableSRSampler": "StableSR Sampler",
+    "StableSRCFWDecode": "StableSR CFW Decode",
 }

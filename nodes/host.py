@@ -14,7 +14,7 @@ import torch
 
 log = logging.getLogger("addsr")
 
-MODEL_FOLDERS = ("addsr", "ram")
+MODEL_FOLDERS = ("addsr", "ram", "stablesr")
 WEIGHT_EXTENSIONS = {".safetensors", ".sft", ".pth", ".pt", ".bin", ".ckpt"}
 
 
@@ -32,7 +32,7 @@ def comfy_available() -> bool:
 
 
 def register_model_folders() -> None:
-    """models/addsr and models/ram, plus whatever extra_model_paths.yaml adds under those names."""
+    """models/addsr, models/ram and models/stablesr, plus whatever extra_model_paths.yaml adds under those names."""
     try:
         import folder_paths
     except Exception:
@@ -121,6 +121,19 @@ def pick_dtype(choice: str, device: torch.device | None = None) -> torch.dtype:
         return mm.unet_dtype(device=device, supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
     except Exception:
         return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def pick_vae_dtype(choice: str, device: torch.device | None = None) -> torch.dtype:
+    """Like :func:`pick_dtype`, but auto follows ComfyUI's VAE precision (--fp32-vae, --bf16-vae...)."""
+    if choice != "auto":
+        return pick_dtype(choice, device)
+    device = device or torch_device()
+    try:
+        import comfy.model_management as mm
+
+        return mm.vae_dtype(device=device)
+    except Exception:
+        return torch.float32
 
 
 class ManagedModule:

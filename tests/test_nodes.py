@@ -10,7 +10,7 @@ from nodes.encode import AddSRCond
 from nodes.loaders import AddSRModel, RAMModel
 from nodekit import FakeComfyCLIP, FakeComfyVAE, make_kit
 
-COMFY_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "IMAGE", "LATENT", "VAE", "CLIP", "CONDITIONING", "MASK"}
+COMFY_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "IMAGE", "LATENT", "VAE", "CLIP", "CONDITIONING", "MASK", "MODEL"}
 
 
 @pytest.fixture(scope="module")

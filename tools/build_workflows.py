@@ -391,6 +391,14 @@ THUMBNAILS: dict[str, dict] = {
 }
 
 
+# Other families register their workflows here (each module adds its own entries).
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+import stablesr_workflows  # noqa: E402
+
+stablesr_workflows.register(sys.modules[__name__])
+
+
 # ---------------------------------------------------------------------------------------------
 # Thumbnails
 

@@ -47,6 +47,7 @@ class StableSROptions:
     color_fix: str = "adain"
     input_size: int = 512  # 768 for the 768-v model; the latent tile is input_size / 8
     tile_overlap: int = 32  # latent pixels
+    latent_tile: int = 0  # latent pixels; 0: the official input_size / 8
     start: str = "lr_noised"
     guidance_scale: float = 1.0
     image_tile_px: int = 1280  # official --vqgantile_size
@@ -59,12 +60,19 @@ class StableSROptions:
             raise ValueError(f"color_fix must be one of {COLOR_FIXES}, got {self.color_fix!r}")
         if self.input_size < 8 or self.input_size % 8:
             raise ValueError(f"input_size must be a positive multiple of 8, got {self.input_size}")
-        if not 0 <= self.tile_overlap < self.input_size // 8:
-            raise ValueError(f"tile_overlap must be >= 0 and below the latent tile ({self.input_size // 8}), got {self.tile_overlap}")
+        if self.latent_tile < 0:
+            raise ValueError(f"latent_tile must be >= 0 (0: input_size / 8), got {self.latent_tile}")
+        if not 0 <= self.tile_overlap < self.tile:
+            raise ValueError(f"tile_overlap must be >= 0 and below the latent tile ({self.tile}), got {self.tile_overlap}")
         if not 0 < self.image_tile_stride_px <= self.image_tile_px:
             raise ValueError("image_tile_stride_px must be positive and at most image_tile_px")
         if not 0.0 <= self.fidelity <= 1.0:
             raise ValueError(f"fidelity (CFW w) must be in [0, 1], got {self.fidelity}")
+
+    @property
+    def tile(self) -> int:
+        """The latent tile of the canvas sampler: ``latent_tile``, or the official ``input_size / 8``."""
+        return self.latent_tile or self.input_size // 8
 
     @classmethod
     def for_model(cls, model: StableSRModel, **kwargs) -> "StableSROptions":
@@ -129,15 +137,13 @@ def sample_latent(
     *,
     noise: NoiseSource,
     negative_context: Optional[torch.Tensor] = None,
-    latent_tile=None,
     on_tile: Optional[Callable[[], None]] = None,
     on_step: Optional[Callable] = None,
 ) -> torch.Tensor:
-    """The scaled x0 latent: the official canvas sampler, latent tiles of ``latent_tile``
-    (default ``input_size / 8``) with ``options.tile_overlap``."""
+    """The scaled x0 latent: the official canvas sampler, latent tiles of ``options.tile``
+    (official: ``input_size / 8``) overlapping by ``options.tile_overlap``."""
     device = model.unet.conv_in.weight.device
-    tile = options.input_size // 8 if latent_tile is None else latent_tile
-    denoise = tiled_denoiser(StableSRDenoiser(model), tile, options.tile_overlap, on_tile=on_tile)
+    denoise = tiled_denoiser(StableSRDenoiser(model), options.tile, options.tile_overlap, on_tile=on_tile)
     with torch.no_grad():
         return sample_stablesr(
             denoise=denoise, lr_latent=lr_latent.to(device), context=context.to(device),

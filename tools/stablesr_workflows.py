@@ -1,0 +1,205 @@
+"""The StableSR workflows (workflows/stablesr_*.json) and their thumbnails.
+
+    python tools/stablesr_workflows.py          # both workflows and thumbnails
+    python tools/build_workflows.py             # writes them too (registered there), without thumbnails
+
+Built with tools/build_workflows.py's WorkflowBuilder and Layout, so they follow the same layout,
+Note and properties.models rules as the AddSR workflows.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+TOOLS = Path(__file__).resolve().parent
+if str(TOOLS) not in sys.path:
+    sys.path.insert(0, str(TOOLS))
+
+HF = "https://huggingface.co/Iceclear/StableSR/resolve/main/"
+SD21_BASE = "v2-1_512-ema-pruned.safetensors"
+SD_TURBO = "sd_turbo.safetensors"
+STABLESR_512 = "stablesr_000117.ckpt"
+STABLESR_TURBO = "stablesr_turbo.ckpt"
+STABLESR_768V = "stablesr_768v_000139.ckpt"
+CFW = "vqgan_cfw_00011.ckpt"
+URLS = {
+    SD21_BASE: "https://huggingface.co/stabilityai/stable-diffusion-2-1-base/resolve/main/v2-1_512-ema-pruned.safetensors",
+    SD_TURBO: "https://huggingface.co/stabilityai/sd-turbo/resolve/main/sd_turbo.safetensors",
+    STABLESR_512: HF + STABLESR_512,
+    STABLESR_TURBO: HF + STABLESR_TURBO,
+    STABLESR_768V: HF + STABLESR_768V,
+    CFW: HF + CFW,
+}
+INPUT_IMAGE = "example.png"
+
+
+def _entry(name: str, directory: str) -> dict:
+    return {"name": name, "url": URLS[name], "directory": directory}
+
+
+def _files_note(base: str, model: str, base_role: str) -> str:
+    return f"""## Files this workflow needs
+
+| file | put it in |
+|---|---|
+| `{base}` ({base_role}) | `ComfyUI/models/checkpoints/` ([download]({URLS[base]})) |
+| `{model}` (StableSR: SFT layers + time-aware encoder) | `ComfyUI/models/stablesr/` ([download]({URLS[model]})) |
+| `{CFW}` (CFW VAE) | `ComfyUI/models/stablesr/` or `models/vae/` ([download]({URLS[CFW]})) |
+
+Other StableSR files work in the same loader: `{STABLESR_512}` (SD 2.1-512 base), `{STABLESR_768V}`
+(SD 2.1-768-v, `v2-1_768-ema-pruned`; its native tile is 96 latent = 768 px, picked automatically) or a
+webui **SR module** file on top of the connected **base_model**. A split CFW pair: VAE-only file in
+`vae_name`, CFW-only file in `fusion_name`. Missing files show their expected name in the loader widgets.
+"""
+
+
+def _stablesr(bw, name: str, *, turbo: bool) -> dict:
+    b = bw.WorkflowBuilder(bw.definitions(), bw._stable_id(name))
+    layout = bw.Layout(b)
+    layout.leave_room_for_groups()
+    base, model = (SD_TURBO, STABLESR_TURBO) if turbo else (SD21_BASE, STABLESR_512)
+    role = "SD-Turbo: CLIP, and the UNet under the SR layers" if turbo else "SD 2.1-512: its CLIP encodes the prompt"
+    files = b.note(_files_note(base, model, role), title="Model files")
+    image = b.add("LoadImage", title="Low-resolution image", image=bw.INPUT_IMAGE)
+    checkpoint = b.add("CheckpointLoaderSimple", title=f"{'SD-Turbo' if turbo else 'SD 2.1'} base (CLIP{' + UNet' if turbo else ''})",
+                       ckpt_name=base)
+    loader = b.add("StableSRModelLoader", model=model, prediction="auto", dtype="auto")
+    cfw = b.add("StableSRCFWLoader", vae_name=CFW, dtype="auto", fusion_name="none")
+    b.nodes[checkpoint - 1]["properties"]["models"] = [_entry(base, "checkpoints")]
+    b.nodes[loader - 1]["properties"]["models"] = [_entry(model, "stablesr")]
+    b.nodes[cfw - 1]["properties"]["models"] = [_entry(CFW, "stablesr")]
+
+    positive = b.add("CLIPTextEncode", title="Prompt (official: empty)", text="")
+    sampler = b.add("StableSRSampler", seed=0, steps=4 if turbo else 200, scale=4.0, tile_size=0, tile_overlap=32,
+                    cfg=1.0, start="lr_noised", min_size=0)
+    decode = b.add("StableSRCFWDecode", fidelity=0.5, color_fix="adain", tile_size=1280, tile_overlap=280)
+    save = b.add("SaveImage", filename_prefix=f"StableSR/{name}")
+    nearest = b.add("ImageScaleBy", title="Input, 4x nearest (for comparison)", upscale_method="nearest-exact", scale_by=4.0)
+    preview = b.add("PreviewImage", title="Preview: input 4x nearest")
+    if turbo:
+        about_text = ("## StableSR-Turbo 4x\n\nStableSR trained on **SD-Turbo**: **4 steps** (DDPM respaced to "
+                      "999/666/333/0) from the LR latent noised to t=999; the time-aware encoder re-runs on every "
+                      "64-latent (512 px) tile. CFW decode with **fidelity 0.5**, then the **adain** colour fix.\n\n"
+                      "SD-Turbo's MODEL feeds *base_model*: with `stablesr_turbo.ckpt` it is the same UNet; with a "
+                      "webui SR module it is required.")
+    else:
+        about_text = ("## StableSR 4x, 200 steps (quality)\n\nThe official StableSR run: **200 DDPM steps** "
+                      "(respaced from 1000) from the LR latent noised to t=999, 64-latent (512 px) tiles with 32 "
+                      "overlap, empty prompt, CFW **fidelity 0.5**, **adain** colour fix. Slow: about 50x the "
+                      "Turbo workflow.\n\nFidelity: lower for more generated detail, higher to stay closer to the "
+                      "input.")
+    about = b.note(about_text, title="About this workflow")
+
+    c = b.connect
+    c(checkpoint, "CLIP", positive, "clip")
+    if turbo:
+        c(checkpoint, "MODEL", loader, "base_model")
+    c(loader, "stablesr_model", sampler, "stablesr_model")
+    c(cfw, "cfw_vae", sampler, "cfw_vae")
+    c(image, "IMAGE", sampler, "image")
+    c(positive, "CONDITIONING", sampler, "positive")
+    c(sampler, "latent", decode, "samples")
+    c(cfw, "cfw_vae", decode, "cfw_vae")
+    c(decode, "IMAGE", save, "images")
+    c(image, "IMAGE", nearest, "image")
+    c(nearest, "IMAGE", preview, "images")
+
+    layout.place(files, 0, width=420, height=420)
+    layout.place(about, 0, width=420, height=260)
+    for node_id in (image, checkpoint, loader, cfw):
+        layout.place(node_id, 1, height=330 if node_id == image else None)
+    for node_id in (positive, sampler):
+        layout.place(node_id, 2)
+    for node_id in (decode, nearest):
+        layout.place(node_id, 3)
+    layout.place(save, 4, width=420, height=420)
+    layout.place(preview, 4, width=420, height=420)
+    layout.group("1. Input and models", [image, checkpoint, loader, cfw])
+    layout.group("2. StableSR", [positive, sampler], color="#b58b2a")
+    layout.group("3. CFW decode", [decode, nearest], color="#a1309b")
+    layout.group("4. Output", [save, preview], color="#444")
+    return b.build_with(layout)
+
+
+THUMBNAILS = {
+    "stablesr_turbo_4x": {"photo": "coffee", "title": "StableSR-Turbo 4x (4 steps)"},
+    "stablesr_quality_200": {"photo": "chelsea", "title": "StableSR 4x, 200 steps"},
+}
+
+
+def register(bw) -> None:
+    """Add the StableSR workflows to tools/build_workflows.py's registry (``bw`` is that module)."""
+    bw.WORKFLOWS.setdefault("stablesr_turbo_4x", lambda: _stablesr(bw, "stablesr_turbo_4x", turbo=True))
+    bw.WORKFLOWS.setdefault("stablesr_quality_200", lambda: _stablesr(bw, "stablesr_quality_200", turbo=False))
+
+
+def build_workflows() -> dict:
+    bw = _bw()
+    return {name: bw.WORKFLOWS[name]() for name in THUMBNAILS}
+
+
+def _bw():
+    import build_workflows
+
+    register(build_workflows)
+    return build_workflows
+
+
+def make_thumbnail(name: str, out: Path, *, max_bytes: int = 200_000) -> Path:
+    """Input vs a bicubic 4x with the adain colour fix, labelled honestly (no StableSR weights here)."""
+    import io
+
+    import numpy as np
+    import torch
+    from PIL import Image, ImageDraw, ImageFilter, ImageFont
+    from skimage import data
+
+    from addsr_core.imaging.colorfix import adain_color_fix
+
+    info = THUMBNAILS[name]
+    hr = Image.fromarray(getattr(data, info["photo"])()).convert("RGB")
+    side = min(hr.size)
+    hr = hr.crop(((hr.width - side) // 2, 0, (hr.width - side) // 2 + side, side)).resize((256, 256), Image.LANCZOS)
+    lr = hr.filter(ImageFilter.GaussianBlur(1.2)).resize((64, 64), Image.BICUBIC)
+    buffer = io.BytesIO()
+    lr.save(buffer, "JPEG", quality=35)
+    lr = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    nearest, bicubic = lr.resize((256, 256), Image.NEAREST), lr.resize((256, 256), Image.BICUBIC)
+    to_t = lambda im: torch.from_numpy(np.asarray(im, dtype=np.float32) / 255).permute(2, 0, 1)[None]  # noqa: E731
+    fixed = adain_color_fix(to_t(bicubic), to_t(lr)).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+    right = Image.fromarray((fixed * 255).round().astype(np.uint8))
+
+    pad, head, foot = 8, 30, 22
+    canvas = Image.new("RGB", (256 * 2 + pad * 3, 256 + head + foot + pad), (24, 24, 28))
+    canvas.paste(nearest, (pad, head))
+    canvas.paste(right, (256 + 2 * pad, head))
+    draw = ImageDraw.Draw(canvas)
+    try:
+        title_font, label_font = ImageFont.load_default(size=16), ImageFont.load_default(size=11)
+    except TypeError:  # Pillow < 10.1
+        title_font = label_font = ImageFont.load_default()
+    draw.text((pad, 7), info["title"], fill=(240, 240, 240), font=title_font)
+    draw.text((pad, head + 256 + 5), "input (64 px, 4x nearest)", fill=(200, 200, 200), font=label_font)
+    draw.text((256 + 2 * pad, head + 256 + 5), "preview: bicubic 4x + adain, NOT StableSR output",
+              fill=(255, 200, 120), font=label_font)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for colors in (256, 128, 64):
+        canvas.quantize(colors=colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG).save(
+            out, optimize=True)
+        if out.stat().st_size < max_bytes:
+            break
+    return out
+
+
+def main() -> int:
+    bw = _bw()
+    for name in THUMBNAILS:
+        path = bw.write_workflow(name)
+        thumb = make_thumbnail(name, path.with_suffix(".png"))
+        print(f"wrote {path.name} and {thumb.name} ({thumb.stat().st_size // 1024} KB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
