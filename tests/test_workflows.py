@@ -158,12 +158,15 @@ def lr_photo(width: int, height: int) -> Image.Image:
 
 
 def shrink_for_cpu(prompt: dict, min_tile: bool) -> dict:
-    """Same graph, CPU-sized: no enlarging of small inputs, and (optionally) the smallest tiles, so
-    a small image still crosses tile borders. Everything else stays as shipped."""
+    """Same graph, CPU-sized: no enlarging of small inputs, 2 steps for samplers shipped with more
+    than 4 (AddSR ships 1-4 and keeps them), and (optionally) the smallest tiles, so a small image
+    still crosses tile borders. Everything else stays as shipped."""
     for node in prompt.values():
         inputs = node["inputs"]
         if "min_size" in inputs:
             inputs["min_size"] = 64
+        if isinstance(inputs.get("steps"), int) and inputs["steps"] > 4:
+            inputs["steps"] = 2
         if min_tile:
             for key in ("tile_size", "vae_tile_size"):
                 if key in inputs and not isinstance(inputs[key], list):
@@ -220,8 +223,8 @@ def test_workflow_runs_in_process(path, tmp_path, models_root, monkeypatch):
     workflow = load_ui_workflow(path)
     models = tiny_models_for(workflow, models_root)
     inputs, outputs = tmp_path / "input", tmp_path / "output"
-    monkeypatch.setenv("ADDSR_ADDSR_DIR", str(models / "addsr"))
-    monkeypatch.setenv("ADDSR_RAM_DIR", str(models / "ram"))
+    for folder in models.iterdir():  # models/<kind> -> ADDSR_<KIND>_DIR, which nodes/host.py reads
+        monkeypatch.setenv(f"ADDSR_{folder.name.upper()}_DIR", str(folder))
     tiled = "tiled" in path.stem
     # The tiled workflow: 4x is 288 x 256, more than one 256 px tile; the others stay small.
     lr = lr_photo(72, 64) if tiled else lr_photo(40, 32)
@@ -265,12 +268,20 @@ def test_workflow_runs_on_the_live_server(path, comfy, comfy_server):
     the workflow queued through /prompt as the frontend would, the saved PNGs checked."""
     workflow = load_ui_workflow(path)
     install_tiny_models(comfy_server.models_dir, workflow, target=COMFYUI)
-    lr = lr_photo(20, 16)  # 4x: 80 x 64; the full-size SD2 VAE is slow on a CPU
+    lr = lr_photo(40, 32)  # 4x: 160 x 128; small (the SD2 VAE is full size), but deep enough for every UNet
     for node in workflow["nodes"]:
         if node["type"] == "LoadImage":
             lr.save(comfy_server.input_dir / node["widgets_values"][0])
     object_info = comfy.object_info()  # now lists the installed files
     assert check_workflow(workflow, object_info) == [], "installed names do not match the widgets"
+    # The frontend's missing-models check: each properties.models entry names a folder the server
+    # knows (/experiment/models) and, once installed, a file it lists there by that exact name.
+    folders = {f["name"] for f in comfy.get_json("/experiment/models")}
+    for node in workflow["nodes"]:
+        for entry in node.get("properties", {}).get("models", []):
+            assert entry["directory"] in folders, entry
+            listed = {f["name"] for f in comfy.get_json(f"/experiment/models/{entry['directory']}")}
+            assert entry["name"] in listed, f"the frontend would still report {entry['name']} missing"
     prompt = shrink_for_cpu(ui_to_api_prompt(workflow, object_info), min_tile=False)
     entry = comfy.run(prompt, workflow=workflow, timeout=900)
 
