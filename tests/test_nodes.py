@@ -20,6 +20,9 @@ def kit(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("ADDSR_ADDSR_DIR", str(root / "addsr"))
     mp.setenv("ADDSR_RAM_DIR", str(root / "ram"))
+    (root / "stablesr").mkdir()  # StableSR loaders list this folder (their files: tests/test_stablesr_nodes.py)
+    (root / "stablesr" / "vqgan_cfw_00011.ckpt").touch()
+    mp.setenv("ADDSR_STABLESR_DIR", str(root / "stablesr"))
     yield paths
     mp.undo()
 

@@ -13,7 +13,8 @@ import nodes
 from addsr_core.sampling.noise import SeededNoise
 from addsr_core.stablesr.pipeline import StableSRModels, StableSROptions, encode_lr, prepare_lr, upscale
 from addsr_core.stablesr.sampling import StableSRDenoiser, StableSRSampling, native_latent_tile, sample_stablesr
-from addsr_core.stablesr.tiny import TINY_CONTEXT_DIM, write_tiny_stablesr_files
+from addsr_core.stablesr.tiny import write_tiny_stablesr_files
+from addsr_core.tiny import TEXT_WIDTH, write_tiny_sd2
 from nodekit import module_from_state_dict
 from nodes.common import AddSRInputError
 from nodes.stablesr_loaders import CFWHandle, StableSRCFWLoader, StableSRHandle, StableSRModelLoader
@@ -26,7 +27,7 @@ WORKFLOWS = ("stablesr_turbo_4x", "stablesr_quality_200")
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("stablesr_models")
-    written = write_tiny_stablesr_files(root)
+    written = write_tiny_stablesr_files(root, context_dim=TEXT_WIDTH)  # the text width of nodekit's tiny CLIP
     mp = pytest.MonkeyPatch()
     mp.setenv("ADDSR_STABLESR_DIR", str(root / "stablesr"))
     mp.setenv("ADDSR_VAE_DIR", str(root / "vae_missing"))
@@ -52,7 +53,7 @@ class FakeComfyVAE:
         self.first_stage_model = module_from_state_dict(sd)
 
 
-def conditioning(seed=0, width=TINY_CONTEXT_DIM):
+def conditioning(seed=0, width=TEXT_WIDTH):
     return [[torch.randn(1, 77, width, generator=torch.Generator().manual_seed(seed)), {"pooled_output": None}]]
 
 
@@ -120,19 +121,18 @@ def test_loader_errors_are_readable(files):
 
 def test_sampler_and_decode_equal_the_core_pipeline_for_a_batch(loaded):
     model, cfw = loaded
-    image, positive = lr_image(batch=2, h=12, w=20), conditioning(1)
-    (latent,) = StableSRSampler().sample(model, cfw, image, positive, seed=3, steps=2, scale=4.0, min_size=64)
-    # 4x = 48x80 px has a short side < 64: enlarged x64/12 to 64x106, padded to 64x128 (official)
-    assert latent["samples"].shape == (2, 4, 8, 16) and torch.isfinite(latent["samples"]).all()
-    assert latent["stablesr"]["upscaled_hw"] == (64, 106) and latent["stablesr"]["output_hw"] == (48, 80)
+    image, positive = lr_image(batch=2, h=12, w=16), conditioning(1)
+    (latent,) = StableSRSampler().sample(model, cfw, image, positive, seed=3, steps=1, scale=4.0, min_size=64)
+    # 4x = 48x64 px has a short side < 64: enlarged x64/12 to 64x85, padded to 64x96 (official)
+    assert latent["samples"].shape == (2, 4, 8, 12) and torch.isfinite(latent["samples"]).all()
+    assert latent["stablesr"]["upscaled_hw"] == (64, 85) and latent["stablesr"]["output_hw"] == (48, 64)
     (out,) = StableSRCFWDecode().decode(latent, cfw, fidelity=0.5, color_fix="adain")
-    assert out.shape == (2, 48, 80, 3) and 0 <= out.min() and out.max() <= 1
+    assert out.shape == (2, 48, 64, 3) and 0 <= out.min() and out.max() <= 1
     expected = upscale(StableSRModels(model.model, cfw.vae), image.permute(0, 3, 1, 2), positive[0][0],
-                       StableSROptions(steps=2, seed=3, scale=4.0, input_size=64, latent_tile=64))
+                       StableSROptions(steps=1, seed=3, scale=4.0, input_size=64, latent_tile=64))
     assert (out - expected.permute(0, 2, 3, 1)).abs().max() < 1e-4  # the LATENT is unscaled and rescaled
-    (plain,) = StableSRCFWDecode().decode(latent, cfw, fidelity=0.0, color_fix="none")
-    (faithful,) = StableSRCFWDecode().decode(latent, cfw, fidelity=1.0, color_fix="none")
-    assert (plain - faithful).abs().mean() > 1e-4, "fidelity reaches the decoder"
+    (plain,) = StableSRCFWDecode().decode(latent, cfw, fidelity=0.0, color_fix="adain")
+    assert (plain - out).abs().mean() > 1e-4, "fidelity reaches the decoder"
 
 
 def test_tiles_on_equal_off_when_one_tile_covers(loaded):
@@ -165,6 +165,7 @@ def test_native_tiles_are_64_or_96_latent_for_768v(files, loaded, monkeypatch):
         return torch.zeros_like(lr_latent)
 
     monkeypatch.setattr(mod, "sample_latent", spy)
+    monkeypatch.setattr(mod, "encode_lr", lambda vae, image, noise: torch.zeros(image.shape[0], 4, *(s // 8 for s in image.shape[-2:])))
     StableSRSampler().sample(v, cfw, lr_image(h=16, w=16), conditioning(), steps=1)
     assert seen == {"tile": 96, "overlap": 32, "hw": (96, 96)}  # the 768-v model enlarges to 768 px
 
@@ -214,6 +215,8 @@ def test_sampler_errors_are_readable(loaded):
 
 
 def test_cancel_stops_within_one_network_call(loaded, monkeypatch):
+    import nodes.stablesr_sampler as mod
+
     model, cfw = loaded
     calls = []
 
@@ -226,6 +229,7 @@ def test_cancel_stops_within_one_network_call(loaded, monkeypatch):
             raise Interrupted()
 
     monkeypatch.setattr(nodes.host, "check_interrupt", interrupt)
+    monkeypatch.setattr(mod, "encode_lr", lambda vae, image, noise: torch.zeros(image.shape[0], 4, *(s // 8 for s in image.shape[-2:])))
     with pytest.raises(Interrupted):
         StableSRSampler().sample(model, cfw, lr_image(h=16, w=20), conditioning(), steps=200, tile_size=16, tile_overlap=4,
                                  min_size=128)
@@ -244,7 +248,7 @@ def test_oom_halves_the_latent_tile_then_gives_up(loaded, monkeypatch):
 
     monkeypatch.setattr(mod, "sample_latent", oom)
     with pytest.raises(AddSRInputError, match="out of memory even with 16-latent"):
-        StableSRSampler().sample(model, cfw, lr_image(), conditioning(), steps=4)
+        StableSRSampler().sample(model, cfw, lr_image(), conditioning(), steps=4, min_size=64)
     assert tiles == [(64, 32), (32, 16), (16, 8)]
 
 
@@ -277,18 +281,23 @@ def test_shipped_workflow_is_what_the_builder_writes(name):
 
 
 @pytest.mark.parametrize("name", WORKFLOWS)
-def test_workflow_runs_in_process_on_tiny_files(name, tmp_path, monkeypatch):
-    """The shipped graph, executed node by node with the core stand-ins, on tiny files written by the
-    shared registry (tests/comfy_host/models.py -> write_tiny_stablesr_files); 2 steps instead of 200."""
+def test_workflow_runs_in_process_on_tiny_files(name, files, tmp_path, monkeypatch):
+    """The shipped graph, executed node by node with the core stand-ins (tests/comfy_host/standins.py),
+    on the tiny files under the names the workflow asks for; 2 steps instead of 4 / 200."""
+    import shutil
+
     from PIL import Image
 
-    from comfy_host.models import INPROCESS, install_tiny_models
     from comfy_host.standins import core_standins, saved_files
     from nodes.workflow_graph import execute_api_prompt, ui_to_api_prompt
 
     workflow = json.loads((REPO / "workflows" / f"{name}.json").read_text())
     models, inputs, outputs = tmp_path / "models", tmp_path / "input", tmp_path / "output"
-    install_tiny_models(models, workflow, target=INPROCESS)
+    wanted = {n["type"]: n["widgets_values"][0] for n in workflow["nodes"] if "Loader" in n["type"]}
+    (models / "stablesr").mkdir(parents=True)
+    shutil.copyfile(files["files"]["full"], models / "stablesr" / wanted["StableSRModelLoader"])
+    shutil.copyfile(files["files"]["cfw"], models / "stablesr" / wanted["StableSRCFWLoader"])
+    write_tiny_sd2(models / "checkpoints" / wanted["CheckpointLoaderSimple"])  # the stand-in's CLIP + VAE
     monkeypatch.setenv("ADDSR_STABLESR_DIR", str(models / "stablesr"))
     inputs.mkdir()
     lr = Image.fromarray((lr_image(h=32, w=40, seed=9)[0].numpy() * 255).astype(np.uint8))
