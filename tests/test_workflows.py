@@ -226,8 +226,8 @@ def test_workflow_runs_in_process(path, tmp_path, models_root, monkeypatch):
     for folder in models.iterdir():  # models/<kind> -> ADDSR_<KIND>_DIR, which nodes/host.py reads
         monkeypatch.setenv(f"ADDSR_{folder.name.upper()}_DIR", str(folder))
     tiled = "tiled" in path.stem
-    # The tiled workflow: 4x is 288 x 256, more than one 256 px tile; the others stay small.
-    lr = lr_photo(72, 64) if tiled else lr_photo(40, 32)
+    # The tiled workflow: 4x is 264 x 160, two 256 px tiles across; the others stay small.
+    lr = lr_photo(66, 40) if tiled else lr_photo(40, 32)
     inputs.mkdir()
     for node in workflow["nodes"]:
         if node["type"] == "LoadImage":

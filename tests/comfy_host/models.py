@@ -220,7 +220,7 @@ def write_comfy_sd2_checkpoint(path: Path, seed: int = 0, dtype=torch.float16) -
     * CLIP: built from comfy/text_encoders/sd2_clip_config.json (ViT-H text, 24 layers, 1024 wide):
       full size; missing tensors would stay uninitialised, so every one is written.
 
-    All weights are seeded random, fp16: about 0.8 GB on disk, written once per cache.
+    All weights are seeded random, fp16: about 0.9 GB on disk, written once per cache.
     """
     from safetensors.torch import save_file
 
@@ -342,6 +342,9 @@ def _openclip_h_text(put, p: str, width: int = 1024, layers: int = 24, vocab: in
 # A family whose loaders are not registered makes install_tiny_models fail loudly.
 
 
+_STABLESR_FILES: dict[int, dict] = {}  # text width -> tiny files written this session
+
+
 def _stablesr_writer(widget_kinds: Mapping[str, str]) -> LoaderWriter:
     """A writer for a StableSR loader: tiny files from addsr_core.stablesr.tiny, placed under the
     names the node's widgets ask for (``widget_kinds``: widget -> key of TINY_FILES)."""
@@ -349,21 +352,23 @@ def _stablesr_writer(widget_kinds: Mapping[str, str]) -> LoaderWriter:
         from addsr_core.stablesr.tiny import TINY_FILES, write_tiny_stablesr_files
 
         out = {}
-        with tempfile.TemporaryDirectory(prefix="addsr-tiny-stablesr-") as tmp:
-            written = write_tiny_stablesr_files(tmp, context_dim=target.text_width)["files"]
-            for widget, kind in widget_kinds.items():
-                name = values.get(widget)
-                if not name or name == "none":
-                    continue
-                if name in TINY_FILES.values():  # asked for a tiny file by its own name
-                    kind = next(k for k, v in TINY_FILES.items() if v == name)
-                elif "768" in name and kind == "full":
-                    kind = "full_768v"  # v-prediction is told by the file name
-                source = written[kind]
-                dest = models_dir / source.parent.name / name
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source, dest)
-                out[widget] = dest
+        if target.text_width not in _STABLESR_FILES:  # both StableSR loaders share one write
+            tmp = tempfile.mkdtemp(prefix="addsr-tiny-stablesr-")
+            _STABLESR_FILES[target.text_width] = write_tiny_stablesr_files(tmp, context_dim=target.text_width)["files"]
+        written = _STABLESR_FILES[target.text_width]
+        for widget, kind in widget_kinds.items():
+            name = values.get(widget)
+            if not name or name == "none":
+                continue
+            if name in TINY_FILES.values():  # asked for a tiny file by its own name
+                kind = next(k for k, v in TINY_FILES.items() if v == name)
+            elif "768" in name and kind == "full":
+                kind = "full_768v"  # v-prediction is told by the file name
+            source = written[kind]
+            dest = models_dir / source.parent.name / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, dest)
+            out[widget] = dest
         return out
 
     return write
