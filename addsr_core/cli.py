@@ -1,4 +1,4 @@
-"""``python -m addsr_core`` / ``addsr``: upscale files or folders, convert checkpoints, self-check."""
+"""``python -m addsr_core`` / ``addsr``: upscale or tag files or folders, convert checkpoints, self-check."""
 from __future__ import annotations
 
 import argparse
@@ -53,6 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
     unpack.add_argument("packed", type=Path)
     unpack.add_argument("output", type=Path)
 
+    tag = sub.add_parser("tag", help="write RAM tags (<stem>.txt) for an image or a folder, e.g. for training prompts")
+    tag.add_argument("input", type=Path, help="an image file or a folder of images")
+    tag.add_argument("-o", "--output", type=Path, required=True, help="folder for the <stem>.txt tag files")
+    tag.add_argument("--ram", type=Path, required=True, help="ram_swin_large_14m.pth")
+    tag.add_argument("--dape", type=Path, help="DAPE.pth (LoRA merged into RAM, as AddSR uses it)")
+    tag.add_argument("--tag-list", type=Path, required=True, help="ram_tag_list.txt (thresholds file beside it is used)")
+    tag.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    tag.add_argument("--dtype", default="auto", choices=DTYPES)
+    tag.add_argument("--overwrite", action="store_true", help="redo images whose tag file already exists")
+
     sub.add_parser("selfcheck", help="check the install by running the whole pipeline on a tiny random model")
     return parser
 
@@ -67,6 +77,10 @@ def main(argv=None) -> int:
             from .selfcheck import run_selfcheck
 
             return run_selfcheck()
+        if args.command == "tag":
+            from .cli_tag import run_tag
+
+            return run_tag(args)
         from .cli_upscale import run_upscale
 
         return run_upscale(args)

@@ -33,14 +33,14 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return table[name]
 
 
-def plan_jobs(source: Path, output: Path, overwrite: bool) -> list[tuple[Path, Path]]:
+def plan_jobs(source: Path, output: Path, overwrite: bool, suffix: str = ".png") -> list[tuple[Path, Path]]:
     """(input, output) pairs; existing outputs are skipped so a killed batch resumes."""
     if not source.exists():
         raise CLIError(f"input {str(source)!r} does not exist")
     if source.is_file():
         if source.suffix.lower() not in IMAGE_SUFFIXES:
             raise CLIError(f"{source.name} is not a supported image ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        target = output / (source.stem + ".png") if output.is_dir() else output
+        target = output / (source.stem + suffix) if output.is_dir() else output
         jobs = [(source, target)]
     else:
         if output.exists() and not output.is_dir():
@@ -48,7 +48,7 @@ def plan_jobs(source: Path, output: Path, overwrite: bool) -> list[tuple[Path, P
         files = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise CLIError(f"no images in {str(source)!r}")
-        jobs = [(p, output / (p.stem + ".png")) for p in files]
+        jobs = [(p, output / (p.stem + suffix)) for p in files]
     return [(src, dst) for src, dst in jobs if overwrite or not dst.exists()]
 
 

@@ -112,3 +112,27 @@ def test_selfcheck(capsys):
     assert cli.main(["selfcheck"]) == 0
     out = capsys.readouterr().out
     assert "checks that the INSTALL works" in out and "says nothing about quality" in out and "OK:" in out
+
+
+def test_tag_folder_writes_ram_tags_and_resumes(kit, tmp_path, capsys):
+    from addsr_core.imaging.prepare import load_image
+    from addsr_core.ram import load_ram
+
+    src, out = tmp_path / "in", tmp_path / "tags"
+    write_images(src, [(40, 24, "RGB"), (33, 21, "RGBA")])
+    (src / "broken.png").write_bytes(b"not a png")
+    args = ["tag", str(src), "-o", str(out), "--ram", str(kit["ram"]), "--dape", str(kit["dape"]),
+            "--tag-list", str(kit["tag_list"]), "--device", "cpu", "--dtype", "fp32"]
+    assert cli.main(args) == 1  # the unreadable file is reported, the others are written
+    assert "skipped broken.png" in capsys.readouterr().out
+    _, tagger = load_ram(kit["ram"], kit["dape"], tag_list=kit["tag_list"])
+    for name in ("img0", "img1"):
+        expected = tagger.tags(load_image(src / f"{name}.png").rgb)[0]
+        assert (out / f"{name}.txt").read_text() == expected + "\n"
+    assert sorted(p.name for p in out.iterdir()) == ["img0.txt", "img1.txt"]
+
+    (src / "broken.png").unlink()
+    (out / "img0.txt").write_text("kept\n")
+    assert cli.main(args) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert (out / "img0.txt").read_text() == "kept\n"
