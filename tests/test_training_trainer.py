@@ -263,3 +263,37 @@ def test_two_processes_with_torchrun_agree(kit, tmp_path):
     # the ranks drew different samples and noise, but hold the same weights
     assert not torch.equal(state["rng"][0]["generators"]["train"], state["rng"][1]["generators"]["train"])
     assert (tmp_path / "run" / "export" / "addsr-student" / "unet" / "config.json").is_file()
+
+
+def test_sigkill_mid_run_then_resume_equals_uninterrupted_run(kit, tmp_path):
+    """A real ``kill -9`` of training/train.py (wherever it lands: mid-step or mid-save), then
+    ``--resume latest``: the final checkpoint equals an uninterrupted in-process run, bit for bit."""
+    import signal
+    import time
+
+    train = {"max_train_steps": 4, "checkpointing_steps": 1, "batch_size": 1}
+    reference = make_cfg(kit, tmp_path / "reference", train=train)
+    Trainer(reference, stream=open(os.devnull, "w")).train()
+
+    cfg = make_cfg(kit, tmp_path / "killed", train=train)
+    config = tmp_path / "cfg.json"
+    config.write_text(json.dumps(cfg.to_dict()))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, str(ROOT / "training" / "train.py"), "--config", str(config)]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while not (tmp_path / "killed" / "checkpoint-2").is_dir():
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint-2 within 240 s"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "checkpoint-4").exists()
+
+    resumed = subprocess.run(command + ["--resume", "latest"], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = _checkpoint_tensors(tmp_path / "reference" / "checkpoint-4")
+    b = _checkpoint_tensors(tmp_path / "killed" / "checkpoint-4")
+    assert a.keys() == b.keys() and len(a) > 100
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
