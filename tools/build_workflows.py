@@ -448,7 +448,7 @@ def make_thumbnail(name: str, out: Path, *, max_bytes: int = 200_000) -> Path:
         title_font = label_font = ImageFont.load_default()
     draw.text((pad, 7), info["title"], fill=(240, 240, 240), font=title_font)
     draw.text((pad, head + 256 + 5), "input (64 px, 4x nearest)", fill=(200, 200, 200), font=label_font)
-    draw.text((256 + 2 * pad, head + 256 + 5), "preview: bicubic 4x + adain, NOT AddSR output",
+    draw.text((256 + 2 * pad, head + 256 + 5), f"preview: bicubic 4x + adain, NOT {info.get('product', 'AddSR')} output",
               fill=(255, 200, 120), font=label_font)
     out.parent.mkdir(parents=True, exist_ok=True)
     for colors in (256, 128, 64):

@@ -123,8 +123,8 @@ def _stablesr(bw, name: str, *, turbo: bool) -> dict:
 
 
 THUMBNAILS = {
-    "stablesr_turbo_4x": {"photo": "coffee", "title": "StableSR-Turbo 4x (4 steps)"},
-    "stablesr_quality_200": {"photo": "chelsea", "title": "StableSR 4x, 200 steps"},
+    "stablesr_turbo_4x": {"photo": "coffee", "title": "StableSR-Turbo 4x (4 steps)", "product": "StableSR"},
+    "stablesr_quality_200": {"photo": "chelsea", "title": "StableSR 4x, 200 steps", "product": "StableSR"},
 }
 
 
@@ -132,6 +132,8 @@ def register(bw) -> None:
     """Add the StableSR workflows to tools/build_workflows.py's registry (``bw`` is that module)."""
     bw.WORKFLOWS.setdefault("stablesr_turbo_4x", lambda: _stablesr(bw, "stablesr_turbo_4x", turbo=True))
     bw.WORKFLOWS.setdefault("stablesr_quality_200", lambda: _stablesr(bw, "stablesr_quality_200", turbo=False))
+    for name, info in THUMBNAILS.items():
+        bw.THUMBNAILS.setdefault(name, info)
 
 
 def build_workflows() -> dict:
@@ -146,57 +148,11 @@ def _bw():
     return build_workflows
 
 
-def make_thumbnail(name: str, out: Path, *, max_bytes: int = 200_000) -> Path:
-    """Input vs a bicubic 4x with the adain colour fix, labelled honestly (no StableSR weights here)."""
-    import io
-
-    import numpy as np
-    import torch
-    from PIL import Image, ImageDraw, ImageFilter, ImageFont
-    from skimage import data
-
-    from addsr_core.imaging.colorfix import adain_color_fix
-
-    info = THUMBNAILS[name]
-    hr = Image.fromarray(getattr(data, info["photo"])()).convert("RGB")
-    side = min(hr.size)
-    hr = hr.crop(((hr.width - side) // 2, 0, (hr.width - side) // 2 + side, side)).resize((256, 256), Image.LANCZOS)
-    lr = hr.filter(ImageFilter.GaussianBlur(1.2)).resize((64, 64), Image.BICUBIC)
-    buffer = io.BytesIO()
-    lr.save(buffer, "JPEG", quality=35)
-    lr = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
-    nearest, bicubic = lr.resize((256, 256), Image.NEAREST), lr.resize((256, 256), Image.BICUBIC)
-    to_t = lambda im: torch.from_numpy(np.asarray(im, dtype=np.float32) / 255).permute(2, 0, 1)[None]  # noqa: E731
-    fixed = adain_color_fix(to_t(bicubic), to_t(lr)).clamp(0, 1)[0].permute(1, 2, 0).numpy()
-    right = Image.fromarray((fixed * 255).round().astype(np.uint8))
-
-    pad, head, foot = 8, 30, 22
-    canvas = Image.new("RGB", (256 * 2 + pad * 3, 256 + head + foot + pad), (24, 24, 28))
-    canvas.paste(nearest, (pad, head))
-    canvas.paste(right, (256 + 2 * pad, head))
-    draw = ImageDraw.Draw(canvas)
-    try:
-        title_font, label_font = ImageFont.load_default(size=16), ImageFont.load_default(size=11)
-    except TypeError:  # Pillow < 10.1
-        title_font = label_font = ImageFont.load_default()
-    draw.text((pad, 7), info["title"], fill=(240, 240, 240), font=title_font)
-    draw.text((pad, head + 256 + 5), "input (64 px, 4x nearest)", fill=(200, 200, 200), font=label_font)
-    draw.text((256 + 2 * pad, head + 256 + 5), "preview: bicubic 4x + adain, NOT StableSR output",
-              fill=(255, 200, 120), font=label_font)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for colors in (256, 128, 64):
-        canvas.quantize(colors=colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG).save(
-            out, optimize=True)
-        if out.stat().st_size < max_bytes:
-            break
-    return out
-
-
 def main() -> int:
     bw = _bw()
     for name in THUMBNAILS:
         path = bw.write_workflow(name)
-        thumb = make_thumbnail(name, path.with_suffix(".png"))
+        thumb = bw.make_thumbnail(name, path.with_suffix(".png"))
         print(f"wrote {path.name} and {thumb.name} ({thumb.stat().st_size // 1024} KB)")
     return 0
 
