@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..loading.io import CheckpointError, assign_state_dict, read_state_dict, unwrap_state_dict
+from ..ram.swin import Mlp  # the timm MLP (fc1, GELU, fc2), shared with RAM's Swin
 
 
 @dataclass(frozen=True)
@@ -59,17 +60,6 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class LayerScale(nn.Module):
