@@ -433,6 +433,35 @@ def test_architecture_is_recognised_from_the_shapes(tmp_path, model):
         load_stablesr(tmp_path / "odd.safetensors")
 
 
+def test_sr_module_written_for_a_base_of_another_size_loads_on_it(tmp_path):
+    """A base UNet of no known size (two levels, one resnet each): the SR module made for it
+    (write_tiny_stablesr_files(base_unet=...)) loads on it with the architecture read off the
+    shapes, and the full file's UNet is the base's."""
+    from addsr_core.stablesr.tiny import write_tiny_stablesr_files
+
+    cfg = sd2_unet_config(block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                          up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1,
+                          attention_heads=(1, 1), cross_attention_dim=24)
+    base = seeded_weights(UNet2DConditionModel(cfg), 5)
+    ldm = diffusers_unet_to_ldm(base.state_dict(), layers_per_block=1)
+    written = write_tiny_stablesr_files(tmp_path, base_unet=ldm)
+    assert written["context_dim"] == 24
+    bare = {k[len(LDM_UNET_PREFIX):]: v for k, v in ldm.items()}  # what ComfyUI's diffusion_model gives
+    on_base = load_stablesr(written["files"]["sr_module"], base=bare)
+    full = load_stablesr(written["files"]["full"])
+    assert on_base.config.unet == full.config.unet == cfg
+    assert on_base.config.encoder.channel_mult == (1, 1)  # one encoder level per UNet level
+    for key, value in base.state_dict().items():
+        assert torch.equal(on_base.unet.state_dict()[key], value) and torch.equal(full.unet.state_dict()[key], value)
+    g = torch.Generator().manual_seed(0)
+    z, lr = torch.randn(1, 4, 8, 12, generator=g), torch.randn(1, 4, 8, 12, generator=g)
+    ctx = torch.randn(1, 3, 24, generator=g)
+    with torch.no_grad():
+        out = on_base(z, 500, lr, ctx)
+        torch.testing.assert_close(out, full(z, 500, lr, ctx))  # same SFT/encoder weights, same base
+    assert torch.isfinite(out).all() and out.shape == z.shape
+
+
 def _cfw_ldm_state(cfw):
     sd = cfw.state_dict()
     fusion = {k: v for k, v in sd.items() if ".fusion_layer_" in k}

@@ -15,6 +15,7 @@ Everything is built on the meta device and assigned strictly.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Mapping
@@ -26,9 +27,10 @@ from ..loading.io import CheckpointError, assign_state_dict
 from ..loading.keymaps import LDM_VAE_PREFIX, ldm_vae_to_diffusers, looks_like_ldm_vae, rename_legacy_vae_keys
 from ..loading.keymaps_unet import LDM_UNET_PREFIX, ldm_unet_to_diffusers
 from ..loading.models import infer_vae_config, read_diffusers_folder
-from ..models import VAEConfig
+from ..models import UNetConfig, VAEConfig
 from .cfw import CFWAutoencoder
 from .checkpoint import read_checkpoint
+from .encoder import TimeAwareEncoderConfig
 from .model import StableSRConfig, StableSRModel
 
 STRUCTCOND_PREFIX = "structcond_stage_model."
@@ -39,9 +41,27 @@ def _is_sft_key(key: str) -> bool:
     return ".spade." in key
 
 
+def ldm_layers_per_block(keys, prefix: str = LDM_UNET_PREFIX) -> int:
+    """Resnets per level of an LDM-layout UNet, from its block numbering (the keys of a whole UNet
+    or of an SR module alone). Blocks ``1..`` hold resnets, except every ``layers_per_block + 1``-th,
+    the downsample: so the first downsample, or the first gap in the resnet blocks, tells. A one-level
+    UNet has neither: all its input blocks after ``conv_in`` are resnets. 2 (SD 2.x) when the keys do not tell."""
+    pattern = re.compile(re.escape(prefix) + r"input_blocks\.(\d+)\.(\d+)\.(op\.)?")
+    resnets, ops = set(), set()
+    for key in keys:
+        if (m := pattern.match(key)) and int(m[1]) > 0:
+            (ops if m[3] else resnets).add(int(m[1]))
+    if ops:
+        return min(ops) - 1
+    if not resnets:
+        return 2
+    gap = next(n for n in range(1, max(resnets) + 2) if n not in resnets)
+    return gap - 1
+
+
 def split_stablesr_state_dict(sd: dict) -> tuple[dict, dict, dict]:
     """(UNet non-SFT tensors, UNet SFT tensors, encoder tensors), the UNet parts in our key names."""
-    unet, unplaced = ldm_unet_to_diffusers(sd)
+    unet, unplaced = ldm_unet_to_diffusers(sd, layers_per_block=ldm_layers_per_block(sd.keys()))
     if unplaced:
         raise CheckpointError(f"these UNet tensors do not fit an SD2 UNet: {sorted(unplaced)[:10]}")
     base = {k: v for k, v in unet.items() if not _is_sft_key(k)}
@@ -75,23 +95,111 @@ def base_unet_from_state_dict(sd: Mapping[str, torch.Tensor], *, source: str = "
     return base
 
 
-# Architectures a file may hold, tried in order: the released SD2 size, then the tiny test size.
+# Architectures a file may hold, tried in order: the released SD2 size, then the tiny test size;
+# failing those, the SD2-family architecture read off the shapes (:func:`config_from_shapes`).
 def known_configs() -> list[StableSRConfig]:
     from .tiny import TINY_STABLESR
 
     return [StableSRConfig(), TINY_STABLESR]
 
 
+SD2_HEAD_CHANNELS = 64  # SD 2.x (and SD-Turbo) attention: num_head_channels 64 at every level
+
+
+def _count(shapes: Mapping, template: str) -> int:
+    n = 0
+    while template.format(n) in shapes:
+        n += 1
+    return n
+
+
+def unet_config_from_shapes(shapes: Mapping[str, tuple]) -> UNetConfig:
+    """An SD2-family UNet's configuration read off its tensor shapes (our key names, no prefix).
+
+    Depth, widths, resnets per level, which levels attend, transformer depth and text width are in
+    the shapes; the head count is not, so it follows SD 2.x: ``width / 64`` heads."""
+    from .model import sd2_unet_config
+
+    levels = _count(shapes, "down_blocks.{}.resnets.0.conv1.weight")
+    if not levels or "conv_in.weight" not in shapes:
+        raise CheckpointError("no SD2-style UNet in these weights")
+    widths = tuple(shapes[f"down_blocks.{i}.resnets.0.conv1.weight"][0] for i in range(levels))
+    down_attn = [f"down_blocks.{i}.attentions.0.proj_in.weight" in shapes for i in range(levels)]
+    up_attn = [f"up_blocks.{i}.attentions.0.proj_in.weight" in shapes for i in range(_count(shapes, "up_blocks.{}.resnets.0.conv1.weight"))]
+    to_k = next((v for k, v in shapes.items() if k.endswith(".attn2.to_k.weight")), None)
+    depth = _count(shapes, "mid_block.attentions.0.transformer_blocks.{}.norm1.weight")
+    return sd2_unet_config(
+        in_channels=shapes["conv_in.weight"][1],
+        out_channels=shapes.get("conv_out.weight", (4,))[0],
+        block_out_channels=widths,
+        down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in down_attn),
+        up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in up_attn),
+        layers_per_block=_count(shapes, "down_blocks.0.resnets.{}.conv1.weight"),
+        attention_heads=tuple(max(1, w // SD2_HEAD_CHANNELS) for w in widths),
+        cross_attention_dim=to_k[1] if to_k is not None else 1024,
+        transformer_layers_per_block=depth or 1,
+    )
+
+
+def encoder_config_from_shapes(shapes: Mapping[str, tuple]) -> TimeAwareEncoderConfig:
+    """The time-aware encoder's configuration read off its shapes (official names, no prefix).
+    The attention head count is not in the shapes: the official 4."""
+    mc = shapes["time_embed.0.weight"][1]
+    mult, blocks_per_level, attention, ds = [], [], set(), 1
+    n, level_blocks, level_mult = 1, 0, None
+    while f"input_blocks.{n}.0.op.weight" in shapes or f"input_blocks.{n}.0.out_layers.3.weight" in shapes:
+        if f"input_blocks.{n}.0.op.weight" in shapes:  # a downsample ends the level
+            mult.append(level_mult)
+            blocks_per_level.append(level_blocks)
+            level_blocks, ds = 0, ds * 2
+        else:
+            level_mult = shapes[f"input_blocks.{n}.0.out_layers.3.weight"][0] // mc
+            level_blocks += 1
+            if f"input_blocks.{n}.1.qkv.weight" in shapes:
+                attention.add(ds)
+        n += 1
+    mult.append(level_mult)
+    blocks_per_level.append(level_blocks)
+    if len(set(blocks_per_level)) != 1 or None in mult:
+        raise CheckpointError(f"time-aware encoder with uneven levels ({blocks_per_level} blocks)")
+    return TimeAwareEncoderConfig(
+        in_channels=shapes["input_blocks.0.0.weight"][1],
+        model_channels=mc,
+        out_channels=shapes["fea_tran.0.out_layers.3.weight"][0],
+        num_res_blocks=blocks_per_level[0],
+        attention_resolutions=tuple(sorted(attention, reverse=True)),
+        channel_mult=tuple(mult),
+    )
+
+
+def config_from_shapes(shapes: Mapping[str, tuple], prediction_type: str = "epsilon") -> StableSRConfig:
+    """A StableSR configuration from ``unet.*`` / ``struct_encoder.*`` shapes (see the two readers)."""
+    unet = unet_config_from_shapes({k[5:]: v for k, v in shapes.items() if k.startswith("unet.")})
+    encoder = encoder_config_from_shapes({k[15:]: v for k, v in shapes.items() if k.startswith("struct_encoder.")})
+    return StableSRConfig(unet=unet, encoder=encoder, prediction_type=prediction_type)
+
+
 def infer_stablesr_config(state_dict: Mapping[str, torch.Tensor], prediction_type: str = "epsilon") -> StableSRConfig:
-    """The known architecture whose tensor names and shapes are exactly ``state_dict``'s
-    (``unet.*`` and ``struct_encoder.*``); the releases do not record their configuration."""
+    """The architecture whose tensor names and shapes are exactly ``state_dict``'s (``unet.*`` and
+    ``struct_encoder.*``); the releases do not record their configuration. Known sizes first,
+    then an SD2-family UNet of another depth or width (e.g. a small base), read off the shapes."""
     shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
     to_k = shapes.get("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight")
+    candidates = []
     for config in known_configs():
         if to_k is not None and len(to_k) == 2 and to_k[1] != config.unet.cross_attention_dim:  # text width varies
             config = replace(config, unet=replace(config.unet, cross_attention_dim=to_k[1]))
-        with torch.device("meta"):
-            expected = {k: tuple(v.shape) for k, v in StableSRModel(config).state_dict().items()}
+        candidates.append(config)
+    try:
+        candidates.append(config_from_shapes(shapes))
+    except (CheckpointError, KeyError, TypeError, ValueError, ZeroDivisionError):
+        pass
+    for config in candidates:
+        try:
+            with torch.device("meta"):
+                expected = {k: tuple(v.shape) for k, v in StableSRModel(config).state_dict().items()}
+        except (ValueError, IndexError, RuntimeError):  # a reading that does not build
+            continue
         if expected == shapes:
             return replace(config, prediction_type=prediction_type)
     width = shapes.get("unet.conv_in.weight", ("?",))[0]

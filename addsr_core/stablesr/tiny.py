@@ -60,7 +60,8 @@ def ldm_stablesr_state(model: StableSRModel) -> dict:
     from ..loading.keymaps_unet import diffusers_unet_to_ldm
 
     sd = model.state_dict()
-    out = diffusers_unet_to_ldm({k[5:]: v for k, v in sd.items() if k.startswith("unet.")})
+    out = diffusers_unet_to_ldm({k[5:]: v for k, v in sd.items() if k.startswith("unet.")},
+                                layers_per_block=model.config.unet.layers_per_block)
     out.update({"structcond_stage_model." + k[len("struct_encoder."):]: v for k, v in sd.items() if k.startswith("struct_encoder.")})
     return {k: v.contiguous() for k, v in out.items()}
 
@@ -80,7 +81,32 @@ def _lightning(state_dict: dict, step: int) -> dict:
     return {"epoch": 0, "global_step": step, "pytorch-lightning_version": "1.4.2", "state_dict": state_dict}
 
 
-def write_tiny_stablesr_files(models_dir, seed: int = 0, context_dim: int = TINY_CONTEXT_DIM) -> dict:
+def stablesr_config_for_base(base_unet) -> StableSRConfig:
+    """A StableSR configuration whose UNet is ``base_unet``'s (any SD2-family UNet state dict: LDM
+    single file, bare LDM UNet or our names), with a tiny time-aware encoder that has one level
+    per UNet level, so it feeds every width the UNet's SFT layers ask for."""
+    from dataclasses import replace
+
+    from .loading import base_unet_from_state_dict, unet_config_from_shapes
+
+    unet = unet_config_from_shapes({k: tuple(v.shape) for k, v in base_unet_from_state_dict(base_unet).items()})
+    levels = len(unet.block_out_channels)
+    mult = (TINY_STABLESR.encoder.channel_mult + (TINY_STABLESR.encoder.channel_mult[-1],) * levels)[:levels]
+    return replace(TINY_STABLESR, unet=unet, encoder=replace(TINY_STABLESR.encoder, channel_mult=mult))
+
+
+def _stablesr_on_base(config: StableSRConfig, seed: int, base: dict | None) -> StableSRModel:
+    """Seeded weights; with ``base`` (our UNet names) the UNet's non-SFT weights are the base's,
+    as in the releases (e.g. stablesr_turbo.ckpt holds SD-Turbo's UNet)."""
+    model = seeded_weights(StableSRModel(config), seed).eval()
+    if base is not None:
+        missing, unexpected = model.unet.load_state_dict(base, strict=False)
+        if unexpected or any(".spade." not in k for k in missing):
+            raise ValueError(f"the base UNet does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model
+
+
+def write_tiny_stablesr_files(models_dir, seed: int = 0, context_dim: int = TINY_CONTEXT_DIM, *, base_unet=None) -> dict:
     """Tiny seeded StableSR files in the real release layouts, under ``models_dir/stablesr``
     (and the SR module's base under ``models_dir/checkpoints``), for node, workflow and real-host tests.
 
@@ -89,6 +115,11 @@ def write_tiny_stablesr_files(models_dir, seed: int = 0, context_dim: int = TINY
     widget values (names relative to their model folder) per loader node type, every file written
     (keys of :data:`TINY_FILES`), and the text width the models expect from CLIP. ``context_dim``
     picks that width (the tiny UNet is otherwise fixed), e.g. to match a tiny CLIP.
+
+    ``base_unet``: build for this base instead (a state dict of an SD2-family UNet, e.g. the
+    ``model.diffusion_model.*`` tensors of the checkpoint a host loads as the MODEL): the UNet
+    architecture, text width and non-SFT weights are the base's (``context_dim`` is ignored), so
+    the SR module, and the full files with that MODEL connected as ``base_model``, fit it.
     """
     from dataclasses import replace
     from pathlib import Path
@@ -99,9 +130,17 @@ def write_tiny_stablesr_files(models_dir, seed: int = 0, context_dim: int = TINY
     folder, checkpoints = models_dir / "stablesr", models_dir / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     checkpoints.mkdir(parents=True, exist_ok=True)
-    config = replace(TINY_STABLESR, unet=replace(TINY_STABLESR.unet, cross_attention_dim=context_dim))
-    model = seeded_weights(StableSRModel(config), seed).eval()
-    model_v = seeded_weights(StableSRModel(replace(config, prediction_type="v_prediction")), seed + 1).eval()
+    if base_unet is not None:
+        from .loading import base_unet_from_state_dict
+
+        config = stablesr_config_for_base(base_unet)
+        base = {k: v.float() for k, v in base_unet_from_state_dict(base_unet).items()}
+        context_dim = config.unet.cross_attention_dim
+    else:
+        config = replace(TINY_STABLESR, unet=replace(TINY_STABLESR.unet, cross_attention_dim=context_dim))
+        base = None
+    model = _stablesr_on_base(config, seed, base)
+    model_v = _stablesr_on_base(replace(config, prediction_type="v_prediction"), seed + 1, base)
     cfw = tiny_cfw(seed + 2)
     plain, fusion = ldm_cfw_state(cfw)
     first_stage = {"first_stage_model." + k: v for k, v in plain.items()}

@@ -192,7 +192,7 @@ def _sd2_checkpoint(models_dir: Path, values: Mapping, target: TinyTarget) -> di
     return {"checkpoint": dest}
 
 
-SD2_CHECKPOINT_VERSION = "sd2-v1"  # bump when write_comfy_sd2_checkpoint changes
+SD2_CHECKPOINT_VERSION = "sd2-v2"  # bump when write_comfy_sd2_checkpoint changes
 
 
 def comfy_sd2_checkpoint(cache_root: Path | None = None) -> Path:
@@ -213,9 +213,12 @@ def write_comfy_sd2_checkpoint(path: Path, seed: int = 0, dtype=torch.float16) -
     What ComfyUI reads (comfy/model_detection.py, comfy/sd.py, ComfyUI 0.3.64):
 
     * UNet: detected from shapes only. SD20 matches on model_channels 320, context_dim 1024, linear
-      proj_in, no label embedding; depth and width are free. So the UNet here is the smallest
-      that detection still calls SD20: one level, one ResBlock + one 1-block transformer, no
-      middle block (about 7 M parameters). The workflows never run it.
+      proj_in, no label embedding; depth and width are free. So the UNet here is small: one
+      level (one ResBlock + one 1-block transformer down, two up) and SD2's middle block (ResBlock,
+      transformer, ResBlock), about 26 M parameters. The AddSR workflows never run it; the
+      StableSR ones run it under the SFT layers of a tiny SR module made for it
+      (:func:`addsr_core.stablesr.tiny.write_tiny_stablesr_files` with ``base_unet``), which needs
+      the middle block (our UNet always has one).
     * VAE: built from a fixed config (ch 128, mult 1,2,4,4) and loaded with shape checks: full size.
     * CLIP: built from comfy/text_encoders/sd2_clip_config.json (ViT-H text, 24 layers, 1024 wide):
       full size; missing tensors would stay uninitialised, so every one is written.
@@ -254,6 +257,9 @@ def _sd20_unet(put, p: str, ch: int = 320, context: int = 1024, temb: int = 1280
     put(f"{p}input_blocks.0.0.bias", ch, kind="zero")
     _resblock(put, f"{p}input_blocks.1.0.", ch, ch, temb)
     _transformer(put, f"{p}input_blocks.1.1.", ch, context)
+    _resblock(put, f"{p}middle_block.0.", ch, ch, temb)  # SD2's middle block: resnet, transformer, resnet
+    _transformer(put, f"{p}middle_block.1.", ch, context)
+    _resblock(put, f"{p}middle_block.2.", ch, ch, temb)
     for i in (0, 1):  # the decoder half: each takes the skip from input_blocks.{1 - i}
         _resblock(put, f"{p}output_blocks.{i}.0.", 2 * ch, ch, temb)
         _transformer(put, f"{p}output_blocks.{i}.1.", ch, context)
@@ -342,20 +348,47 @@ def _openclip_h_text(put, p: str, width: int = 1024, layers: int = 24, vocab: in
 # A family whose loaders are not registered makes install_tiny_models fail loudly.
 
 
-_STABLESR_FILES: dict[int, dict] = {}  # text width -> tiny files written this session
+_STABLESR_FILES: dict[str, dict] = {}  # target name -> tiny files written this session
+
+
+def comfy_sd2_unet() -> dict:
+    """The UNet tensors (``model.diffusion_model.*``) of :func:`comfy_sd2_checkpoint`: what a real
+    host's CheckpointLoaderSimple gives as the MODEL."""
+    from safetensors import safe_open
+
+    with safe_open(str(comfy_sd2_checkpoint()), framework="pt", device="cpu") as f:
+        return {k: f.get_tensor(k) for k in f.keys() if k.startswith("model.diffusion_model.")}
+
+
+def tiny_stablesr_files(target: TinyTarget) -> dict:
+    """The tiny StableSR files for ``target`` (written once per session; both loaders share them).
+
+    INPROCESS: the fixed tiny architecture at the stand-in CLIP's width (the stand-in
+    CheckpointLoaderSimple gives no MODEL a StableSR module could sit on). COMFYUI: built for the
+    UNet of the SD 2 checkpoint the server loads (:func:`comfy_sd2_unet`), so a workflow that
+    connects Load Checkpoint's MODEL as ``base_model`` (StableSR-Turbo) runs the real path: its
+    SFT layers and encoder fit that UNet, and the full files' UNet is that UNet, as in the releases."""
+    from addsr_core.stablesr.tiny import write_tiny_stablesr_files
+
+    if target.name not in _STABLESR_FILES:
+        tmp = tempfile.mkdtemp(prefix="addsr-tiny-stablesr-")
+        if target.name == INPROCESS.name:
+            written = write_tiny_stablesr_files(tmp, context_dim=target.text_width)
+        else:
+            written = write_tiny_stablesr_files(tmp, base_unet=comfy_sd2_unet())
+            assert written["context_dim"] == target.text_width, (written["context_dim"], target)
+        _STABLESR_FILES[target.name] = written["files"]
+    return _STABLESR_FILES[target.name]
 
 
 def _stablesr_writer(widget_kinds: Mapping[str, str]) -> LoaderWriter:
     """A writer for a StableSR loader: tiny files from addsr_core.stablesr.tiny, placed under the
     names the node's widgets ask for (``widget_kinds``: widget -> key of TINY_FILES)."""
     def write(models_dir: Path, values: Mapping, target: TinyTarget) -> dict:
-        from addsr_core.stablesr.tiny import TINY_FILES, write_tiny_stablesr_files
+        from addsr_core.stablesr.tiny import TINY_FILES
 
         out = {}
-        if target.text_width not in _STABLESR_FILES:  # both StableSR loaders share one write
-            tmp = tempfile.mkdtemp(prefix="addsr-tiny-stablesr-")
-            _STABLESR_FILES[target.text_width] = write_tiny_stablesr_files(tmp, context_dim=target.text_width)["files"]
-        written = _STABLESR_FILES[target.text_width]
+        written = tiny_stablesr_files(target)
         for widget, kind in widget_kinds.items():
             name = values.get(widget)
             if not name or name == "none":
