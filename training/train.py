@@ -11,6 +11,7 @@ Resume: --resume latest (or a checkpoint folder). Export only: --export-only CHE
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from pathlib import Path
 
@@ -52,11 +53,19 @@ def main(argv=None) -> int:
     from addsr_core.training.trainer import Trainer
 
     trainer = Trainer(cfg)
+    ctx, finished = trainer.ctx, False
     try:
         trainer.train(max_steps=args.max_steps)
+        finished = True
     finally:
         trainer.tracker.close()
-        trainer.ctx.shutdown()
+        # Drop the DDP wrapper (it holds the process group) before the group goes, and leave
+        # together: a rank tearing gloo down while its peer is still in it can abort at exit.
+        del trainer
+        gc.collect()
+        if finished:
+            ctx.barrier()
+        ctx.shutdown()
     return 0
 
 
