@@ -198,6 +198,29 @@ def is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
+def retry_smaller_on_oom(run, size: int, *, floor: int, what: str, unit: str = "px", shrink=lambda size: size // 2,
+                         exhausted=None):
+    """``run(size)``, shrinking ``size`` on out-of-memory while it stays >= ``floor``.
+
+    Past the floor the OOM is re-raised, or ``exhausted(size)`` (an exception naming what to do) is
+    raised from it. ``what`` and ``unit`` word the retry warning ("AddSR: VAE", "px").
+    """
+    while True:
+        try:
+            return run(size)
+        except Exception as err:
+            if not is_oom(err):
+                raise
+            soft_empty_cache()
+            smaller = shrink(size)
+            if smaller < floor:
+                if exhausted is None:
+                    raise
+                raise exhausted(size) from err
+            log.warning("%s out of memory, retrying with %d%s tiles", what, smaller, unit)
+            size = smaller
+
+
 # ---------------------------------------------------------------------------------------------
 # Progress, previews, cancellation
 

@@ -72,26 +72,24 @@ class AddSRSampler:
 
 def run_sampler(addsr_model: AddSRModel, addsr_cond: AddSRCond, positive, negative, options: UpscaleOptions):
     """Sample, halving the tile on out-of-memory down to MIN_TILE_PX, then a clear error."""
-    cond = addsr_cond.cond
     managed = [addsr_model.unet, addsr_model.controlnet, addsr_cond.vae.managed, addsr_cond.ram.encoder]
-    while True:
-        try:
-            return _sample_once(addsr_model, addsr_cond, positive, negative, options, managed)
-        except Exception as err:
-            if not host.is_oom(err):
-                raise
-            host.soft_empty_cache()
-            if options.latent_tile_px // 2 < MIN_TILE_PX:
-                raise AddSRInputError(
-                    f"out of memory even with {options.latent_tile_px}px tiles. Lower the VAE tile size, use fp16, "
-                    "or start ComfyUI with --lowvram."
-                ) from err
-            tile = options.latent_tile_px // 2 // 64 * 64
-            host.log.warning("AddSR: out of memory, retrying with %dpx tiles", tile)
-            options = dataclasses.replace(
-                options, latent_tile_px=tile, latent_overlap_px=min(options.latent_overlap_px, tile // 2),
-                vae_decode_tile_px=max(256, options.vae_decode_tile_px // 2),
+    current = options
+
+    def attempt(tile):
+        nonlocal current
+        if tile != current.latent_tile_px:
+            current = dataclasses.replace(
+                current, latent_tile_px=tile, latent_overlap_px=min(current.latent_overlap_px, tile // 2),
+                vae_decode_tile_px=max(256, current.vae_decode_tile_px // 2),
             )
+        return _sample_once(addsr_model, addsr_cond, positive, negative, current, managed)
+
+    def exhausted(tile):
+        return AddSRInputError(f"out of memory even with {tile}px tiles. Lower the VAE tile size, use fp16, "
+                               "or start ComfyUI with --lowvram.")
+
+    return host.retry_smaller_on_oom(attempt, options.latent_tile_px, floor=MIN_TILE_PX, what="AddSR:",
+                                     shrink=lambda tile: tile // 2 // 64 * 64, exhausted=exhausted)
 
 
 def _sample_once(addsr_model, addsr_cond, positive, negative, options, managed):

@@ -123,21 +123,17 @@ class StableSRSampler:
 def run_sampler(handle: StableSRHandle, cfw: CFWHandle, prepared: PreparedLR, context, negative_context,
                 options: StableSROptions) -> torch.Tensor:
     """Encode + sample, halving the latent tile on out-of-memory down to MIN_LATENT_TILE, then a clear error."""
-    while True:
-        try:
-            return _sample_once(handle, cfw, prepared, context, negative_context, options)
-        except Exception as err:
-            if not host.is_oom(err):
-                raise
-            host.soft_empty_cache()
-            if options.tile // 2 < MIN_LATENT_TILE:
-                raise AddSRInputError(
-                    f"out of memory even with {options.tile}-latent ({options.tile * 8}px) tiles. Use fp16, a smaller "
-                    "scale, or start ComfyUI with --lowvram."
-                ) from err
-            tile = options.tile // 2
-            host.log.warning("StableSR: out of memory, retrying with %d-latent tiles", tile)
-            options = dataclasses.replace(options, latent_tile=tile, tile_overlap=min(options.tile_overlap, tile // 2))
+    def attempt(tile):
+        retry = dataclasses.replace(options, latent_tile=tile, tile_overlap=min(options.tile_overlap, tile // 2))
+        return _sample_once(handle, cfw, prepared, context, negative_context,
+                            options if tile == options.tile else retry)
+
+    def exhausted(tile):
+        return AddSRInputError(f"out of memory even with {tile}-latent ({tile * 8}px) tiles. Use fp16, a smaller "
+                               "scale, or start ComfyUI with --lowvram.")
+
+    return host.retry_smaller_on_oom(attempt, options.tile, floor=MIN_LATENT_TILE, what="StableSR:", unit="-latent",
+                                     exhausted=exhausted)
 
 
 def _sample_once(handle, cfw, prepared, context, negative_context, options):
@@ -203,16 +199,9 @@ class StableSRCFWDecode:
         device = host.load_to_device([cfw_vae.managed])
         z0 = latent.float().to(device) * cfw_vae.vae.scaling_factor
         tile = max(8, tile_size // 8 * 8)
-        while True:
-            try:
-                result = _decode_tiles(cfw_vae.vae, z0, image.to(device), fidelity, color_fix, tile, tile_overlap)
-                break
-            except Exception as err:
-                if not host.is_oom(err) or tile // 2 < MIN_DECODE_TILE_PX:
-                    raise
-                host.soft_empty_cache()
-                tile = tile // 2 // 8 * 8
-                host.log.warning("StableSR: CFW decode out of memory, retrying with %dpx tiles", tile)
+        result = host.retry_smaller_on_oom(
+            lambda tile: _decode_tiles(cfw_vae.vae, z0, image.to(device), fidelity, color_fix, tile, tile_overlap),
+            tile, floor=MIN_DECODE_TILE_PX, what="StableSR: CFW decode", shrink=lambda tile: tile // 2 // 8 * 8)
         prepared = PreparedLR(image, tuple(info["upscaled_hw"]), tuple(info["output_hw"]))
         return (bchw_to_image(finish(result, prepared)),)
 

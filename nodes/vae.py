@@ -10,15 +10,7 @@ MIN_VAE_TILE = 256
 
 
 def _with_oom_retry(run, tile: int):
-    while True:
-        try:
-            return run(tile)
-        except Exception as err:
-            if not host.is_oom(err) or tile // 2 < MIN_VAE_TILE:
-                raise
-            host.soft_empty_cache()
-            tile //= 2
-            host.log.warning("AddSR: VAE out of memory, retrying with %dpx tiles", tile)
+    return host.retry_smaller_on_oom(run, tile, floor=MIN_VAE_TILE, what="AddSR: VAE")
 
 
 class AddSRTiledVAEDecode:

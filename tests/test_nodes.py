@@ -180,3 +180,26 @@ def test_oom_halves_the_tile_then_gives_up(loaded, monkeypatch):
     with pytest.raises(AddSRInputError, match="out of memory even with 256px tiles"):
         nodes.AddSRSampler().sample(model, cond, clip.conditioning("x"), clip.conditioning("y"), tile_size=1024)
     assert tiles == [1024, 512, 256]
+
+
+def test_retry_smaller_on_oom_shrinks_to_the_floor_then_raises():
+    from nodes import host
+
+    tried = []
+
+    def run(tile):
+        tried.append(tile)
+        if tile > 300:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return tile
+
+    assert host.retry_smaller_on_oom(run, 1024, floor=256, what="test") == 256 and tried == [1024, 512, 256]
+    tried.clear()
+    with pytest.raises(torch.OutOfMemoryError):  # 1280 -> 640 -> 320; 160 is below the floor
+        host.retry_smaller_on_oom(run, 1280, floor=256, what="test", shrink=lambda t: t // 2 // 8 * 8)
+    assert tried == [1280, 640, 320]
+    with pytest.raises(ValueError, match="gave up at 320") as info:
+        host.retry_smaller_on_oom(run, 640, floor=256, what="test", exhausted=lambda t: ValueError(f"gave up at {t}"))
+    assert isinstance(info.value.__cause__, torch.OutOfMemoryError)
+    with pytest.raises(KeyError):  # anything but an OOM passes straight through, untried again
+        host.retry_smaller_on_oom(lambda t: {}["x"], 1024, floor=256, what="test")
