@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
+from .loading.models import write_diffusers_folder
 from .models import AutoencoderKL, ControlNetModel, UNet2DConditionModel, UNetConfig, VAEConfig
 
 TEXT_WIDTH = 32
@@ -62,19 +62,17 @@ def randomize(module: torch.nn.Module, generator: torch.Generator, std: float = 
     return module
 
 
-def _save_diffusers(folder: Path, config: dict, module: torch.nn.Module, weights: str) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(folder / weights))
+def write_tiny_addsr(root: Path, seed: int = 0, cross_attention_dim: int | None = None) -> Path:
+    """``root/unet`` and ``root/controlnet`` in the official diffusers release layout.
 
-
-def write_tiny_addsr(root: Path, seed: int = 0) -> Path:
-    """``root/unet`` and ``root/controlnet`` in the official diffusers release layout."""
+    ``cross_attention_dim`` overrides the text width (to match another CLIP, e.g. a host's)."""
+    width = {} if cross_attention_dim is None else {"cross_attention_dim": cross_attention_dim}
+    unet_cfg, control_cfg = {**TINY_UNET, **width}, {**TINY_CONTROLNET, **width}
     g = torch.Generator().manual_seed(seed)
-    unet = randomize(UNet2DConditionModel(UNetConfig.from_diffusers(TINY_UNET)), g)
-    controlnet = randomize(ControlNetModel(UNetConfig.from_diffusers(TINY_CONTROLNET)), g)
-    _save_diffusers(root / "unet", TINY_UNET, unet, "diffusion_pytorch_model.safetensors")
-    _save_diffusers(root / "controlnet", TINY_CONTROLNET, controlnet, "diffusion_pytorch_model.safetensors")
+    unet = randomize(UNet2DConditionModel(UNetConfig.from_diffusers(unet_cfg)), g)
+    controlnet = randomize(ControlNetModel(UNetConfig.from_diffusers(control_cfg)), g)
+    write_diffusers_folder(root / "unet", unet_cfg, unet.state_dict())
+    write_diffusers_folder(root / "controlnet", control_cfg, controlnet.state_dict())
     return root
 
 
@@ -96,9 +94,9 @@ def write_tiny_sd2(root: Path, seed: int = 1) -> Path:
 
     g = torch.Generator().manual_seed(seed)
     vae = randomize(AutoencoderKL(VAEConfig.from_diffusers(TINY_VAE)), g)
-    _save_diffusers(root / "vae", TINY_VAE, vae, "diffusion_pytorch_model.safetensors")
+    write_diffusers_folder(root / "vae", TINY_VAE, vae.state_dict())
     text = randomize(CLIPTextEncoder(TextEncoderConfig.from_transformers(TINY_TEXT)), g)
-    _save_diffusers(root / "text_encoder", TINY_TEXT, text, "model.safetensors")
+    write_diffusers_folder(root / "text_encoder", TINY_TEXT, text.state_dict(), "model.safetensors")
     tok = root / "tokenizer"
     tok.mkdir(parents=True, exist_ok=True)
     (tok / "vocab.json").write_text(json.dumps(_byte_level_vocab(), ensure_ascii=False), encoding="utf-8")

@@ -49,6 +49,17 @@ def read_diffusers_folder(folder: str | os.PathLike, name: str, *, dtype=None) -
     raise CheckpointError(f"No weights in {str(folder)!r}: expected one of {WEIGHT_NAMES}.")
 
 
+def write_diffusers_folder(folder: str | os.PathLike, config: dict, state_dict, weights: str = WEIGHT_NAMES[0]) -> Path:
+    """``folder/config.json`` + ``folder/<weights>`` (safetensors): the layout ``read_diffusers_folder`` reads."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    save_file({k: v.contiguous() for k, v in state_dict.items()}, str(folder / weights))
+    return folder
+
+
 def _check_class(config: dict, expected: str, source: str) -> None:
     got = config.get("_class_name")
     if got is not None and got != expected:

@@ -14,7 +14,7 @@ import torch
 from ..models import ControlNetModel, UNet2DConditionModel, UNetConfig
 from .io import CheckpointError, read_safetensors_metadata, read_state_dict
 from .keymaps import strip_prefix
-from .models import build_controlnet, build_unet, read_diffusers_folder
+from .models import build_controlnet, build_unet, read_diffusers_folder, write_diffusers_folder
 
 FORMAT = "addsr-pack"
 FORMAT_VERSION = "1"
@@ -57,17 +57,12 @@ def pack_release(folder, out_file, *, dtype: str = "fp16", include_vae: bool = F
 
 def unpack_release(packed_file, out_folder) -> Path:
     """Write the diffusers folders back out (``unet/``, ``controlnet/``, ``vae/`` if present)."""
-    from safetensors.torch import save_file
-
     meta = read_safetensors_metadata(packed_file)
     sd = read_state_dict(packed_file, family="AddSR packed file")
     out_folder = Path(out_folder)
     for part in PARTS:
-        if f"{part}_config" not in meta:
-            continue
-        (out_folder / part).mkdir(parents=True, exist_ok=True)
-        (out_folder / part / "config.json").write_text(json.dumps(json.loads(meta[f"{part}_config"]), indent=2))
-        save_file(strip_prefix(sd, f"{part}."), str(out_folder / part / "diffusion_pytorch_model.safetensors"))
+        if f"{part}_config" in meta:
+            write_diffusers_folder(out_folder / part, json.loads(meta[f"{part}_config"]), strip_prefix(sd, f"{part}."))
     return out_folder
 
 

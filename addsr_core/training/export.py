@@ -10,23 +10,21 @@ never leaves a half-written model under the final name.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import uuid
+from contextlib import nullcontext
 from pathlib import Path
 
 import safetensors.torch
 import torch
 
 from ..loading.io import read_state_dict
+from ..loading.models import write_diffusers_folder
 from .checkpoint import read_checkpoint_meta
 from .components import AddSRNet
 from .discriminator import ProjectedDiscriminator
 from .ema import EMA
-
-WEIGHTS = "diffusion_pytorch_model.safetensors"
-
 
 def _contiguous(sd) -> dict:
     return {k: v.detach().float().cpu().contiguous() for k, v in sd.items()}
@@ -49,12 +47,10 @@ def export_release(
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
-        ctx = ema.applied(net) if ema is not None else _null(net)
+        ctx = ema.applied(net) if ema is not None else nullcontext(net)
         with ctx, torch.no_grad():
             for part, module, config in (("unet", net.unet, unet_config), ("controlnet", net.controlnet, controlnet_config)):
-                (tmp / part).mkdir()
-                (tmp / part / "config.json").write_text(json.dumps(config, indent=2))
-                safetensors.torch.save_file(_contiguous(module.state_dict()), str(tmp / part / WEIGHTS))
+                write_diffusers_folder(tmp / part, config, _contiguous(module.state_dict()))
         if disc is not None:
             safetensors.torch.save_file(_contiguous(disc.heads_state_dict()), str(tmp / "discriminator_heads.safetensors"))
         if out_dir.exists():
@@ -75,17 +71,6 @@ def export_release(
 
         paths["packed"] = pack_release(out_dir, pack_file, dtype=pack_dtype)
     return paths
-
-
-class _null:
-    def __init__(self, value):
-        self.value = value
-
-    def __enter__(self):
-        return self.value
-
-    def __exit__(self, *exc):
-        return False
 
 
 def load_ema_into(net: AddSRNet, checkpoint_dir) -> None:

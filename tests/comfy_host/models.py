@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from addsr_core.tiny import TEXT_WIDTH, TINY_CONTROLNET, TINY_UNET, randomize
+from addsr_core.tiny import TEXT_WIDTH, randomize, write_tiny_addsr
 
 WEIGHT_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".pkl", ".gguf")
 TEXT_SUFFIXES = (".txt",)
@@ -120,21 +120,6 @@ def default_definitions() -> dict:
 # AddSR loaders
 
 
-def write_tiny_addsr_release(root: Path, text_width: int, seed: int = 0) -> Path:
-    """Like addsr_core.tiny.write_tiny_addsr, with the text cross-attention width of the host's CLIP."""
-    from addsr_core.models import ControlNetModel, UNet2DConditionModel, UNetConfig
-    from addsr_core.tiny import _save_diffusers
-
-    unet_cfg = {**TINY_UNET, "cross_attention_dim": text_width}
-    control_cfg = {**TINY_CONTROLNET, "cross_attention_dim": text_width}
-    g = torch.Generator().manual_seed(seed)
-    unet = randomize(UNet2DConditionModel(UNetConfig.from_diffusers(unet_cfg)), g)
-    controlnet = randomize(ControlNetModel(UNetConfig.from_diffusers(control_cfg)), g)
-    _save_diffusers(root / "unet", unet_cfg, unet, "diffusion_pytorch_model.safetensors")
-    _save_diffusers(root / "controlnet", control_cfg, controlnet, "diffusion_pytorch_model.safetensors")
-    return root
-
-
 @register_loader("AddSRModelLoader")
 def _addsr_model(models_dir: Path, values: Mapping, target: TinyTarget) -> dict:
     name = values["model"]
@@ -143,10 +128,10 @@ def _addsr_model(models_dir: Path, values: Mapping, target: TinyTarget) -> dict:
         from addsr_core.loading.pack import pack_release
 
         with tempfile.TemporaryDirectory(prefix="addsr-tiny-release-") as tmp:
-            write_tiny_addsr_release(Path(tmp), target.text_width)
+            write_tiny_addsr(Path(tmp), cross_attention_dim=target.text_width)
             pack_release(tmp, dest, dtype="fp32")
     else:  # the official release folder
-        write_tiny_addsr_release(dest, target.text_width)
+        write_tiny_addsr(dest, cross_attention_dim=target.text_width)
     return {"model": dest}
 
 
