@@ -68,13 +68,21 @@ class DistillationObjective:
         vae = self.c.vae
         return vae.decode((z0 / self.sf).to(vae.dtype)).float().clamp(-1, 1)
 
+    def _z0(self, net, latents, noise, t, control, tokens, embeds) -> torch.Tensor:
+        """Noise the clean latents to ``t`` with ``noise`` and return ``net``'s predicted z0."""
+        a_t = self.ac.to(latents.device)[t].view(-1, 1, 1, 1)
+        z_t = add_noise(latents, noise, a_t)
+        with self.autocast():
+            eps = net(z_t, t, control, tokens, embeds).float()
+        return predict_z0(z_t, eps, a_t)
+
     @torch.no_grad()
     def _tokens(self, images01: torch.Tensor, resize: str) -> torch.Tensor:
         return self.c.ram.represent(images01, resize=resize).float()
 
     def student(self, batch: dict, gen: torch.Generator, net: nn.Module, prompts_embeds: torch.Tensor | None = None) -> StudentPass:
         """Steps 1-2. ``net`` is the (possibly DDP-wrapped) student used for the trained step."""
-        cfg, ac = self.cfg.loss, self.ac
+        cfg = self.cfg.loss
         gt, cond = batch["gt"], batch["cond"]
         b = gt.shape[0]
         with torch.no_grad(), self.autocast():
@@ -87,22 +95,15 @@ class DistillationObjective:
             lr_tokens = self._tokens(cond, "bilinear")
         dev = latents.device
         control, tokens = cond, lr_tokens
-        t1 = plan.first_timesteps.to(dev)
         if plan.two_step:
             inner = net.module if hasattr(net, "module") else net
-            with torch.no_grad(), self.autocast():
-                z_t1 = add_noise(latents, noise, ac.to(dev)[t1].view(-1, 1, 1, 1))
-                eps1 = inner(z_t1, t1, control, tokens, embeds).float()
-                z0_first = predict_z0(z_t1, eps1, ac.to(dev)[t1].view(-1, 1, 1, 1))
-                decoded = self._decode(z0_first)
+            with torch.no_grad():
+                z0_first = self._z0(inner, latents, noise, plan.first_timesteps.to(dev), control, tokens, embeds)
+                with self.autocast():
+                    decoded = self._decode(z0_first)
             control = psr_condition(decoded, cond, cfg.psr_condition_weight)  # [0,1], as at inference
             tokens = self._tokens(control, "bicubic")
-        t = plan.trained_timesteps.to(dev)
-        a_t = ac.to(dev)[t].view(-1, 1, 1, 1)
-        z_t = add_noise(latents, noise, a_t)
-        with self.autocast():
-            eps = net(z_t, t, control, tokens, embeds).float()
-        z0 = predict_z0(z_t, eps, a_t)
+        z0 = self._z0(net, latents, noise, plan.trained_timesteps.to(dev), control, tokens, embeds)
         return StudentPass(plan, latents, noise, embeds, control, z0)
 
     @torch.no_grad()
@@ -115,12 +116,8 @@ class DistillationObjective:
         hr_tokens = self._tokens(hr01, "bilinear")
         outs = []
         for k in range(t_tea.shape[0]):
-            t = t_tea[k].to(dev)
-            a_t = self.ac.to(dev)[t].view(-1, 1, 1, 1)
+            z0_tea = self._z0(self.c.teacher, sp.z0.detach(), sp.noise, t_tea[k].to(dev), hr01, hr_tokens, sp.embeds)
             with self.autocast():
-                z_t = add_noise(sp.z0.detach(), sp.noise, a_t)
-                eps = self.c.teacher(z_t, t, hr01, hr_tokens, sp.embeds).float()
-                z0_tea = predict_z0(z_t, eps, a_t)
                 outs.append(self._decode(z0_tea) / 2 + 0.5)
         return torch.stack(outs), t_tea
 
