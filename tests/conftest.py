@@ -33,3 +33,12 @@ def reference():
     if not REFERENCE.is_dir():
         pytest.fail(f"reference fixtures not found at {REFERENCE}; set ADDSR_REFERENCE")
     return REFERENCE
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread for a module of tiny-tensor tests: a second thread only adds contention."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

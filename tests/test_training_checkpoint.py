@@ -13,12 +13,7 @@ from addsr_core.training.ema import EMA
 from addsr_core.training.losses import hinge_d_loss, sample_student_plan
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors; avoids thread contention on the shared machine
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # ------------------------------------------------------------------------------------------------ EMA

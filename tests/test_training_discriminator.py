@@ -17,13 +17,7 @@ from addsr_core.training.discriminator import (
 )
 from addsr_core.training.vit import DINO_VITS16, DINOV2_VITS14, VisionTransformer, ViTConfig, load_dino_vits16, load_dinov2_vits14
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: a second OpenMP thread only adds contention on the shared 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 TINY_DINO = ViTConfig(img_size=32, patch_size=16, embed_dim=32, depth=4, num_heads=2)
