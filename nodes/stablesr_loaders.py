@@ -140,16 +140,16 @@ class StableSRCFWLoader:
         files = cls.files()
         return {
             "required": {
-                "vae_name": (files + [NONE], {
+                "cfw_file": (files + [NONE], {
                     "tooltip": "vqgan_cfw_00011.ckpt (models/stablesr or models/vae); or the VAE-only half of a "
                                "split pair; or a CFW-only file when the vae input is connected. "
-                               "none: only the connected VAE plus fusion_name."}),
+                               "none: only the connected VAE plus fusion_file."}),
                 "dtype": (DTYPE_CHOICES, {"default": "auto",
                     "tooltip": "Weight precision. auto: ComfyUI's VAE precision (fp32/bf16); fp16 may overflow."}),
             },
             "optional": {
-                "fusion_name": ([NONE] + files, {"default": NONE,
-                    "tooltip": "The CFW-only file (decoder.fusion_layer_*) of a split pair; none when vae_name "
+                "fusion_file": ([NONE] + files, {"default": NONE,
+                    "tooltip": "The CFW-only file (decoder.fusion_layer_*) of a split pair; none when cfw_file "
                                "already holds the fusion layers."}),
                 "vae": ("VAE", {
                     "tooltip": "Optional: the VAE from Load Checkpoint, used for the plain VAE part when the "
@@ -157,18 +157,18 @@ class StableSRCFWLoader:
             },
         }
 
-    def load(self, vae_name, dtype="auto", fusion_name=NONE, vae=None):
+    def load(self, cfw_file, dtype="auto", fusion_file=NONE, vae=None):
         from addsr_core.stablesr.loading import load_cfw_vae
 
         kinds = (STABLESR_FOLDER, "vae")
-        path = None if vae_name in (None, NONE) else _resolve(kinds, vae_name)
-        fusion = None if fusion_name in (None, NONE) else _resolve(kinds, fusion_name)
+        path = None if cfw_file in (None, NONE) else _resolve(kinds, cfw_file)
+        fusion = None if fusion_file in (None, NONE) else _resolve(kinds, fusion_file)
         if path is None and fusion is None:
-            raise AddSRInputError("pick the CFW file in vae_name (vqgan_cfw_00011.ckpt) or fusion_name (CFW-only file)")
+            raise AddSRInputError("pick the CFW file in cfw_file (vqgan_cfw_00011.ckpt) or fusion_file (CFW-only file)")
         if path is None:
             path, fusion = fusion, None
         vae_sd = comfy_vae_state_dict(vae) if vae is not None else None
-        names = " + ".join(n for n in (vae_name, fusion_name) if n not in (None, NONE))
+        names = " + ".join(n for n in (cfw_file, fusion_file) if n not in (None, NONE))
         with _checkpoint_errors(f"could not load the CFW VAE from {names!r}"):
             loaded = load_cfw_vae(path, fusion_path=fusion, vae_state_dict=vae_sd, dtype=host.pick_vae_dtype(dtype),
                                   device=host.offload_device())

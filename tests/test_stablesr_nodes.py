@@ -64,7 +64,7 @@ def lr_image(batch=1, h=16, w=16, seed=0):
 @pytest.fixture(scope="module")
 def loaded(files):
     (model,) = StableSRModelLoader().load(files["StableSRModelLoader"]["model"], "auto", "fp32")
-    (cfw,) = StableSRCFWLoader().load(files["StableSRCFWLoader"]["vae_name"], "fp32")
+    (cfw,) = StableSRCFWLoader().load(files["StableSRCFWLoader"]["cfw_file"], "fp32")
     return model, cfw
 
 
@@ -93,7 +93,7 @@ def test_loaders_list_and_load_every_release_layout(files, loaded):
                                              base_model=FakeComfyModel(names["base"], "V_PREDICTION"))
     assert module_v.model.config.prediction_type == "v_prediction"  # auto follows the base model's type
     # CFW: official file == split pair == CFW-only + the VAE from Load Checkpoint
-    (split,) = StableSRCFWLoader().load(names["cfw_vae_only"].name, "fp32", fusion_name=names["cfw_only"].name)
+    (split,) = StableSRCFWLoader().load(names["cfw_vae_only"].name, "fp32", fusion_file=names["cfw_only"].name)
     (reused,) = StableSRCFWLoader().load(names["cfw_only"].name, "fp32", vae=FakeComfyVAE(names["base"]))
     assert _same_weights(split.vae, cfw.vae) and _same_weights(reused.vae, cfw.vae)
 

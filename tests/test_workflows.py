@@ -37,6 +37,7 @@ CORE_SNAPSHOT = Path(__file__).parent / "comfy_host" / "core_object_info.json"
 # COMBO inputs whose choices are the files installed on the user's machine: any name is accepted.
 FILE_INPUTS = frozenset({
     "image", "ckpt_name", "vae_name", "clip_name",  # core loaders
+    "cfw_file", "fusion_file",  # StableSR CFW loader
     "model", "ram", "dape", "tag_list",  # AddSR loaders (models/addsr, models/ram)
 })
 # Frontend rules for properties.models (MissingModelsWarning in frontend 1.27): the entry must name

@@ -50,7 +50,7 @@ def _files_note(base: str, model: str, base_role: str) -> str:
 Other StableSR files work in the same loader: `{STABLESR_512}` (SD 2.1-512 base), `{STABLESR_768V}`
 (SD 2.1-768-v, `v2-1_768-ema-pruned`; its native tile is 96 latent = 768 px, picked automatically) or a
 webui **SR module** file on top of the connected **base_model**. A split CFW pair: VAE-only file in
-`vae_name`, CFW-only file in `fusion_name`. Missing files show their expected name in the loader widgets.
+`cfw_file`, CFW-only file in `fusion_file`. Missing files show their expected name in the loader widgets.
 """
 
 
@@ -65,7 +65,7 @@ def _stablesr(bw, name: str, *, turbo: bool) -> dict:
     checkpoint = b.add("CheckpointLoaderSimple", title=f"{'SD-Turbo' if turbo else 'SD 2.1'} base (CLIP{' + UNet' if turbo else ''})",
                        ckpt_name=base)
     loader = b.add("StableSRModelLoader", model=model, prediction="auto", dtype="auto")
-    cfw = b.add("StableSRCFWLoader", vae_name=CFW, dtype="auto", fusion_name="none")
+    cfw = b.add("StableSRCFWLoader", cfw_file=CFW, dtype="auto", fusion_file="none")
     b.nodes[checkpoint - 1]["properties"]["models"] = [_entry(base, "checkpoints")]
     b.nodes[loader - 1]["properties"]["models"] = [_entry(model, "stablesr")]
     b.nodes[cfw - 1]["properties"]["models"] = [_entry(CFW, "stablesr")]

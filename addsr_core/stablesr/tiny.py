@@ -110,7 +110,7 @@ def write_tiny_stablesr_files(models_dir, seed: int = 0, context_dim: int = TINY
     """Tiny seeded StableSR files in the real release layouts, under ``models_dir/stablesr``
     (and the SR module's base under ``models_dir/checkpoints``), for node, workflow and real-host tests.
 
-    Returns ``{"StableSRModelLoader": {"model": ...}, "StableSRCFWLoader": {"vae_name": ...},
+    Returns ``{"StableSRModelLoader": {"model": ...}, "StableSRCFWLoader": {"cfw_file": ...},
     "CheckpointLoaderSimple": {"ckpt_name": ...}, "files": {kind: Path}, "context_dim": int}``:
     widget values (names relative to their model folder) per loader node type, every file written
     (keys of :data:`TINY_FILES`), and the text width the models expect from CLIP. ``context_dim``
@@ -157,7 +157,7 @@ def write_tiny_stablesr_files(models_dir, seed: int = 0, context_dim: int = TINY
     save_file(fusion, str(files["cfw_only"]))
     return {
         "StableSRModelLoader": {"model": TINY_FILES["full"]},
-        "StableSRCFWLoader": {"vae_name": TINY_FILES["cfw"]},
+        "StableSRCFWLoader": {"cfw_file": TINY_FILES["cfw"]},
         "CheckpointLoaderSimple": {"ckpt_name": TINY_FILES["base"]},
         "files": files,
         "context_dim": context_dim,

@@ -398,7 +398,7 @@ def _register_stablesr() -> None:
     except ImportError:
         return
     register_loader("StableSRModelLoader", _stablesr_writer({"model": "full"}))
-    register_loader("StableSRCFWLoader", _stablesr_writer({"vae_name": "cfw"}))
+    register_loader("StableSRCFWLoader", _stablesr_writer({"cfw_file": "cfw"}))
 
 
 _register_stablesr()
