@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--dtype", default="auto", choices=DTYPES)
     up.add_argument("--overwrite", action="store_true", help="redo images whose output already exists")
 
-    conv = sub.add_parser("convert", help="pack an AddSR release folder into one file, or unpack it")
+    conv = sub.add_parser("convert", help="pack an AddSR release folder into one file or unpack it; "
+                          "or copy a .pth/.ckpt to .safetensors")
     conv_sub = conv.add_subparsers(dest="action", required=True)
     pack = conv_sub.add_parser("pack")
     pack.add_argument("folder", type=Path)
@@ -52,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     unpack = conv_sub.add_parser("unpack")
     unpack.add_argument("packed", type=Path)
     unpack.add_argument("output", type=Path)
+    about = "a .safetensors copy of a .pth/.ckpt (RAM, DAPE, StableSR, CFW): tensors only, read without running the pickle"
+    copy = conv_sub.add_parser("safetensors", help=about, description=about)
+    copy.add_argument("input", type=Path, help="e.g. ram_swin_large_14m.pth, DAPE.pth, stablesr_turbo.ckpt, vqgan_cfw_00011.ckpt")
+    copy.add_argument("output", type=Path, nargs="?", help="default: beside the input, same name, .safetensors")
 
     tag = sub.add_parser("tag", help="write RAM tags (<stem>.txt) for an image or a folder, e.g. for training prompts")
     tag.add_argument("input", type=Path, help="an image file or a folder of images")
@@ -101,9 +106,12 @@ def main(argv=None) -> int:
 
 def _convert(args) -> int:
     from .loading.pack import pack_release, unpack_release
+    from .loading.to_safetensors import write_safetensors_copy
 
     if args.action == "pack":
         out = pack_release(args.folder, args.output, dtype=args.dtype, include_vae=args.include_vae)
+    elif args.action == "safetensors":
+        out = write_safetensors_copy(args.input, args.output)
     else:
         out = unpack_release(args.packed, args.output)
     print(f"wrote {out}")

@@ -66,13 +66,13 @@ class AddSRRAMLoader:
 
     @classmethod
     def INPUT_TYPES(cls):
-        files = host.list_models("ram") + [f for f in host.list_models("addsr") if f.endswith(".pth")]
-        files = sorted(set(files))
+        files = sorted(set(host.list_models("ram") + _ram_files_in_addsr()))
         return {
             "required": {
-                "ram": (files, {"tooltip": "ram_swin_large_14m.pth (from models/ram or models/addsr)."}),
+                "ram": (files, {"tooltip": "ram_swin_large_14m.pth or its .safetensors copy (from models/ram or models/addsr)."}),
                 "dape": ([NONE] + files, {"default": NONE,
-                    "tooltip": "DAPE.pth, the degradation-aware LoRA AddSR was trained with. Strongly recommended."}),
+                    "tooltip": "DAPE.pth (or its .safetensors copy), the degradation-aware LoRA AddSR was trained "
+                               "with. Strongly recommended."}),
                 "dtype": (DTYPE_CHOICES, {"default": "auto", "tooltip": "Weight precision of the encoder."}),
             },
             "optional": {
@@ -93,6 +93,21 @@ class AddSRRAMLoader:
             dtype=host.pick_dtype(dtype), device=host.offload_device(),
         )
         return (RAMModel(host.ManagedModule(encoder), tagger, ram),)
+
+
+def _ram_files_in_addsr() -> list[str]:
+    """RAM/DAPE files kept beside the AddSR release: ``.pth``, or a safetensors copy (``convert
+    safetensors``), i.e. any safetensors file there that is not a packed AddSR model."""
+    from addsr_core.loading.io import SAFETENSORS_SUFFIXES
+    from addsr_core.loading.pack import is_packed_file
+
+    def is_ram(name: str) -> bool:
+        lower = name.lower()
+        if lower.endswith(".pth"):
+            return True
+        return lower.endswith(SAFETENSORS_SUFFIXES) and not is_packed_file(host.resolve_model("addsr", name))
+
+    return [f for f in host.list_models("addsr") if is_ram(f)]
 
 
 def _text_files() -> list[str]:

@@ -93,6 +93,7 @@ class StableSRModelLoader:
                 "model": (host.list_models(STABLESR_FOLDER), {
                     "tooltip": "A StableSR file in models/stablesr: stablesr_000117.ckpt (SD 2.1-512), "
                                "stablesr_768v_000139.ckpt (SD 2.1-768-v), stablesr_turbo.ckpt (SD-Turbo), "
+                               "their .safetensors copies (convert safetensors), "
                                "or a webui SR module (then connect base_model)."}),
                 "prediction": (PREDICTION_CHOICES, {"default": "auto",
                     "tooltip": "What the UNet predicts. auto: the connected base model's type, else v_prediction "
@@ -141,8 +142,8 @@ class StableSRCFWLoader:
         return {
             "required": {
                 "cfw_file": (files + [NONE], {
-                    "tooltip": "vqgan_cfw_00011.ckpt (models/stablesr or models/vae); or the VAE-only half of a "
-                               "split pair; or a CFW-only file when the vae input is connected. "
+                    "tooltip": "vqgan_cfw_00011.ckpt or its .safetensors copy (models/stablesr or models/vae); or the "
+                               "VAE-only half of a split pair; or a CFW-only file when the vae input is connected. "
                                "none: only the connected VAE plus fusion_file."}),
                 "dtype": (DTYPE_CHOICES, {"default": "auto",
                     "tooltip": "Weight precision. auto: ComfyUI's VAE precision (fp32/bf16); fp16 may overflow."}),

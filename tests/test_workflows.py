@@ -40,8 +40,10 @@ FILE_INPUTS = frozenset({
     "cfw_file", "fusion_file",  # StableSR CFW loader
     "model", "ram", "dape", "tag_list",  # AddSR loaders (models/addsr, models/ram)
 })
-# Frontend rules for properties.models (MissingModelsWarning in frontend 1.27): the entry must name
-# the widget's value; downloads are offered only from these sources with these suffixes.
+# Frontend rules for properties.models (MissingModelsWarning in frontend 1.27.10, the allowedSources
+# and allowedSuffixes of comfyui_frontend_package's bundle): the entry must name the widget's value;
+# anything not from these sources with these suffixes is a red error in the dialog. (The bundle also
+# allows http://localhost: "for testing usage only", and three fixed URLs, none of them ours.)
 DOWNLOAD_SOURCES = ("https://civitai.com/", "https://huggingface.co/")
 DOWNLOAD_SUFFIXES = (".safetensors", ".sft")
 
@@ -90,8 +92,6 @@ def test_workflow_is_shareable(path, offline_definitions):
             assert set(entry) >= {"name", "url", "directory"}, entry
             assert entry["name"] in values, f"{entry['name']} is not a widget value of node {node['id']}"
             assert entry["url"].startswith("https://"), entry
-            if entry["name"].endswith(DOWNLOAD_SUFFIXES):
-                assert entry["url"].startswith(DOWNLOAD_SOURCES), f"the frontend refuses to download {entry['url']}"
         if node["type"] in LOADERS:  # every loader's file names are explained in the Note
             spec = specs[node["type"]]
             for widget, kind in spec.widget_layout():
@@ -115,6 +115,31 @@ def test_workflow_is_shareable(path, offline_definitions):
     for i, a in enumerate(boxes):
         for b in boxes[i + 1:]:
             assert not build_workflows.rects_overlap(a, b), "groups overlap"
+
+
+def download_problem(entry: dict) -> str | None:
+    """The missing-models dialog's red error for this properties.models entry, if it would show one."""
+    if not entry["url"].startswith(DOWNLOAD_SOURCES):
+        return f"Download not allowed from source {entry['url']!r}"
+    if not entry["name"].endswith(DOWNLOAD_SUFFIXES):
+        return f"{entry['name']}: only allowed suffixes are {DOWNLOAD_SUFFIXES}"
+    return None
+
+
+def test_download_rule_is_the_frontends():
+    hf = "https://huggingface.co/x/y/resolve/main/"
+    assert download_problem({"name": "a.safetensors", "url": hf + "a.safetensors"}) is None
+    assert "suffixes" in download_problem({"name": "ram_swin_large_14m.pth", "url": hf + "ram_swin_large_14m.pth"})
+    assert "source" in download_problem({"name": "DAPE.safetensors", "url": "https://drive.google.com/drive/folders/x"})
+
+
+@pytest.mark.parametrize("path", workflow_params)
+def test_properties_models_are_downloadable_by_the_frontend(path):
+    """Only files the dialog can fetch are listed; the rest (.pth, .ckpt, Google Drive) are in the Note."""
+    workflow = load_ui_workflow(path)
+    problems = [f"node {node['id']} ({node['type']}): {problem}" for node in workflow["nodes"]
+                for entry in node.get("properties", {}).get("models", []) if (problem := download_problem(entry))]
+    assert problems == []
 
 
 def test_builder_reproduces_the_shipped_files(tmp_path):

@@ -55,11 +55,12 @@ def model_entry(name: str, directory: str) -> dict:
 
 
 # The frontend matches properties.models against the files it lists in a model folder (weight
-# extensions only), by the exact widget value. A release *folder* (AddSR) or a .txt tag list would
-# never match and always be reported missing, so those are explained in the Note instead.
+# extensions only), by the exact widget value, and offers a download only for .safetensors/.sft
+# files from huggingface.co or civitai.com; anything else is a red error in its missing-models
+# dialog (tests/test_workflows.py checks this). So only the SD2 checkpoint is listed: the AddSR
+# folder, RAM/DAPE (.pth, partly on Google Drive) and the tag list are explained in the Note.
 LOADER_MODELS = {
     "CheckpointLoaderSimple": [model_entry(SD2_CHECKPOINT, "checkpoints")],
-    "AddSRRAMLoader": [model_entry(RAM_FILE, "ram"), model_entry(DAPE_FILE, "ram")],
 }
 
 INPUT_IMAGE = "example.png"  # ships in ComfyUI/input
@@ -79,7 +80,9 @@ FILES_NOTE = f"""## Files this workflow needs
 | `{TAG_LIST}` and `ram_tag_list_threshold.txt` | `ComfyUI/models/ram/`, side by side ([RAM's ram/data]({URLS[TAG_LIST]})) |
 
 A packed single file works too: `python -m addsr_core convert pack <release folder> models/addsr/addsr_fp16.safetensors --dtype fp16`,
-then pick it in **AddSR Load Model**. Missing files show their expected name in the loader widgets.
+then pick it in **AddSR Load Model**. `.safetensors` copies of the `.pth` files work in **AddSR Load RAM**:
+`python -m addsr_core convert safetensors models/ram/{RAM_FILE}` (likewise `{DAPE_FILE}`).
+Missing files show their expected name in the loader widgets.
 """
 
 

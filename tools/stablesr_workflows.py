@@ -50,7 +50,9 @@ def _files_note(base: str, model: str, base_role: str) -> str:
 Other StableSR files work in the same loader: `{STABLESR_512}` (SD 2.1-512 base), `{STABLESR_768V}`
 (SD 2.1-768-v, `v2-1_768-ema-pruned`; its native tile is 96 latent = 768 px, picked automatically) or a
 webui **SR module** file on top of the connected **base_model**. A split CFW pair: VAE-only file in
-`cfw_file`, CFW-only file in `fusion_file`. Missing files show their expected name in the loader widgets.
+`cfw_file`, CFW-only file in `fusion_file`. Both loaders take `.safetensors` copies of the `.ckpt` files:
+`python -m addsr_core convert safetensors models/stablesr/{model}` (likewise `{CFW}`).
+Missing files show their expected name in the loader widgets.
 """
 
 
@@ -66,9 +68,8 @@ def _stablesr(bw, name: str, *, turbo: bool) -> dict:
                        ckpt_name=base)
     loader = b.add("StableSRModelLoader", model=model, prediction="auto", dtype="auto")
     cfw = b.add("StableSRCFWLoader", cfw_file=CFW, dtype="auto", fusion_file="none")
+    # Only what the frontend can download (.safetensors from Hugging Face): the .ckpt files are in the Note.
     b.nodes[checkpoint - 1]["properties"]["models"] = [_entry(base, "checkpoints")]
-    b.nodes[loader - 1]["properties"]["models"] = [_entry(model, "stablesr")]
-    b.nodes[cfw - 1]["properties"]["models"] = [_entry(CFW, "stablesr")]
 
     positive = b.add("CLIPTextEncode", title="Prompt (official: empty)", text="")
     sampler = b.add("StableSRSampler", seed=0, steps=4 if turbo else 200, scale=4.0, tile_size=0, tile_overlap=32,
