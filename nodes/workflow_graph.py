@@ -35,6 +35,7 @@ CONTROL_MODES = ("fixed", "increment", "decrement", "randomize")
 COMBO_CONTROL_MODES = CONTROL_MODES + ("increment-wrap",)
 SEED_INPUT_NAMES = ("seed", "noise_seed")  # frontend adds a control widget to these INTs by name
 UPLOAD_OPTIONS = ("image_upload", "video_upload", "audio_upload", "animated_image_upload")
+UPLOAD_VALUE = "image"  # what frontend 1.27 saves for the upload button of LoadImage
 # Node types the frontend provides itself; the server never sees them.
 FRONTEND_ONLY_TYPES = frozenset({"Note", "MarkdownNote", "Reroute", "PrimitiveNode"})
 MODE_ALWAYS, MODE_NEVER, MODE_BYPASS = 0, 2, 4
@@ -103,7 +104,7 @@ class NodeSpec:
         return [spec for spec in self.inputs if not spec.is_widget]
 
     def widget_layout(self) -> list[tuple[InputSpec, str]]:
-        """widgets_values positions: (input, "value" | "control" | "filter")."""
+        """widgets_values positions: (input, "value" | "control" | "filter" | "upload")."""
         layout = []
         for spec in self.widgets:
             layout.append((spec, "value"))
@@ -112,6 +113,8 @@ class NodeSpec:
                 layout.append((spec, "control"))
             if extra >= 2:
                 layout.append((spec, "filter"))
+            if spec.has_upload_button:  # the upload button saves its own value (frontend 1.27: "image")
+                layout.append((spec, "upload"))
         return layout
 
 
@@ -472,8 +475,8 @@ def _widget_problems(node: Mapping, spec: NodeSpec, ignore_choices_for: set) -> 
         unknown = [k for k in values if spec.input(k) is None]
         return [f"widgets_values names unknown inputs {unknown}"] if unknown else []
     expected = len(layout)
-    # Older frontends also saved the upload button's value ("image"); 1.27 ignores that extra value.
-    tolerated = expected + (1 if any(s.has_upload_button for s in spec.widgets) else 0)
+    # Files written without the upload button's value load too; the frontend adds it back.
+    tolerated = expected - sum(kind == "upload" for _, kind in layout)
     if len(values) not in (expected, tolerated):
         names = [s.name if kind == "value" else f"{s.name}:{kind}" for s, kind in layout]
         return [f"widgets_values has {len(values)} values, {spec.name} expects {expected}: {names}"]
@@ -483,7 +486,7 @@ def _widget_problems(node: Mapping, spec: NodeSpec, ignore_choices_for: set) -> 
             modes = COMBO_CONTROL_MODES if widget.type == "COMBO" else CONTROL_MODES
             if value not in modes:
                 problems.append(f"control_after_generate of {widget.name} = {value!r} is not one of {list(modes)}")
-        elif kind == "filter":
+        elif kind in ("filter", "upload"):
             if not isinstance(value, str):
                 problems.append(f"control_filter_list of {widget.name} = {value!r} is not a string")
         else:
@@ -504,7 +507,7 @@ def widget_values_by_name(node: Mapping, spec: NodeSpec) -> dict[str, Any]:
         values = []
     if isinstance(values, Mapping):
         return {k: v for k, v in values.items() if spec.input(k) is not None}
-    layout = spec.widget_layout()
+    layout = [(widget, kind) for widget, kind in spec.widget_layout() if kind != "upload"]
     if len(values) < len(layout):
         raise WorkflowError(f"node {node.get('id')} ({spec.name}): widgets_values has {len(values)} values, "
                             f"expected {len(layout)}")
@@ -773,6 +776,8 @@ class UIWorkflowBuilder:
                 values.append(widget_values[widget.name] if widget.name in widget_values else _default_value(widget))
             elif kind == "control":
                 values.append(controls.get(widget.name, "fixed"))
+            elif kind == "upload":
+                values.append(UPLOAD_VALUE)
             else:
                 values.append("")
         node_id = len(self.nodes) + 1
