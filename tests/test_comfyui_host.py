@@ -7,6 +7,7 @@ linked in as custom_nodes/addsr.
 import json
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ from nodes.workflow_graph import (
 # A stand-in for ComfyUI's main.py: the few routes the client uses, so the harness's start, queue,
 # wait, error and stop paths run without a checkout.
 FAKE_MAIN = textwrap.dedent("""
-    import argparse, json, os, sys, uuid
+    import argparse, json, os, sys, time, uuid
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int)
@@ -85,7 +86,12 @@ FAKE_MAIN = textwrap.dedent("""
             self.send(200, {"prompt_id": pid, "number": 0, "node_errors": {}})
 
     print("Starting server", flush=True)
-    ThreadingHTTPServer((args.listen, args.port), Handler).serve_forever()
+    try:
+        ThreadingHTTPServer((args.listen, args.port), Handler).serve_forever()
+    except KeyboardInterrupt:  # as main.py: leave the loop, say so, then the interpreter tears down
+        print("Stopped server", flush=True)
+        if os.environ.get("FAKE_COMFY_SLOW_TEARDOWN"):
+            time.sleep(600)
 """)
 
 
@@ -116,6 +122,18 @@ def test_harness_lifecycle_on_a_stand_in_server(fake_comfyui, tmp_path):
         process = server.process
     assert process.poll() is not None and server.process is None
     assert not (fake_comfyui / "output").exists()  # nothing written into the checkout
+
+
+def test_harness_stops_after_the_clean_shutdown_without_waiting_for_teardown(fake_comfyui, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_COMFY_SLOW_TEARDOWN", "1")
+    server = ComfyServer(fake_comfyui, tmp_path / "run", python=sys.executable, start_timeout=30)
+    server.start()
+    process = server.process
+    started = time.monotonic()
+    server.stop(timeout=300)
+    assert process.poll() is not None
+    assert "Stopped server" in server.log_text()  # it went through the server's own shutdown
+    assert time.monotonic() - started < 60  # not the 600 s teardown, nor the 300 s timeout
 
 
 def test_harness_reports_a_server_that_dies_on_startup(fake_comfyui, tmp_path, monkeypatch):
