@@ -1,28 +1,33 @@
 #!/usr/bin/env bash
 # Make a ComfyUI checkout runnable for our tests on a CPU machine, without touching the installed torch.
 #
-#   tools/setup_comfyui.sh /path/to/ComfyUI [--smoke]
-#   COMFYUI_PATH=/path/to/ComfyUI python -m pytest tests/test_comfyui_host.py tests/test_workflows.py
+#   tools/setup_comfyui.sh /path/to/ComfyUI [--no-smoke]
+#   COMFYUI_PATH=/path/to/ComfyUI python3 -m pytest -q
 #
-# Safe to run again: pip skips what is already satisfied.
+# Safe to run again: pip and apt skip what is already there. Exits non-zero if the server cannot start.
 #  - Installs ComfyUI's requirements.txt except torch, torchvision, torchaudio and spandrel, with the
-#    installed torch pinned as a constraint, so pip can never swap it for another build.
+#    installed torch pinned as a constraint, so pip can never swap it for another build, plus
+#    `requests`, which ComfyUI imports without listing it.
 #  - torchvision: PyPI has no CPU build. Its Linux wheel links libtorch_cuda, so with a CPU torch
 #    even `import torchvision` fails ("operator torchvision::nms does not exist"), yet ComfyUI imports
 #    it at startup (comfy/sd.py -> comfy/ldm/cascade/stage_c_coder.py). tests/comfy_host then puts
 #    the import-only stub tools/comfy_stubs on the server's PYTHONPATH; nothing is installed.
 #  - torchaudio is optional for ComfyUI: without it only the audio nodes fail to import (logged).
-#  - spandrel needs torchvision (and would pull a CUDA torch); without it only the upscale-model
-#    nodes (UpscaleModelLoader, ImageUpscaleWithModel) are missing.
-# --smoke starts the server on a free 127.0.0.1 port with this pack linked in a temp folder and
-# checks that /object_info lists the pack's nodes.
+#  - spandrel is installed without its dependencies (they would pull a CUDA torch and torchvision);
+#    with the stub its upscale-model nodes register. They must: frontend 1.27 looks up
+#    UpscaleModelLoader while building any ckpt_name/vae_name/lora_name widget and throws when it is
+#    missing, which draws Load Checkpoint broken.
+#  - For the frontend tests: Playwright's Python driver (its own browser download is never used) and
+#    Debian's chromium (apt-get, when run as root and chromium is missing).
+# Then it starts the server on a free 127.0.0.1 port with this pack linked in a temp folder and checks
+# that /object_info lists the pack's nodes (--no-smoke skips this).
 set -euo pipefail
 
-usage() { echo "usage: $0 /path/to/ComfyUI [--smoke]" >&2; exit 2; }
+usage() { echo "usage: $0 /path/to/ComfyUI [--no-smoke]" >&2; exit 2; }
 [ $# -ge 1 ] || usage
 COMFYUI_PATH=$(cd "$1" && pwd) || usage
-SMOKE=${2:-}
-[ -z "$SMOKE" ] || [ "$SMOKE" = "--smoke" ] || usage
+SMOKE=${2:---smoke}
+[ "$SMOKE" = "--smoke" ] || [ "$SMOKE" = "--no-smoke" ] || usage
 PY=${COMFYUI_PYTHON:-python3}
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(dirname "$HERE")
@@ -40,8 +45,12 @@ echo "torch==${TORCH_VERSION%%+*}" > "$WORK/constraints.txt"   # 2.13.0 also mat
 grep -v -i -E '^[[:space:]]*(torch|torchvision|torchaudio|spandrel)[[:space:]]*([<>=!~;].*)?$' \
     "$COMFYUI_PATH/requirements.txt" > "$WORK/requirements.txt"
 
+echo "requests" >> "$WORK/requirements.txt"
+echo "playwright" >> "$WORK/requirements.txt"
+
 echo "Installing ComfyUI requirements (keeping torch $TORCH_VERSION)..."
 "$PY" -m pip install --quiet --disable-pip-version-check -r "$WORK/requirements.txt" -c "$WORK/constraints.txt"
+"$PY" -m pip install --quiet --disable-pip-version-check --no-deps spandrel
 
 AFTER=$("$PY" -c "import torch; print(torch.__version__)")
 [ "$AFTER" = "$TORCH_VERSION" ] || { echo "torch changed from $TORCH_VERSION to $AFTER" >&2; exit 1; }
@@ -54,6 +63,16 @@ else
 fi
 "$PY" -c "import torchaudio" >/dev/null 2>&1 && echo "torchaudio: importable" \
     || echo "torchaudio: missing (only ComfyUI's audio nodes are unavailable)"
+
+if command -v chromium >/dev/null 2>&1 || [ -n "${ADDSR_CHROMIUM:-}" ]; then
+    echo "chromium: $(command -v chromium || echo "$ADDSR_CHROMIUM")"
+elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "Installing Debian's chromium for the frontend tests..."
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+else
+    echo "chromium: missing; the frontend tests need it (apt-get install chromium, or set ADDSR_CHROMIUM)" >&2
+    exit 1
+fi
 
 if [ "$SMOKE" = "--smoke" ]; then
     COMFYUI_PYTHON="$PY" "$PY" - "$COMFYUI_PATH" "$REPO" <<'EOF'
