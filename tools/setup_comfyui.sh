@@ -43,7 +43,7 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 echo "torch==${TORCH_VERSION%%+*}" > "$WORK/constraints.txt"   # 2.13.0 also matches the local 2.13.0+cpu
 grep -v -i -E '^[[:space:]]*(torch|torchvision|torchaudio|spandrel)[[:space:]]*([<>=!~;].*)?$' \
-    "$COMFYUI_PATH/requirements.txt" > "$WORK/requirements.txt"
+    "$COMFYUI_PATH/requirements.txt" > "$WORK/requirements.txt" || true   # grep exits 1 when nothing is left
 
 echo "requests" >> "$WORK/requirements.txt"
 echo "playwright" >> "$WORK/requirements.txt"
