@@ -75,6 +75,29 @@ def test_workflow_renders_cleanly_in_the_real_frontend(path, frontend):
     assert (SCREENSHOTS / f"{path.stem}.png").stat().st_size > 10_000
 
 
+def test_a_stablesr_workflow_saved_before_the_widget_rename_still_loads(frontend):
+    """Files saved with the CFW loader's old widget names (vae_name, fusion_name) and without the
+    upload button's value: values are positional, so they land on the renamed widgets."""
+    ours = set(load_pack().NODE_CLASS_MAPPINGS)
+    current = json.loads((REPO / "workflows" / "stablesr_turbo_4x.json").read_text())
+    old = copy.deepcopy(current)
+    renamed = {"cfw_file": "vae_name", "fusion_file": "fusion_name"}
+    for node in old["nodes"]:
+        for slot in node.get("inputs", []):
+            if slot["name"] in renamed:
+                slot["name"] = slot["widget"]["name"] = renamed[slot["name"]]
+        if node["type"] == "LoadImage":
+            node["widgets_values"] = node["widgets_values"][:1]
+    assert old != current
+    loaded = frontend.load(old)
+    problems = [p for p in graph_problems(old, loaded, ours) if "(LoadImage)" not in p]
+    assert problems == []
+    cfw = next(n for n in current["nodes"] if n["type"] == "StableSRCFWLoader")
+    assert loaded.widgets_values[str(cfw["id"])] == cfw["widgets_values"]
+    assert next(n for n in loaded.nodes if n["id"] == cfw["id"])["widgets"] == ["cfw_file", "dtype", "fusion_file"]
+    frontend.close_dialogs()
+
+
 def _first_with_widgets(workflow: dict, ours: set[str]) -> dict:
     return next(n for n in workflow["nodes"] if n["type"] in ours and n.get("widgets_values"))
 

@@ -129,6 +129,9 @@ class Frontend:
                            errors=list(self._errors), dialogs=self.page.evaluate(_DIALOGS_JS))
 
     def screenshot(self, path: Path) -> None:
+        """The whole graph fitted to the window, no dialog over it."""
         self.close_dialogs()
+        self.page.evaluate("() => window.app.extensionManager.command.execute('Comfy.Canvas.FitView')")
+        time.sleep(0.5)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.page.screenshot(path=str(path))
