@@ -15,6 +15,7 @@ from .models import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 from .sampling.addsr import AddSRSampling, sample_addsr
 from .sampling.denoisers import ControlNetDenoiser, TiledDenoiser
 from .sampling.noise import NoiseSource, SeededNoise
+from .text.conditioning import check_prompt_widths
 
 from .text.prompt import DEFAULT_NEGATIVE_PROMPT as DEFAULT_NEGATIVE
 COLOR_FIXES = ("adain", "wavelet", "none")
@@ -146,6 +147,7 @@ def sample(
     """Run the refining sampler; returns the scaled clean latent z0."""
     options.validate()
     unet = models.unet
+    check_prompt_widths(prompt_embeds, negative_embeds, unet.config.cross_attention_dim)
     device, dtype = next(unet.parameters()).device, next(unet.parameters()).dtype
     vae_dtype = next(models.vae.parameters()).dtype
     denoise = ControlNetDenoiser(unet, models.controlnet)

@@ -47,15 +47,34 @@ def alpha_of(image: torch.Tensor) -> torch.Tensor | None:
     return image[..., 3] if image.ndim == 4 and image.shape[-1] == 4 else None
 
 
-def conditioning_tensor(conditioning, what: str = "positive") -> torch.Tensor:
-    """The text embedding inside a ComfyUI CONDITIONING ([[tensor, {...}], ...])."""
+# What to connect when the text width is wrong; {base}: the SD 2.x checkpoint(s) the sampler's model needs.
+SD2_CLIP_FIX = "connect the CLIP output of Load Checkpoint (an SD 2.x checkpoint, 1024 wide: {base}) to {target}"
+ADDSR_BASE = "v2-1_512-ema-pruned.safetensors"
+
+
+def conditioning_tensor(conditioning, what: str = "positive", *, width: int | None = None,
+                        base: str = ADDSR_BASE) -> torch.Tensor:
+    """The text embedding inside a ComfyUI CONDITIONING ([[tensor, {...}], ...]); with ``width``,
+    checked against the model's cross-attention width before any work is done."""
     try:
         tensor = conditioning[0][0]
     except (TypeError, IndexError, KeyError):
         raise AddSRInputError(f"{what} is not a CONDITIONING; connect a CLIP Text Encode node") from None
     if not torch.is_tensor(tensor) or tensor.ndim != 3:
         raise AddSRInputError(f"{what} conditioning has an unexpected shape; connect a CLIP Text Encode node")
+    if width is not None:
+        check_width(tensor, width, what, SD2_CLIP_FIX.format(base=base, target="CLIP Text Encode"))
     return tensor
+
+
+def check_width(embeds: torch.Tensor, width: int, what: str, fix: str) -> None:
+    """The library's text-width check, as the error ComfyUI shows for a wrongly wired input."""
+    from addsr_core.text.conditioning import TextWidthError, check_text_width
+
+    try:
+        check_text_width(embeds, width, what=what, fix=fix)
+    except TextWidthError as err:
+        raise AddSRInputError(str(err)) from None
 
 
 def encode_text(clip, text: str) -> torch.Tensor:

@@ -63,8 +63,9 @@ class AddSRSampler:
             latent_tile_px=tile_size, latent_overlap_px=min(tile_overlap, tile_size - 64),
             recompute_tokens=recompute_tokens,
         )
-        z0 = run_sampler(addsr_model, addsr_cond, conditioning_tensor(positive),
-                         conditioning_tensor(negative, "negative") if cfg > 1 else None, options)
+        width = addsr_model.unet.module.config.cross_attention_dim
+        z0 = run_sampler(addsr_model, addsr_cond, conditioning_tensor(positive, width=width),
+                         conditioning_tensor(negative, "negative", width=width) if cfg > 1 else None, options)
         vae = addsr_cond.vae.vae
         latent = {"samples": (z0 / vae.scaling_factor).float().cpu(), "addsr_output_size": addsr_cond.cond.output_size}
         return (latent,)

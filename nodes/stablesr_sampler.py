@@ -37,14 +37,11 @@ def _check_handles(stablesr_model=None, cfw_vae=None):
         raise AddSRInputError("cfw_vae must come from StableSR CFW VAE Loader")
 
 
+STABLESR_BASES = "v2-1_512-ema-pruned.safetensors, or the SD-Turbo / 768-v base your StableSR model was made for"
+
+
 def _context(conditioning, what: str, width: int) -> torch.Tensor:
-    tensor = conditioning_tensor(conditioning, what)
-    if tensor.shape[-1] != width:
-        raise AddSRInputError(
-            f"{what} conditioning is {tensor.shape[-1]} wide, StableSR's UNet takes {width}: encode the prompt with the "
-            "CLIP of an SD 2.x / SD-Turbo checkpoint (Load Checkpoint), not SD 1.5 or SDXL"
-        )
-    return tensor
+    return conditioning_tensor(conditioning, what, width=width, base=STABLESR_BASES)
 
 
 class StableSRSampler:

@@ -6,7 +6,18 @@ import torch
 from addsr_core.pipeline import UpscaleOptions, build_prompts, decode, finish
 
 from . import host
-from .common import CATEGORY, AddSRInputError, alpha_of, as_addsr_vae, bchw_to_image, encode_text, image_to_bchw
+from .common import (
+    ADDSR_BASE,
+    CATEGORY,
+    SD2_CLIP_FIX,
+    AddSRInputError,
+    alpha_of,
+    as_addsr_vae,
+    bchw_to_image,
+    check_width,
+    encode_text,
+    image_to_bchw,
+)
 from .encode import AddSRCond, encode_condition
 from .loaders import AddSRModel, RAMModel
 from .sampler import MIN_TILE_PX, run_sampler
@@ -84,6 +95,8 @@ class AddSRUpscale:
                 cond.tags = ram.tagger.tags(lr.to(device))
         prompt = build_prompts(cond, options)[0]
         positive = encode_text(clip, prompt)
+        check_width(positive, addsr_model.unet.module.config.cross_attention_dim, "clip input's",
+                    SD2_CLIP_FIX.format(base=ADDSR_BASE, target="its clip input"))
         negative = encode_text(clip, options.negative_prompt) if options.guidance_scale > 1 else None
         z0 = run_sampler(addsr_model, AddSRCond(cond, handle, ram), positive, negative, options)
         host.load_to_device([handle.managed])

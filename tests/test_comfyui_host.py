@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from comfy_host import ComfyClient, ComfyServer, ComfyServerError
@@ -222,3 +223,34 @@ def test_our_validator_refuses_what_the_server_refuses(comfy, object_info):
     assert any("width = 0 is below its min 1" in p for p in validate_api_prompt(prompt, object_info))
     with pytest.raises(ComfyServerError, match="value_smaller_than_min"):
         comfy.queue(prompt)
+
+
+@pytest.mark.comfyui
+@requires_comfyui
+def test_a_torn_model_file_is_a_clear_error_and_the_server_keeps_serving(comfy, comfy_server, tmp_path):
+    """A half-downloaded .safetensors in models/addsr: the client gets our message (the file, what is
+    wrong, re-download), not safetensors' bare header error, and the server takes the next request."""
+    from safetensors.torch import save_file
+
+    name = "torn_addsr_pack.safetensors"
+    whole = tmp_path / name
+    save_file({"unet.w": torch.zeros(64, 64)}, str(whole))
+    (comfy_server.models_dir / "addsr").mkdir(parents=True, exist_ok=True)
+    torn = comfy_server.models_dir / "addsr" / name
+    torn.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    prompt = {"1": {"class_type": "AddSRModelLoader", "inputs": {"model": name, "dtype": "fp32"}},
+              "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}  # any output node
+    try:
+        prompt_id = comfy.queue(prompt)
+        with pytest.raises(ComfyServerError):
+            comfy.wait(prompt_id, timeout=120)
+        messages = comfy.history(prompt_id)["status"]["messages"]
+        error = next(data for kind, data in messages if kind == "execution_error")
+        assert error["node_type"] == "AddSRModelLoader", error
+        message = error["exception_message"]
+        assert name in message and "is not a valid .safetensors file (truncated" in message, message
+        assert "Re-download it; a partial download is the usual cause" in message, message
+        assert "Error while deserializing header" not in message, message
+        assert set(comfy.get_json("/queue")) >= {"queue_running", "queue_pending"}  # still serving
+    finally:
+        torn.unlink()

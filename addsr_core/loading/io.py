@@ -5,7 +5,10 @@ execute a pickle's code.
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import re
 import zipfile
 from typing import Iterable, Mapping
 
@@ -18,6 +21,23 @@ PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used, with a message that says what to do about it."""
+
+
+REDOWNLOAD_HINT = "Re-download it; a partial download is the usual cause; check its size against the source."
+# For a pickle refused for holding code: the file itself is suspect, so never advise loading it anyway.
+GENUINE_RELEASE_HINT = ("A genuine release file holds only weights: download the official file again, or use a "
+                        ".safetensors copy (`python -m addsr_core convert safetensors` makes one from a trusted "
+                        "plain-weights .pth/.ckpt, not from this file).")
+_MAX_SAFETENSORS_HEADER = 100 << 20  # safetensors' own limit on the JSON header
+
+
+def _named(path: str, family: str | None) -> str:
+    return f"The {family} checkpoint {path!r}" if family else repr(path)
+
+
+def require_file(path: str, family: str) -> None:
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{family} checkpoint not found: {path!r}. Check the path, or download the file first.")
 
 
 def _describe_keys(keys: Iterable[str], limit: int = 20) -> str:
@@ -42,14 +62,13 @@ def read_state_dict(
     ``torch.load(weights_only=True, mmap=True)`` so a malicious pickle is refused, not run.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{family} checkpoint not found: {path!r}. Check the path, or download the file first.")
+    require_file(path, family)
     lower = path.lower()
     try:
         if lower.endswith(SAFETENSORS_SUFFIXES):
-            return _read_safetensors(path, dtype, prefixes)
+            return _read_safetensors(path, dtype, prefixes, family)
         if lower.endswith(PICKLE_SUFFIXES):
-            return _torch_load_weights_only(path)
+            return read_pickle_weights_only(path, family)
     except CheckpointError:
         raise
     except Exception as err:  # torn downloads surface as many different exception types
@@ -63,11 +82,9 @@ def read_state_dict(
     )
 
 
-def _read_safetensors(path: str, dtype: torch.dtype | None, prefixes) -> dict[str, torch.Tensor]:
-    from safetensors import safe_open
-
+def _read_safetensors(path: str, dtype: torch.dtype | None, prefixes, family: str) -> dict[str, torch.Tensor]:
     out = {}
-    with safe_open(path, framework="pt", device="cpu") as f:
+    with open_safetensors(path, family=family) as f:
         for key in f.keys():
             if prefixes is not None and not key.startswith(prefixes):
                 continue
@@ -76,25 +93,98 @@ def _read_safetensors(path: str, dtype: torch.dtype | None, prefixes) -> dict[st
     return out
 
 
-def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
-    from safetensors import safe_open
-
-    with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
+def read_safetensors_metadata(path: str | os.PathLike, *, family: str | None = None) -> dict[str, str]:
+    with open_safetensors(path, family=family) as f:
         return dict(f.metadata() or {})
 
 
-def _torch_load_weights_only(path: str) -> dict:
+@contextlib.contextmanager
+def open_safetensors(path: str | os.PathLike, *, family: str | None = None):
+    """``safe_open`` on the CPU; a file that is not valid safetensors (here or while reading its
+    tensors) raises a CheckpointError naming it and what to do, instead of safetensors' bare
+    "Error while deserializing header"."""
+    from safetensors import SafetensorError, safe_open
+
+    path = os.fspath(path)
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            yield f
+    except SafetensorError as err:
+        raise CheckpointError(
+            f"{_named(path, family)} is not a valid .safetensors file ({_safetensors_problem(path, err)}). "
+            f"{REDOWNLOAD_HINT}"
+        ) from None
+
+
+def _safetensors_problem(path: str, err: Exception) -> str:
+    """Why ``path`` is not safetensors, read off its size and header (safetensors' own words last)."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else None
+        header = f.read(length) if length is not None and length <= _MAX_SAFETENSORS_HEADER else b""
+    if size == 0:
+        return "empty: the file is 0 bytes"
+    if head.startswith(b"version "):
+        return "not safetensors: a Git LFS pointer (a small text file), not the weights"
+    if head.lstrip().startswith(b"<"):
+        return "not safetensors: a web page (HTML), not the weights"
+    if length is None:
+        return f"truncated: only {size} bytes"
+    if length > _MAX_SAFETENSORS_HEADER:
+        return "not safetensors: it does not start with a safetensors header"
+    if 8 + length > size:
+        return f"truncated: {size:,} bytes, it ends inside its own {length:,}-byte header"
+    try:
+        entries = json.loads(header)
+        end = max((v["data_offsets"][1] for k, v in entries.items() if k != "__metadata__"), default=0)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return "not safetensors: its header is not valid safetensors JSON"
+    if 8 + length + end > size:
+        return f"truncated: {size:,} bytes, its header describes {8 + length + end:,}"
+    return "not safetensors: " + str(err).removeprefix("Error while deserializing header: ")
+
+
+def read_pickle_weights_only(path: str, family: str, safe_globals=()):
+    """``torch.load(weights_only=True)`` (``safe_globals``: extra (class, pickled name) stand-ins).
+
+    Whatever fails becomes a CheckpointError of our own words only: torch's message on a refused
+    file advises loading it with ``weights_only=False``, i.e. running the file's code."""
     mmap = zipfile.is_zipfile(path)  # mmap needs the zip format; legacy pickles load plainly
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        with torch.serialization.safe_globals(list(safe_globals)):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:
-        if "weights_only" in str(err) or "Unsupported global" in str(err):
-            raise CheckpointError(
-                f"{path!r} contains Python objects that are not plain tensors, and loading it would "
-                f"mean executing its pickle, which we never do. Details: {err}. If you trust the file, "
-                "convert it to .safetensors with our converter first."
-            ) from err
-        raise
+        raise _pickle_error(path, family, err) from None
+
+
+_REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+)")
+
+
+def _pickle_error(path: str, family: str, err: Exception) -> CheckpointError:
+    refused = _REFUSED_GLOBAL.search(str(err))
+    if refused:
+        return CheckpointError(
+            f"{_named(path, family)} was not loaded: it contains the Python object `{refused.group(1)}`, and "
+            f"loading it would mean running code from the file, which we never do. {GENUINE_RELEASE_HINT}"
+        )
+    return CheckpointError(
+        f"{_named(path, family)} is not a readable PyTorch checkpoint ({_pickle_problem(path, err)}); it is "
+        f"probably truncated or corrupt. {REDOWNLOAD_HINT}"
+    )
+
+
+def _pickle_problem(path: str, err: Exception) -> str:
+    """torch's reason in a few words, never its advice."""
+    if os.path.getsize(path) == 0:
+        return "empty: the file is 0 bytes"
+    text = str(err)
+    if "Weights only load failed" in text:  # torch's wrapper: only the unpickler's own error is kept
+        text = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text else ""
+    reason = text.strip().split("\n", 1)[0].split(". ", 1)[0].strip()
+    if "safe_globals" in reason or "weights_only" in reason:
+        return "it holds objects other than tensors"
+    return reason or type(err).__name__
 
 
 def unwrap_state_dict(obj: Mapping) -> dict[str, torch.Tensor]:

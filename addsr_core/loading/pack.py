@@ -58,7 +58,7 @@ def pack_release(folder, out_file, *, dtype: str = "fp16", include_vae: bool = F
 def unpack_release(packed_file, out_folder) -> Path:
     """Write the diffusers folders back out (``unet/``, ``controlnet/``, ``vae/`` if present)."""
     meta = read_safetensors_metadata(packed_file)
-    sd = read_state_dict(packed_file, family="AddSR packed file")
+    sd = read_state_dict(packed_file, family="AddSR packed")
     out_folder = Path(out_folder)
     for part in PARTS:
         if f"{part}_config" in meta:
@@ -77,13 +77,13 @@ def _validate(tensors: dict, metadata: dict, source: str) -> None:
 
 def load_packed(path, *, dtype=None, device="cpu"):
     """(unet, controlnet, vae_state_dict_or_None) from a packed file."""
-    meta = read_safetensors_metadata(path)
+    meta = read_safetensors_metadata(path, family="AddSR packed")
     if meta.get("format") != FORMAT:
         raise CheckpointError(
             f"{str(path)!r} is not an AddSR packed file (no '{FORMAT}' metadata). Use the release folder, "
             "or create the file with `python -m addsr_core convert pack`."
         )
-    sd = read_state_dict(path, family="AddSR packed file", dtype=dtype)
+    sd = read_state_dict(path, family="AddSR packed", dtype=dtype)
     unet = build_unet(
         UNetConfig.from_diffusers(json.loads(meta["unet_config"])), strip_prefix(sd, "unet."),
         source=str(path), dtype=dtype, device=device,

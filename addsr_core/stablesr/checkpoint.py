@@ -10,12 +10,17 @@ and reported as a :class:`CheckpointError`. Only the tensors of the state dict a
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 
 import torch
 
-from ..loading.io import PICKLE_SUFFIXES, CheckpointError, read_state_dict, unwrap_state_dict
+from ..loading.io import (
+    PICKLE_SUFFIXES,
+    CheckpointError,  # noqa: F401 - re-exported by stablesr/__init__
+    read_pickle_weights_only,
+    read_state_dict,
+    require_file,
+    unwrap_state_dict,
+)
 
 
 class InertObject:
@@ -66,22 +71,8 @@ def _stand_ins() -> list[tuple[type, str]]:
 def load_lightning_checkpoint(path: str | os.PathLike, *, family: str = "StableSR") -> dict:
     """The whole pickled object of a ``.ckpt``/``.pth``, with allow-listed metadata made inert."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{family} checkpoint not found: {path!r}. Check the path, or download the file first.")
-    try:
-        with torch.serialization.safe_globals(_stand_ins()):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except Exception as err:
-        if "Unsupported global" in str(err) or "weights_only" in str(err) or isinstance(err, pickle.UnpicklingError):
-            raise CheckpointError(
-                f"{path!r} contains a Python object we do not load ({err}). Loading it would mean running code "
-                "from the file, which we never do. If it is a genuine StableSR/SD file, convert it to .safetensors "
-                "in a trusted environment first."
-            ) from None
-        raise CheckpointError(
-            f"Could not read the {family} checkpoint {path!r}: {type(err).__name__}: {err}. "
-            "The file is probably truncated or corrupt (an interrupted download?): download it again."
-        ) from err
+    require_file(path, family)
+    return read_pickle_weights_only(path, family, safe_globals=_stand_ins())
 
 
 def read_checkpoint(path: str | os.PathLike, *, family: str = "StableSR", dtype=None, prefixes=None) -> dict[str, torch.Tensor]:

@@ -23,7 +23,7 @@ from typing import Mapping
 import torch
 
 from ..loading.identify import describe_checkpoint
-from ..loading.io import CheckpointError, assign_state_dict
+from ..loading.io import SAFETENSORS_SUFFIXES, CheckpointError, assign_state_dict, open_safetensors
 from ..loading.keymaps import LDM_VAE_PREFIX, ldm_vae_to_diffusers, looks_like_ldm_vae, rename_legacy_vae_keys
 from ..loading.keymaps_unet import LDM_UNET_PREFIX, ldm_unet_to_diffusers
 from ..loading.models import infer_vae_config, read_diffusers_folder
@@ -271,10 +271,8 @@ def load_stablesr(
 
 def checkpoint_keys(path) -> list[str]:
     """Tensor names only (cheap for safetensors), to describe a file that was not what we expected."""
-    if os.fspath(path).lower().endswith((".safetensors", ".sft")):
-        from safetensors import safe_open
-
-        with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
+    if os.fspath(path).lower().endswith(SAFETENSORS_SUFFIXES):
+        with open_safetensors(path) as f:
             return list(f.keys())
     return list(read_checkpoint(path).keys())
 

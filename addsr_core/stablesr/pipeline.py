@@ -28,6 +28,7 @@ from ..imaging.colorfix import apply_color_fix
 from ..models.vae import sample_posterior
 from ..sampling.noise import NoiseSource, SeededNoise
 from ..sampling.tiling import gaussian_weights
+from ..text.conditioning import check_prompt_widths
 from .cfw import DEFAULT_FIDELITY, CFWAutoencoder
 from .model import StableSRModel
 from .sampling import DEFAULT_STEPS, StableSRDenoiser, StableSRSampling, native_input_size, sample_stablesr, tiled_denoiser
@@ -142,6 +143,7 @@ def sample_latent(
 ) -> torch.Tensor:
     """The scaled x0 latent: the official canvas sampler, latent tiles of ``options.tile``
     (official: ``input_size / 8``) overlapping by ``options.tile_overlap``."""
+    check_prompt_widths(context, negative_context, model.config.unet.cross_attention_dim)
     device = model.unet.conv_in.weight.device
     denoise = tiled_denoiser(StableSRDenoiser(model), options.tile, options.tile_overlap, on_tile=on_tile)
     with torch.no_grad():

@@ -13,6 +13,36 @@ from .loading import load_text_encoder
 from .tokenizer import CLIPTokenizer
 
 
+# Text conditioning widths people connect by mistake, by the encoder that makes them.
+TEXT_WIDTH_SOURCES = {768: "an SD 1.x CLIP", 1024: "an SD 2.x CLIP", 2048: "an SDXL CLIP", 4096: "a T5 (SD3 / Flux)"}
+SD2_TEXT_FIX = ("encode the prompt with the SD 2.x text encoder (OpenCLIP ViT-H, 1024 wide), e.g. the one in "
+                "v2-1_512-ema-pruned.safetensors")
+
+
+class TextWidthError(ValueError):
+    """Text conditioning from another encoder than the one the UNet was trained with."""
+
+
+def check_text_width(embeds: torch.Tensor, width: int, *, what: str = "prompt", fix: str = SD2_TEXT_FIX) -> None:
+    """Refuse ``embeds`` [B,77,C] unless C is the UNet's cross-attention ``width``: otherwise the
+    first attention layer fails with an opaque "mat1 and mat2 shapes cannot be multiplied"."""
+    got = embeds.shape[-1]
+    if got != width:
+        raise TextWidthError(f"the {what} conditioning is {got} wide{_source(got)}, but the model needs {width}"
+                             f"{_source(width)}: {fix}.")
+
+
+def check_prompt_widths(prompt_embeds, negative_embeds, width: int) -> None:
+    """The samplers' check, before any work: prompt (and negative, if any) as wide as ``width``."""
+    check_text_width(prompt_embeds, width, what="prompt")
+    if negative_embeds is not None:
+        check_text_width(negative_embeds, width, what="negative prompt")
+
+
+def _source(width: int) -> str:
+    return f" ({TEXT_WIDTH_SOURCES[width]})" if width in TEXT_WIDTH_SOURCES else ""
+
+
 @dataclass
 class TextConditioner:
     tokenizer: CLIPTokenizer
