@@ -2,6 +2,7 @@
 
     python bench/bench_pipeline.py                       # 128->512 at 4 and 1 steps, then memory runs
     python bench/bench_pipeline.py --scenario 4step      # one scenario (each runs in its own process)
+    python bench/bench_pipeline.py --scenario thin --tiny-unet   # 8x1000 LR vs a square one, s per output MP
 
 Reports wall time per stage (VAE encode, RAM, ControlNet+UNet per step, PSR decodes, final decode)
 and the peak RSS of each scenario. Random weights: the timings and memory are real, the image is not.
@@ -15,13 +16,15 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from contextlib import ExitStack
 from pathlib import Path
+from unittest import mock
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from addsr_core.models import SD2_UNET, SD2_VAE, AutoencoderKL, ControlNetModel, UNet2DConditionModel  # noqa: E402
+from addsr_core.models import SD2_UNET, SD2_VAE, AutoencoderKL, ControlNetModel, UNet2DConditionModel, UNetConfig  # noqa: E402
 from addsr_core.pipeline import AddSRModels, UpscaleOptions, condition_from_lr, decode, sample  # noqa: E402
 from addsr_core.ram import RAM, RAMConfig  # noqa: E402
 
@@ -33,6 +36,10 @@ SCENARIOS = {
     "untiled_1024": (256, 1, False),
     "tiled_2048": (512, 1, True),
 }
+# Issue 11 §2.4: a thin LR next to a square one with as many pixels (same output megapixels), in
+# one process, default tiling. Before the fix the 8x1000 one became a 512x64000 condition image.
+THIN = {"square": (89, 90), "thin": (8, 1000)}  # LR sizes; the square runs first (warm-up)
+THIN_STEPS = 1
 
 
 def random_full_size(module_cls, config, generator):
@@ -45,10 +52,19 @@ def random_full_size(module_cls, config, generator):
     return module.eval()
 
 
-def build_models() -> AddSRModels:
+def tiny_configs() -> tuple:
+    """The tiny UNet and ControlNet, reading the full-size text width (1024)."""
+    from addsr_core.tiny import TINY_CONTROLNET, TINY_UNET
+
+    return tuple(UNetConfig.from_diffusers({**cfg, "cross_attention_dim": 1024}) for cfg in (TINY_UNET, TINY_CONTROLNET))
+
+
+def build_models(tiny_unet: bool = False) -> AddSRModels:
+    """Full-size networks; ``tiny_unet`` swaps in the tiny UNet and ControlNet (the VAE and RAM stay full-size)."""
     g = torch.Generator().manual_seed(0)
-    unet = random_full_size(UNet2DConditionModel, SD2_UNET, g)
-    controlnet = random_full_size(ControlNetModel, SD2_UNET, g)
+    unet_cfg, control_cfg = tiny_configs() if tiny_unet else (SD2_UNET, SD2_UNET)
+    unet = random_full_size(UNet2DConditionModel, unet_cfg, g)
+    controlnet = random_full_size(ControlNetModel, control_cfg, g)
     vae = random_full_size(AutoencoderKL, SD2_VAE, g)
     ram = random_full_size(RAM, RAMConfig(), g)
     ram.rebuild_buffers("cpu")
@@ -72,19 +88,49 @@ class StageClock:
         return timed
 
 
-def run_scenario(name: str) -> dict:
+def timed_upscale(models: AddSRModels, lr: torch.Tensor, options: UpscaleOptions) -> dict:
+    """One staged upscale with stage timers around the library's own entry points (removed after)."""
     import addsr_core.pipeline as pipeline
 
+    clock = StageClock()
+    embeds = torch.randn(1, 77, 1024, generator=torch.Generator().manual_seed(2))
+    decode_fn = pipeline.vae_decode
+    with ExitStack() as patches, torch.no_grad():
+        def patch(obj, name, stage):
+            patches.enter_context(mock.patch.object(obj, name, clock.wrap(stage, getattr(obj, name))))
+
+        patch(pipeline, "vae_encode", "vae_encode")
+        patch(models.ram, "represent", "ram")
+        start = time.perf_counter()
+        cond = condition_from_lr(models, lr, options)
+        patch(models.unet, "forward", "unet")
+        patch(models.controlnet, "forward", "controlnet")
+        pipeline.vae_decode = clock.wrap("psr_decode", decode_fn)
+        try:
+            z0 = sample(models, cond, embeds, None, options)
+            pipeline.vae_decode = clock.wrap("final_decode", decode_fn)
+            image = decode(models, z0, options)
+        finally:
+            pipeline.vae_decode = decode_fn
+        total = time.perf_counter() - start
+    return {
+        "lr": list(lr.shape[-2:]), "condition": list(cond.control_image.shape[-2:]), "decoded": list(image.shape[-2:]),
+        "output": list(cond.output_size),
+        "total_s": round(total, 1), "stages_s": {k: round(v, 2) for k, v in clock.seconds.items()},
+        "calls": dict(clock.calls),
+    }
+
+
+def _peak_rss_gib() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+
+
+def run_scenario(name: str) -> dict:
     lr_side, steps, tiled = SCENARIOS[name]
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.perf_counter()
     models = build_models()
     build_s = time.perf_counter() - t0
-    clock = StageClock()
-    # Stage timers around the library's own entry points.
-    pipeline.vae_encode = clock.wrap("vae_encode", pipeline.vae_encode)
-    decode_fn = pipeline.vae_decode
-    models.ram.represent = clock.wrap("ram", models.ram.represent)
     big = 10**6
     options = UpscaleOptions(
         steps=steps, process_size=512,
@@ -92,31 +138,39 @@ def run_scenario(name: str) -> dict:
         vae_encode_tile_px=1024 if tiled else big, vae_decode_tile_px=1024 if tiled else big,
     )
     lr = torch.rand(1, 3, lr_side, lr_side, generator=torch.Generator().manual_seed(1))
-    embeds = torch.randn(1, 77, 1024, generator=torch.Generator().manual_seed(2))
-    start = time.perf_counter()
-    with torch.no_grad():
-        cond = condition_from_lr(models, lr, options)
-        models.unet.forward = clock.wrap("unet", models.unet.forward)
-        models.controlnet.forward = clock.wrap("controlnet", models.controlnet.forward)
-        pipeline.vae_decode = clock.wrap("psr_decode", decode_fn)
-        z0 = sample(models, cond, embeds, None, options)
-        pipeline.vae_decode = clock.wrap("final_decode", decode_fn)
-        image = decode(models, z0, options)
-    total = time.perf_counter() - start
-    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    run = timed_upscale(models, lr, options)
     return {
-        "scenario": name, "lr": lr_side, "output": list(image.shape[-2:]), "steps": steps, "tiled": tiled,
-        "build_s": round(build_s, 1), "total_s": round(total, 1), "peak_rss_gib": round(peak_gib, 2),
-        "stages_s": {k: round(v, 2) for k, v in clock.seconds.items()}, "calls": dict(clock.calls),
-        "threads": torch.get_num_threads(),
+        "scenario": name, "lr": lr_side, "output": run["output"], "steps": steps, "tiled": tiled,
+        "build_s": round(build_s, 1), "total_s": run["total_s"], "peak_rss_gib": _peak_rss_gib(),
+        "stages_s": run["stages_s"], "calls": run["calls"], "threads": torch.get_num_threads(),
+    }
+
+
+def run_thin(tiny_unet: bool) -> dict:
+    """The thin LR and the square one through the same models: seconds per output megapixel, and their ratio."""
+    models = build_models(tiny_unet)
+    options = UpscaleOptions(steps=THIN_STEPS, use_tags=False)
+    runs = {}
+    for name, (h, w) in THIN.items():
+        run = timed_upscale(models, torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(1)), options)
+        run["s_per_output_mp"] = round(run["total_s"] / (run["output"][0] * run["output"][1] / 1e6), 1)
+        runs[name] = run
+    ratio = runs["thin"]["s_per_output_mp"] / runs["square"]["s_per_output_mp"]
+    return {
+        "scenario": "thin", "tiny_unet": tiny_unet, "steps": THIN_STEPS, **runs,
+        "thin_vs_square_per_mp": round(ratio, 2), "peak_rss_gib": _peak_rss_gib(), "threads": torch.get_num_threads(),
     }
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--scenario", choices=sorted(SCENARIOS))
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS) + ["thin"])
     parser.add_argument("--all", action="store_true", help="include the slow untiled/tiled size runs")
+    parser.add_argument("--tiny-unet", action="store_true", help="thin: tiny UNet and ControlNet (full-size VAE and RAM)")
     args = parser.parse_args()
+    if args.scenario == "thin":
+        print(json.dumps(run_thin(args.tiny_unet)))
+        return
     if args.scenario:
         print(json.dumps(run_scenario(args.scenario)))
         return

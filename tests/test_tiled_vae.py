@@ -57,13 +57,15 @@ def test_multi_tile_is_exact_when_the_whole_image_fits_the_statistics_pass(vae, 
     image, moments, latent, decoded = smooth
     ticks = []
     with torch.no_grad():
-        tiled_d = tiled_decode(vae, latent, 128, 32, on_tile=lambda: ticks.append(1))
-        tiled_m = tiled_encode(vae, image, 128, 32)
-        # the same with the context recorded explicitly at full size
-        explicit_d = tiled_decode(vae, latent, 128, 32, context=decoder_context(vae, latent))
+        # the context recorded explicitly at full size: tiles
+        explicit_d = tiled_decode(vae, latent, 128, 32, context=decoder_context(vae, latent), on_tile=lambda: ticks.append(1))
         explicit_m = tiled_encode(vae, image, 128, 32, context=encoder_context(vae, image))
-    assert len(ticks) == 2 * 3  # latent 24x32, tiles of 16 overlapping by 4
-    for ours, ref in [(tiled_d, decoded), (explicit_d, decoded), (tiled_m, moments), (explicit_m, moments)]:
+        # by default the whole image fits the statistics pass, so it is not tiled at all
+        default_d = tiled_decode(vae, latent, 128, 32, on_tile=lambda: ticks.append(1))
+        default_m = tiled_encode(vae, image, 128, 32)
+    assert len(ticks) == 2 * 3  # latent 24x32, tiles of 16 overlapping by 4; none for the default runs
+    assert torch.equal(default_d, decoded) and torch.equal(default_m, moments)
+    for ours, ref in [(explicit_d, decoded), (explicit_m, moments)]:
         assert ours.shape == ref.shape
         assert (ours - ref).abs().max() < 2e-5
     assert _nothing_patched(vae)
@@ -99,7 +101,7 @@ def test_shapes_for_sizes_not_multiple_of_tile(vae):
         small = image[..., :60, :61]
         assert torch.equal(tiled_encode(vae, small, 64, 16), vae.encode_moments(small))
     with pytest.raises(ValueError, match="multiple of 8"):
-        tiled_encode(vae, image[..., :, :228], 64, 16)
+        tiled_encode(vae, image[..., :, :228], 64, 16, halo_px=32)  # too big for the statistics pass
     with pytest.raises(ValueError, match="at least 8"):
         tiled_decode(vae, latent, 4, 0)
     with pytest.raises(ValueError, match="overlap"):

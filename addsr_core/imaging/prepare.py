@@ -21,6 +21,7 @@ Two resize paths:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -243,10 +244,29 @@ def resize_pil(images: torch.Tensor, size_hw: Sequence[int], rounding: str = "ro
 # --- The official preparation (test_addsr.py) -----------------------------------------------------
 
 
+# The official enlargement brings the SHORT side up to the minimum, so a thin image gets pixels in
+# proportion to its aspect ratio: 8x1000 at 4x becomes 512x64000, 256x its 32x4000 output and 125x
+# what a square image with as many pixels gets. Capped (our extension) at this many times a square
+# image's pixels; an image up to 4:1 is never capped, so its size stays the official one.
+MAX_ENLARGED_AREA_VS_SQUARE = 4
+
+
+def _enlargement(h: int, w: int, scale: int, process_size: int) -> float:
+    """The factor that brings the short side to ``process_size // scale``, capped for thin images."""
+    short, side = process_size // scale, min(w, h)
+    upscaled, square = scale * scale * h * w, max(process_size * process_size, scale * scale * h * w)
+    # (short/side)^2 * upscaled > LIMIT * square, in integers so the official case stays exact
+    if short * short * upscaled <= MAX_ENLARGED_AREA_VS_SQUARE * square * side * side:
+        return short / side  # the official float expression
+    return math.sqrt(MAX_ENLARGED_AREA_VS_SQUARE * square / upscaled)
+
+
 def condition_sizes(lr_hw: Sequence[int], scale: int = 4, process_size: int = 512) -> list[tuple[int, int]]:
     """The (h, w) after each official resize step, ending with the condition image's size.
 
-    1. if a side is below ``process_size // scale``: short side -> that size (``int()`` truncation);
+    1. if a side is below ``process_size // scale``: short side -> that size (``int()`` truncation),
+       but at most to ``MAX_ENLARGED_AREA_VS_SQUARE`` times the pixels of a square image with as
+       many pixels (only images thinner than 4:1 are affected);
     2. x ``scale``;
     3. each side down to a multiple of 8.
     """
@@ -258,7 +278,7 @@ def condition_sizes(lr_hw: Sequence[int], scale: int = 4, process_size: int = 51
     sizes = []
     short = process_size // scale
     if w < short or h < short:
-        factor = short / min(w, h)  # the official float expression, truncated like int()
+        factor = _enlargement(h, w, scale, process_size)
         h, w = int(factor * h), int(factor * w)
         sizes.append((h, w))
     h, w = h * scale, w * scale

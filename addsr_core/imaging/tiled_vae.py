@@ -19,13 +19,16 @@ How a tile is made exact, and what stays approximate:
   shrunk to ``stats_px``^2 pixels (by default one tile with its halo; area-averaged latent for
   the decoder, antialiased image for the encoder). An image that fits is handled exactly;
   a larger one gets statistics and distant attention keys estimated at a lower resolution.
+  By default an image that fits is not tiled at all: the pass would run it whole anyway, and
+  tiles after it would double the work (a thin strip longer than a tile is the common case).
 - **Blending.** Neighbouring cores overlap by ``overlap_px``; outputs are blended with a linear
   feather across each overlap, so what differences remain fade out instead of forming seams.
 
 Memory: each tile, and the shrunk whole-image pass, holds activations of one (tile + halo)
 input; the attention of a tile spans its own tokens plus at most as many recorded ones. The
 full-size result buffer lives on the input's device (pass CPU tensors to keep it off the
-accelerator). When one tile covers the whole input, the plain untiled call runs (bit-identical).
+accelerator). When one tile covers the whole input, or (with the default context) its area is
+at most the statistics pass's, the plain untiled call runs (bit-identical).
 The official AddSR code tiles only the decoder (and never the encoder, which runs out of
 memory at 4320x7680); here both are tiled.
 """
@@ -429,6 +432,12 @@ def _run_tiles(
     return out.div_(weight_sum).to(out_dtype)
 
 
+def _runs_untiled(hw, tile: int, stats: int, context: Optional[WholeImageContext]) -> bool:
+    """One tile covers the input, or the default statistics pass (``stats``^2) would run it whole."""
+    h, w = hw
+    return (h <= tile and w <= tile) or (context is None and h * w <= stats * stats)
+
+
 def _shrunk_size(h: int, w: int, max_area: int, multiple: int = 1) -> tuple[int, int]:
     if h * w <= max_area:
         return h, w
@@ -481,18 +490,18 @@ def tiled_decode(
     so a CPU latent keeps the full-size result off the accelerator). ``halo_px`` defaults to the
     decoder's receptive field. ``context`` defaults to ``decoder_context`` on the latent shrunk
     to at most ``stats_px``^2 output pixels (default: one tile with its halo, so no more memory
-    than a tile; larger is more faithful, and exact once the whole image fits). ``on_tile()``
-    is called after each tile.
+    than a tile; larger is more faithful). Without ``context``, a latent no larger than that runs
+    untiled. ``on_tile()`` is called after each tile.
     """
     factor = _latent_factor(vae)
     tile, overlap = _check_tiling_args(tile_px, overlap_px, factor)
     h, w = latent.shape[-2:]
     device, dtype = _vae_device_dtype(vae)
-    if h <= tile and w <= tile:
-        return vae.decode(latent.to(device, dtype)).to(latent.device)
     halo = math.ceil((decoder_receptive_px(vae) if halo_px is None else halo_px) / factor)
+    stats = tile + 2 * halo if stats_px is None else max(1, stats_px // factor)
+    if _runs_untiled((h, w), tile, stats, context):
+        return vae.decode(latent.to(device, dtype)).to(latent.device)
     if context is None:
-        stats = tile + 2 * halo if stats_px is None else max(1, stats_px // factor)
         context = decoder_context(vae, latent, stats * stats)
 
     def run(ctx):
@@ -525,13 +534,13 @@ def tiled_encode(
     tile, overlap = _check_tiling_args(tile_px, overlap_px, factor)
     H, W = image.shape[-2:]
     device, dtype = _vae_device_dtype(vae)
-    if H <= tile * factor and W <= tile * factor:
+    halo = math.ceil((encoder_receptive_px(vae) if halo_px is None else halo_px) / factor)
+    stats = (tile + 2 * halo) * factor if stats_px is None else stats_px
+    if _runs_untiled((H, W), tile * factor, stats, context):
         return vae.encode_moments(image.to(device, dtype)).to(image.device)
     if H % factor or W % factor:
         raise ValueError(f"tiled encoding needs a size that is a multiple of {factor}, got {W}x{H}; crop or resize the image first")
-    halo = math.ceil((encoder_receptive_px(vae) if halo_px is None else halo_px) / factor)
     if context is None:
-        stats = (tile + 2 * halo) * factor if stats_px is None else stats_px
         context = encoder_context(vae, image, stats * stats)
 
     def run(ctx):
