@@ -17,6 +17,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from ..models.vae import sample_posterior
+from .denoisers import guided_eps
 from .noise import NoiseSource, SeededNoise
 from .schedule import add_noise, predict_z0, scaled_linear_alphas_cumprod
 
@@ -167,14 +168,7 @@ def sample_addsr(
 
 
 def _guided_eps(denoise, z, t, image, tokens, prompt_embeds, negative_embeds, options):
-    if options.guidance_scale <= 1.0:
-        return denoise(z, t, image, tokens, prompt_embeds)
-    # One batched call: [negative; positive]. The RAM tokens and control image are shared.
-    eps_neg, eps_pos = denoise(
-        torch.cat([z, z]), torch.cat([t, t]), torch.cat([image, image]), torch.cat([tokens, tokens]),
-        torch.cat([negative_embeds, prompt_embeds]),
-    ).chunk(2)
-    return eps_neg + options.guidance_scale * (eps_pos - eps_neg)
+    return guided_eps(denoise, z, t, image, tokens, prompt_embeds, negative_embeds, options.guidance_scale)
 
 
 def _match_batch(embeds: torch.Tensor, batch: int) -> torch.Tensor:
