@@ -4,6 +4,7 @@ from .encode import AddSREncodeLR
 from .loaders import AddSRModelLoader, AddSRRAMLoader
 from .postprocess import AddSRColorFix, AddSRTagger
 from .sampler import AddSRSampler
+from .seesr_sampler import SeeSRSampler
 from .stablesr_loaders import StableSRCFWLoader, StableSRModelLoader
 from .stablesr_sampler import StableSRCFWDecode, StableSRSampler
 from .upscale import AddSRUpscale
@@ -16,6 +17,7 @@ NODE_CLASS_MAPPINGS = {
     "AddSRRAMLoader": AddSRRAMLoader,
     "AddSREncodeLR": AddSREncodeLR,
     "AddSRSampler": AddSRSampler,
+    "SeeSRSampler": SeeSRSampler,
     "AddSRTiledVAEDecode": AddSRTiledVAEDecode,
     "AddSRTiledVAEEncode": AddSRTiledVAEEncode,
     "AddSRColorFix": AddSRColorFix,
@@ -32,6 +34,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "AddSRRAMLoader": "AddSR Load RAM (DAPE)",
     "AddSREncodeLR": "AddSR Encode LR",
     "AddSRSampler": "AddSR Sampler",
+    "SeeSRSampler": "SeeSR Sampler",
     "AddSRTiledVAEDecode": "AddSR Tiled VAE Decode",
     "AddSRTiledVAEEncode": "AddSR Tiled VAE Encode",
     "AddSRColorFix": "AddSR Colour Fix",

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from addsr_core.loading.family import CHOICES as FAMILY_CHOICES
+
 from . import host
 from .common import CATEGORY, AddSRInputError
 
@@ -17,6 +19,7 @@ class AddSRModel:
     unet: host.ManagedModule
     controlnet: host.ManagedModule
     name: str
+    family: str = "addsr"  # or "seesr": the same networks, sampled differently (addsr_core.loading.family)
 
 
 @dataclass
@@ -29,7 +32,8 @@ class RAMModel:
 
 
 class AddSRModelLoader:
-    DESCRIPTION = "Loads the AddSR UNet and ControlNet from models/addsr (release folder or packed .safetensors)."
+    DESCRIPTION = ("Loads the AddSR (or SeeSR) UNet and ControlNet from models/addsr (release folder or packed "
+                   ".safetensors).")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("ADDSR_MODEL",)
     RETURN_NAMES = ("addsr_model",)
@@ -44,16 +48,27 @@ class AddSRModelLoader:
                     "tooltip": "An AddSR release folder (with unet/ and controlnet/) or a packed .safetensors in models/addsr."}),
                 "dtype": (DTYPE_CHOICES, {"default": "auto",
                     "tooltip": "Weight precision. auto: what ComfyUI picks for your GPU (fp16/bf16), fp32 on CPU."}),
-            }
+            },
+            "optional": {
+                "family": (list(FAMILY_CHOICES), {"default": "auto",
+                    "tooltip": "AddSR or SeeSR weights (same layout). auto: the packed file's metadata, else "
+                               "'seesr' in the name, else AddSR."}),
+            },
         }
 
-    def load(self, model, dtype="auto"):
+    def load(self, model, dtype="auto", family="auto"):
+        from addsr_core.loading.family import resolve_family
         from addsr_core.loading.pack import load_addsr
 
         path = host.resolve_model("addsr", model)
         torch_dtype = host.pick_dtype(dtype)
+        try:
+            family, why = resolve_family(path, family)
+        except ValueError as err:
+            raise AddSRInputError(str(err)) from None
+        host.log.info("AddSR: %r loads as %s weights (%s)", model, family, why)
         unet, controlnet = load_addsr(path, dtype=torch_dtype, device=host.offload_device())
-        return (AddSRModel(host.ManagedModule(unet), host.ManagedModule(controlnet), model),)
+        return (AddSRModel(host.ManagedModule(unet), host.ManagedModule(controlnet), model, family),)
 
 
 class AddSRRAMLoader:

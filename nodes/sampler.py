@@ -66,13 +66,22 @@ class AddSRSampler:
         width = addsr_model.unet.module.config.cross_attention_dim
         z0 = run_sampler(addsr_model, addsr_cond, conditioning_tensor(positive, width=width),
                          conditioning_tensor(negative, "negative", width=width) if cfg > 1 else None, options)
-        vae = addsr_cond.vae.vae
-        latent = {"samples": (z0 / vae.scaling_factor).float().cpu(), "addsr_output_size": addsr_cond.cond.output_size}
-        return (latent,)
+        return (latent_output(addsr_cond, z0),)
 
 
-def run_sampler(addsr_model: AddSRModel, addsr_cond: AddSRCond, positive, negative, options: UpscaleOptions):
-    """Sample, halving the tile on out-of-memory down to MIN_TILE_PX, then a clear error."""
+def latent_output(addsr_cond: AddSRCond, z0):
+    """ComfyUI's LATENT (unscaled, as VAE Decode wants it) for a sampled z0, with the output size."""
+    vae = addsr_cond.vae.vae
+    return {"samples": (z0 / vae.scaling_factor).float().cpu(), "addsr_output_size": addsr_cond.cond.output_size}
+
+
+def run_sampler(addsr_model: AddSRModel, addsr_cond: AddSRCond, positive, negative, options: UpscaleOptions,
+                method=None):
+    """Sample, halving the tile on out-of-memory down to MIN_TILE_PX, then a clear error.
+
+    ``method``: a pipeline module with ``sample``/``count_network_calls`` (``addsr_core.seesr``);
+    None is AddSR's.
+    """
     managed = [addsr_model.unet, addsr_model.controlnet, addsr_cond.vae.managed, addsr_cond.ram.encoder]
     current = options
 
@@ -83,7 +92,7 @@ def run_sampler(addsr_model: AddSRModel, addsr_cond: AddSRCond, positive, negati
                 current, latent_tile_px=tile, latent_overlap_px=min(current.latent_overlap_px, tile // 2),
                 vae_decode_tile_px=max(256, current.vae_decode_tile_px // 2),
             )
-        return _sample_once(addsr_model, addsr_cond, positive, negative, current, managed)
+        return _sample_once(addsr_model, addsr_cond, positive, negative, current, managed, method)
 
     def exhausted(tile):
         return AddSRInputError(f"out of memory even with {tile}px tiles. Lower the VAE tile size, use fp16, "
@@ -93,10 +102,11 @@ def run_sampler(addsr_model: AddSRModel, addsr_cond: AddSRCond, positive, negati
                                      shrink=lambda tile: tile // 2 // 64 * 64, exhausted=exhausted)
 
 
-def _sample_once(addsr_model, addsr_cond, positive, negative, options, managed):
+def _sample_once(addsr_model, addsr_cond, positive, negative, options, managed, method):
     device = host.load_to_device(managed)
     cond = addsr_cond.cond
-    progress = host.Progress(count_network_calls(options, cond.moments.shape[-2:]))
+    count, run = (count_network_calls, sample) if method is None else (method.count_network_calls, method.sample)
+    progress = host.Progress(count(options, cond.moments.shape[-2:]))
 
     def on_step(k, total, pred_z0):
         progress.update(0, host.latent_preview(pred_z0))
@@ -106,5 +116,5 @@ def _sample_once(addsr_model, addsr_cond, positive, negative, options, managed):
         ram=addsr_cond.ram.encoder.module,
     )
     host.check_interrupt()
-    return sample(models, cond, positive.to(device), None if negative is None else negative.to(device), options,
-                  on_tile=lambda: progress.update(1), on_step=on_step)
+    return run(models, cond, positive.to(device), None if negative is None else negative.to(device), options,
+               on_tile=lambda: progress.update(1), on_step=on_step)

@@ -1,0 +1,113 @@
+"""SeeSR Sampler node and the loader's family choice, on tiny checkpoints, without ComfyUI installed."""
+import logging
+import shutil
+
+import pytest
+import torch
+
+import nodes
+from addsr_core.loading.family import resolve_family
+from nodes.common import AddSRInputError
+from nodekit import FakeComfyCLIP, FakeComfyVAE, make_kit
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory):
+    root = tmp_path_factory.mktemp("seesr_kit")
+    paths = make_kit(root)
+    shutil.copytree(paths["addsr"], root / "addsr" / "SeeSR-tiny")  # the SeeSR release has the same layout
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ADDSR_ADDSR_DIR", str(root / "addsr"))
+    mp.setenv("ADDSR_RAM_DIR", str(root / "ram"))
+    yield paths
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def loaded(kit):
+    (model,) = nodes.AddSRModelLoader().load("SeeSR-tiny", "fp32")
+    (ram,) = nodes.AddSRRAMLoader().load("ram_base.pth", "DAPE.pth", "fp32")
+    vae, clip = FakeComfyVAE(kit["sd2"]), FakeComfyCLIP(kit["sd2"])
+    lr = torch.rand(1, 20, 24, 3, generator=torch.Generator().manual_seed(0))
+    cond, _ = nodes.AddSREncodeLR().encode(lr, vae, ram, scale=4, min_size=64)
+    return model, cond, clip
+
+
+def test_loader_tells_the_family_by_metadata_choice_or_name(kit, tmp_path):
+    from safetensors.torch import save_file
+
+    assert nodes.AddSRModelLoader().load("SeeSR-tiny", "fp32")[0].family == "seesr"
+    assert nodes.AddSRModelLoader().load("AddSR-tiny", "fp32")[0].family == "addsr"
+    assert nodes.AddSRModelLoader().load("AddSR-tiny", "fp32", family="seesr")[0].family == "seesr"
+    assert nodes.AddSRModelLoader.INPUT_TYPES()["optional"]["family"][0] == ["auto", "addsr", "seesr"]
+    tagged = tmp_path / "weights.safetensors"
+    save_file({"x": torch.zeros(1)}, str(tagged), metadata={"family": "seesr"})
+    assert resolve_family(tagged) == ("seesr", "file metadata")
+    assert resolve_family(tagged, "addsr") == ("addsr", "chosen")
+    assert resolve_family(tmp_path / "plain")[0] == "addsr"
+    with pytest.raises(ValueError, match="family"):
+        resolve_family(tagged, "sdxl")
+
+
+def test_seesr_sampler_runs_with_progress_and_previews(loaded, monkeypatch):
+    model, cond, clip = loaded
+    updates = []
+    monkeypatch.setattr(nodes.host.Progress, "update", lambda self, n=1, preview=None: updates.append((n, self.total)))
+    (latent,) = nodes.SeeSRSampler().sample(model, cond, clip.conditioning("a, clean, high-resolution, 8k"),
+                                            clip.conditioning("dotted, noise"), seed=1, steps=3, cfg=5.5)
+    h, w = cond.cond.control_image.shape[-2:]
+    assert latent["samples"].shape == (1, 4, h // 8, w // 8) and torch.isfinite(latent["samples"]).all()
+    assert latent["addsr_output_size"] == (80, 96)
+    assert [n for n, _ in updates].count(1) == 3 and [n for n, _ in updates].count(0) == 3  # calls + previews
+    assert {total for _, total in updates} == {3}
+    again = nodes.SeeSRSampler().sample(model, cond, clip.conditioning("a, clean, high-resolution, 8k"),
+                                        clip.conditioning("dotted, noise"), seed=1, steps=3, cfg=5.5)[0]
+    assert torch.equal(again["samples"], latent["samples"])
+
+
+def test_seesr_sampler_cancels(loaded, monkeypatch):
+    model, cond, clip = loaded
+    calls = []
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt():
+        calls.append(1)
+        if len(calls) > 2:
+            raise Interrupted
+
+    monkeypatch.setattr(nodes.host, "check_interrupt", interrupt)
+    with pytest.raises(Interrupted):  # Cancel is checked before sampling and at every network call
+        nodes.SeeSRSampler().sample(model, cond, clip.conditioning("x"), clip.conditioning("y"), steps=2, cfg=1.0,
+                                    official_tiles=False)
+
+
+def test_seesr_sampler_halves_the_tile_on_oom_then_gives_up(loaded, monkeypatch):
+    from addsr_core import seesr
+
+    model, cond, clip = loaded
+    tiles = []
+
+    def fake_sample(models, c, pos, neg, options, **kw):
+        tiles.append(options.latent_tile_px)
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(seesr, "sample", fake_sample)
+    with pytest.raises(AddSRInputError, match="out of memory even with 256px tiles"):
+        nodes.SeeSRSampler().sample(model, cond, clip.conditioning("x"), clip.conditioning("y"), tile_size=128)
+    assert tiles == [1024, 512, 256]
+
+
+def test_seesr_sampler_warns_on_addsr_weights_and_rejects_bad_inputs(kit, loaded, caplog):
+    _, cond, clip = loaded
+    (addsr,) = nodes.AddSRModelLoader().load("AddSR-tiny", "fp32")
+    with caplog.at_level(logging.WARNING, logger="addsr"):
+        nodes.SeeSRSampler().sample(addsr, cond, clip.conditioning("x"), clip.conditioning("y"), steps=1, cfg=1.0)
+    assert "SeeSR Sampler got addsr weights" in caplog.text
+    with pytest.raises(AddSRInputError, match="AddSR Load Model"):
+        nodes.SeeSRSampler().sample("nope", cond, clip.conditioning("x"), clip.conditioning("y"))
+    with pytest.raises(AddSRInputError, match="start_point"):
+        nodes.SeeSRSampler().sample(addsr, cond, clip.conditioning("x"), clip.conditioning("y"), start_point="middle")
