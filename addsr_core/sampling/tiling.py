@@ -33,7 +33,8 @@ def gaussian_weights(tile_w: int, tile_h: int, device=None, dtype=torch.float64)
     """
     if tile_w < 1 or tile_h < 1:
         raise ValueError(f"tile size must be positive, got {tile_w}x{tile_h}")
-    # numpy's exp (not math.exp) and np.outer, as the official code: bit-identical weights.
+    # numpy's exp and np.outer, as the official code (bit-identical on the same CPU path; numpy's exp
+    # can differ in the last bit between AVX-512 and AVX2-only CPUs).
     norm = np.sqrt(2 * np.pi * GAUSSIAN_VAR)
     mx, my = (tile_w - 1) / 2, tile_h / 2
     xs = [np.exp(-(x - mx) * (x - mx) / (tile_w * tile_w) / (2 * GAUSSIAN_VAR)) / norm for x in range(tile_w)]
