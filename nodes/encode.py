@@ -1,6 +1,8 @@
 """Encode LR: the low-resolution image becomes AddSR's conditioning bundle and a LATENT."""
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 
 import torch
@@ -74,6 +76,6 @@ def encode_condition(lr: torch.Tensor, handle: VAEHandle, ram: RAMModel, options
 
 
 def _untagged(options: UpscaleOptions) -> UpscaleOptions:
-    # In ComfyUI the prompt comes from CLIP Text Encode; tags are the Tagger node's job.
-    options.use_tags = False
-    return options
+    # In ComfyUI the prompt comes from CLIP Text Encode; tags are the Tagger node's job. A copy: the
+    # caller's options go on to the next image of the batch (AddSR Upscale tags each one).
+    return dataclasses.replace(options, use_tags=False)

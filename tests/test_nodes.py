@@ -123,6 +123,25 @@ def test_all_in_one_rgba_and_grayscale(loaded):
     assert out.shape == (1, 32, 48, 3)
 
 
+def test_all_in_one_tags_every_image_of_a_batch(loaded, monkeypatch):
+    """Regression: encoding the first image switched tagging off for the rest of the batch, so the
+    second prompt came out as ", a cat,clean, ..." with no tags."""
+    import nodes.upscale
+
+    model, ram, vae, clip = loaded
+    prompts = []
+    real = nodes.upscale.encode_text
+    monkeypatch.setattr(nodes.upscale, "encode_text", lambda c, text: prompts.append(text) or real(c, text))
+    batch = lr_image(batch=2, h=20, w=20)
+    nodes.AddSRUpscale().upscale(batch, model, ram, vae, clip, prompt="a cat", seed=0, steps=1, scale=2,
+                                 tile_size=256, min_size=64)
+    (tags,) = nodes.AddSRTagger().tag(batch, ram)
+    expected = tags.split("\n")
+    assert len(prompts) == 2 and all(expected)
+    for prompt, tag in zip(prompts, expected):
+        assert prompt.startswith(tag) and "a cat" in prompt, prompts
+
+
 def test_bad_inputs_give_readable_errors(loaded):
     model, ram, vae, clip = loaded
     with pytest.raises(AddSRInputError, match="at least 8 px"):
