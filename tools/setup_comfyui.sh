@@ -93,4 +93,4 @@ with tempfile.TemporaryDirectory(prefix="addsr-comfyui-smoke-") as root, ComfySe
         sys.exit(1)
 EOF
 fi
-echo "Done. Run: COMFYUI_PATH=$COMFYUI_PATH $PY -m pytest tests/test_comfyui_host.py tests/test_workflows.py -q"
+echo "Done. Run: COMFYUI_PATH=$COMFYUI_PATH $PY -m pytest -q"
