@@ -21,22 +21,27 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("upscale", help="upscale an image or a folder of images")
     up.add_argument("input", type=Path, help="an image file or a folder of images")
     up.add_argument("-o", "--output", type=Path, required=True, help="output file (for one image) or folder")
-    up.add_argument("--addsr", type=Path, required=True, help="AddSR release folder (unet/, controlnet/) or packed file")
+    up.add_argument("--addsr", type=Path, required=True,
+                    help="AddSR (or, with --method seesr, SeeSR) release folder (unet/, controlnet/) or packed file")
     up.add_argument("--sd2", type=Path, required=True, help="SD2 base: diffusers folder (vae/, text_encoder/, tokenizer/) or single-file checkpoint")
     up.add_argument("--ram", type=Path, required=True, help="ram_swin_large_14m.pth")
     up.add_argument("--dape", type=Path, help="DAPE.pth (LoRA merged into RAM)")
     up.add_argument("--tag-list", type=Path, help="ram_tag_list.txt, to use RAM tags in the prompt")
     up.add_argument("--tokenizer", type=Path, help="CLIP tokenizer folder or bpe_simple_vocab_16e6.txt.gz (if not inside --sd2)")
     up.add_argument("--scale", type=int, default=4)
-    up.add_argument("--steps", type=int, default=4, choices=[1, 2, 3, 4])
-    up.add_argument("--psr-weight", type=float, default=0.4)
-    up.add_argument("--cfg", type=float, default=0.0, help="guidance scale; > 1 enables CFG with --negative")
+    up.add_argument("--method", default="addsr", choices=["addsr", "seesr"],
+                    help="addsr: 1-4 refining steps (default); seesr: SeeSR's 50-step DDPM with CFG 5.5")
+    up.add_argument("--steps", type=int, help="AddSR: 1-4 (default 4); SeeSR: DDPM steps (default 50)")
+    up.add_argument("--psr-weight", type=float, default=0.4, help="AddSR only")
+    up.add_argument("--cfg", type=float, help="guidance scale; > 1 enables CFG with --negative (AddSR 0, SeeSR 5.5)")
+    up.add_argument("--start-point", default="lr", choices=["lr", "noise"],
+                    help="SeeSR only: start from the LR latent noised to t=999 (official) or from pure noise")
     up.add_argument("--prompt", default="")
     up.add_argument("--negative", default="dotted, noise, blur, lowres, smooth")
     up.add_argument("--color-fix", default="adain", choices=["adain", "wavelet", "none"])
     up.add_argument("--seed", type=int, default=0)
-    up.add_argument("--tile", type=int, default=1024, help="diffusion tile size in output pixels")
-    up.add_argument("--tile-overlap", type=int, default=256, help="diffusion tile overlap in output pixels")
+    up.add_argument("--tile", type=int, help="diffusion tile size in output pixels (AddSR 1024, SeeSR 768)")
+    up.add_argument("--tile-overlap", type=int, help="diffusion tile overlap in output pixels (AddSR 256, SeeSR 32)")
     up.add_argument("--vae-tile", type=int, default=1024, help="VAE tile size in pixels")
     up.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     up.add_argument("--dtype", default="auto", choices=DTYPES)
@@ -74,7 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "upscale" and args.method == "addsr" and args.steps not in (None, 1, 2, 3, 4):
+        parser.error(f"AddSR samples with 1 to 4 steps, got --steps {args.steps} (--method seesr takes more)")
     try:
         if args.command == "convert":
             return _convert(args)

@@ -1,4 +1,7 @@
-"""The ``upscale`` command: files or folders, resumable, with a progress bar over tiles x steps."""
+"""The ``upscale`` command: files or folders, resumable, with a progress bar over tiles x steps.
+
+``--method addsr`` (default) or ``seesr``: the same files, models and batch handling; only the
+sampler and its defaults differ (:mod:`.pipeline` / :mod:`.seesr`)."""
 from __future__ import annotations
 
 import os
@@ -6,8 +9,12 @@ from pathlib import Path
 
 import torch
 
+from . import pipeline, seesr
 from .cli import IMAGE_SUFFIXES, CLIError
-from .pipeline import AddSRModels, UpscaleOptions, build_prompts, condition_from_lr, count_network_calls, decode, finish, sample
+from .pipeline import AddSRModels, UpscaleOptions, condition_from_lr, decode, finish
+from .seesr import SeeSROptions
+
+METHODS = {"addsr": pipeline, "seesr": seesr}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -72,14 +79,11 @@ def run_upscale(args) -> int:
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    options = UpscaleOptions(
-        scale=args.scale, steps=args.steps, psr_weight=args.psr_weight, seed=args.seed, guidance_scale=args.cfg,
-        prompt=args.prompt, negative_prompt=args.negative, color_fix=args.color_fix, latent_tile_px=args.tile,
-        latent_overlap_px=args.tile_overlap, vae_encode_tile_px=args.vae_tile, vae_decode_tile_px=args.vae_tile,
-        use_tags=args.tag_list is not None,
-    )
+    method = METHODS[args.method]
+    options = build_options(args)
     try:
         options.validate()
+        options.sampling().validate()
     except ValueError as err:
         raise CLIError(str(err)) from None
     jobs = plan_jobs(args.input, args.output, args.overwrite)
@@ -90,7 +94,7 @@ def run_upscale(args) -> int:
     failures = 0
     for src, dst in jobs:
         try:
-            upscale_file(models, src, dst, options, device, tqdm)
+            upscale_file(models, src, dst, options, device, tqdm, method)
         except (ValueError, OSError) as err:
             failures += 1
             print(f"skipped {src.name}: {err}")
@@ -98,17 +102,37 @@ def run_upscale(args) -> int:
     return 1 if failures else 0
 
 
-def upscale_file(models, src: Path, dst: Path, options: UpscaleOptions, device, tqdm) -> None:
+def build_options(args) -> UpscaleOptions:
+    """The method's options; flags left unset (None) keep the method's official default."""
+    make = UpscaleOptions if args.method == "addsr" else SeeSROptions
+    defaults = make()
+
+    def pick(value, default):
+        return default if value is None else value
+
+    common = dict(
+        scale=args.scale, steps=pick(args.steps, defaults.steps), seed=args.seed,
+        guidance_scale=pick(args.cfg, defaults.guidance_scale), prompt=args.prompt, negative_prompt=args.negative,
+        color_fix=args.color_fix, latent_tile_px=pick(args.tile, defaults.latent_tile_px),
+        latent_overlap_px=pick(args.tile_overlap, defaults.latent_overlap_px), vae_encode_tile_px=args.vae_tile,
+        vae_decode_tile_px=args.vae_tile, use_tags=args.tag_list is not None,
+    )
+    if args.method == "addsr":
+        return make(psr_weight=args.psr_weight, **common)
+    return make(start_point=args.start_point, **common)
+
+
+def upscale_file(models, src: Path, dst: Path, options: UpscaleOptions, device, tqdm, method=pipeline) -> None:
     from .imaging.prepare import load_image, save_image
 
     loaded = load_image(src)
     lr = loaded.rgb.to(device)
     cond = condition_from_lr(models, lr, options)
-    prompt_embeds = models.text(build_prompts(cond, options))
+    prompt_embeds = models.text(method.build_prompts(cond, options))
     negative = models.text([options.negative_prompt]) if options.guidance_scale > 1 else None
-    total = count_network_calls(options, cond.moments.shape[-2:])
+    total = method.count_network_calls(options, cond.moments.shape[-2:])
     with tqdm(total=total, desc=src.name, unit="call") as bar:
-        z0 = sample(models, cond, prompt_embeds, negative, options, on_tile=lambda: bar.update(1))
+        z0 = method.sample(models, cond, prompt_embeds, negative, options, on_tile=lambda: bar.update(1))
     image = finish(decode(models, z0, options), cond, options)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + ".partial.png")
