@@ -16,6 +16,7 @@ from .sampling.denoisers import ControlNetDenoiser, TiledDenoiser, counting
 from .sampling.noise import NoiseSource
 from .sampling.seesr import DEFAULT_GUIDANCE, DEFAULT_STEPS, START_POINTS, SeeSRSampling, sample_seesr, seesr_noise
 from .sampling.tiling import tile_count
+from .text.conditioning import check_prompt_widths
 from .text.prompt import build_prompt
 
 SEESR_ADDED_PROMPT = "clean, high-resolution, 8k"  # test_seesr.py --added_prompt
@@ -98,6 +99,9 @@ def sample(
 ) -> torch.Tensor:
     """Run SeeSR's sampler; returns the scaled latent (like :func:`addsr_core.pipeline.sample`)."""
     options.validate()
+    # The AddSR sampler's check, before any work; the negative only matters when CFG uses it.
+    used_negative = negative_embeds if options.guidance_scale > 1 else None
+    check_prompt_widths(prompt_embeds, used_negative, models.unet.config.cross_attention_dim)
     device = next(models.unet.parameters()).device
     denoise = make_denoiser(models, options, cond.moments.shape[-2:], on_tile)
     with torch.no_grad():

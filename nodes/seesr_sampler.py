@@ -68,6 +68,8 @@ class SeeSRSampler:
             options.validate()
         except ValueError as err:
             raise AddSRInputError(str(err)) from None
-        z0 = run_sampler(addsr_model, addsr_cond, conditioning_tensor(positive),
-                         conditioning_tensor(negative, "negative") if cfg > 1 else None, options, method=seesr)
+        width = addsr_model.unet.module.config.cross_attention_dim
+        z0 = run_sampler(addsr_model, addsr_cond, conditioning_tensor(positive, width=width),
+                         conditioning_tensor(negative, "negative", width=width) if cfg > 1 else None, options,
+                         method=seesr)
         return (latent_output(addsr_cond, z0),)

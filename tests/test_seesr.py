@@ -282,3 +282,18 @@ def test_seeded_noise_keeps_separate_streams():
     side = a.draw("x", (3,), device="cpu", dtype=torch.float32)
     assert torch.equal(first, side)  # both streams start from the same seed
     assert torch.equal(SeededNoise(5).draw("y", (3,), device="cpu", dtype=torch.float32), first)
+
+
+def test_sd15_wide_prompts_are_refused_before_any_work(networks, tensors):
+    """The AddSR sampler's width check: a 768-wide (SD 1.x) prompt names the SD 2.x text encoder."""
+    from addsr_core.text.conditioning import TextWidthError
+
+    cond = _cond(tensors, networks)
+    prompt = tensors["inputs.prompt_embeds"]
+    sd15 = torch.randn(1, 77, 768)
+    with pytest.raises(TextWidthError, match="prompt conditioning is 768 wide.*SD 2.x text encoder"):
+        seesr_sample(networks, cond, sd15, prompt, SeeSROptions(steps=1))
+    with pytest.raises(TextWidthError, match="negative prompt conditioning is 768 wide"):
+        seesr_sample(networks, cond, prompt, sd15, SeeSROptions(steps=1))
+    # Without CFG the negative is unused, so its width does not matter.
+    seesr_sample(networks, cond, prompt, sd15, SeeSROptions(steps=1, guidance_scale=1.0))

@@ -111,3 +111,18 @@ def test_seesr_sampler_warns_on_addsr_weights_and_rejects_bad_inputs(kit, loaded
         nodes.SeeSRSampler().sample("nope", cond, clip.conditioning("x"), clip.conditioning("y"))
     with pytest.raises(AddSRInputError, match="start_point"):
         nodes.SeeSRSampler().sample(addsr, cond, clip.conditioning("x"), clip.conditioning("y"), start_point="middle")
+
+
+def test_seesr_sampler_refuses_sd15_conditioning(kit, loaded):
+    """Same check and message as the AddSR Sampler (nodes.common.conditioning_tensor with the UNet's width)."""
+    from addsr_core.tiny import TEXT_WIDTH
+
+    model, cond, clip = loaded
+    sd15 = [[torch.randn(1, 77, 768), {"pooled_output": None}]]
+    with pytest.raises(AddSRInputError) as err:
+        nodes.SeeSRSampler().sample(model, cond, sd15, clip.conditioning("y"), steps=1)
+    for words in ("positive conditioning is 768 wide (an SD 1.x CLIP)", f"needs {TEXT_WIDTH}",
+                  "SD 2.x checkpoint, 1024 wide", "Load Checkpoint", "CLIP Text Encode"):
+        assert words in str(err.value), str(err.value)
+    with pytest.raises(AddSRInputError, match="negative conditioning is 768 wide"):
+        nodes.SeeSRSampler().sample(model, cond, clip.conditioning("x"), sd15, steps=1, cfg=5.5)
