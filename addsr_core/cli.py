@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("output", type=Path)
     pack.add_argument("--dtype", default="fp16", choices=["fp32", "fp16", "bf16"])
     pack.add_argument("--include-vae", action="store_true", help="also pack a vae/ subfolder")
+    pack.add_argument("--family", default="auto", choices=["auto", "addsr", "seesr"],
+                      help="record which sampler the weights are for (the releases look alike); auto: seesr when "
+                           "the folder's name contains 'seesr', else nothing recorded (the loader goes by file name)")
     unpack = conv_sub.add_parser("unpack")
     unpack.add_argument("packed", type=Path)
     unpack.add_argument("output", type=Path)
@@ -117,10 +120,24 @@ def _convert(args) -> int:
     from .loading.to_safetensors import write_safetensors_copy
 
     if args.action == "pack":
-        out = pack_release(args.folder, args.output, dtype=args.dtype, include_vae=args.include_vae)
+        family = _pack_family(args.family, args.folder)
+        out = pack_release(args.folder, args.output, dtype=args.dtype, include_vae=args.include_vae, family=family)
+        print(f"family: {family} (recorded in the file)" if family else
+              "family: not recorded (AddSR unless the file name contains 'seesr'; --family seesr records it)")
     elif args.action == "safetensors":
         out = write_safetensors_copy(args.input, args.output)
     else:
         out = unpack_release(args.packed, args.output)
     print(f"wrote {out}")
     return 0
+
+
+def _pack_family(choice: str, folder: Path) -> str | None:
+    """The family to record: the choice, or for auto the loader's name rule, but only when it is sure
+    (recording "addsr" for an unrecognised folder would override a telling output name later)."""
+    from .loading.family import resolve_family
+
+    if choice != "auto":
+        return choice
+    family, why = resolve_family(folder.resolve())
+    return family if why == "name" else None

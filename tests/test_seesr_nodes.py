@@ -126,3 +126,31 @@ def test_seesr_sampler_refuses_sd15_conditioning(kit, loaded):
         assert words in str(err.value), str(err.value)
     with pytest.raises(AddSRInputError, match="negative conditioning is 768 wide"):
         nodes.SeeSRSampler().sample(model, cond, clip.conditioning("x"), sd15, steps=1, cfg=5.5)
+
+
+def test_convert_pack_records_the_family_the_loader_reads(kit, tmp_path, monkeypatch, capsys):
+    """`convert pack --family seesr` writes the metadata family=auto reads, whatever the file is called."""
+    from addsr_core import cli
+    from addsr_core.loading import read_safetensors_metadata
+
+    seesr_folder = kit["addsr"].parent / "SeeSR-tiny"
+    packs = {
+        "neutral_a.safetensors": (kit["addsr"], ["--family", "seesr"]),  # explicit choice wins over the folder
+        "neutral_b.safetensors": (seesr_folder, []),  # auto: the folder's name says seesr
+        "neutral_c.safetensors": (kit["addsr"], []),  # auto, nothing telling: nothing recorded
+        "seesr_named.safetensors": (seesr_folder, ["--family", "addsr"]),  # recorded addsr beats the name
+    }
+    for name, (folder, extra) in packs.items():
+        assert cli.main(["convert", "pack", str(folder), str(tmp_path / name), "--dtype", "fp32", *extra]) == 0
+    assert "family: seesr (recorded" in capsys.readouterr().out
+    assert "family" not in read_safetensors_metadata(tmp_path / "neutral_c.safetensors")
+    monkeypatch.setenv("ADDSR_ADDSR_DIR", str(tmp_path))
+    load = nodes.AddSRModelLoader().load
+    assert [load(name, "fp32")[0].family for name in packs] == ["seesr", "seesr", "addsr", "addsr"]
+    assert resolve_family(tmp_path / "neutral_a.safetensors") == ("seesr", "file metadata")
+    with pytest.raises(SystemExit):
+        cli.main(["convert", "pack", str(seesr_folder), str(tmp_path / "x.safetensors"), "--family", "sdxl"])
+    from addsr_core.loading.pack import pack_release
+
+    with pytest.raises(ValueError, match="family must be one of"):
+        pack_release(seesr_folder, tmp_path / "x.safetensors", family="sdxl")

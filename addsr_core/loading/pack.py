@@ -32,14 +32,25 @@ def is_packed_file(path) -> bool:
         return False
 
 
-def pack_release(folder, out_file, *, dtype: str = "fp16", include_vae: bool = False) -> Path:
-    """Pack ``folder`` (with ``unet/`` and ``controlnet/``, optionally ``vae/``) into one file."""
+def pack_release(folder, out_file, *, dtype: str = "fp16", include_vae: bool = False,
+                 family: str | None = None) -> Path:
+    """Pack ``folder`` (with ``unet/`` and ``controlnet/``, optionally ``vae/``) into one file.
+
+    ``family`` ("addsr"/"seesr") goes into the metadata that :mod:`.family` reads, since the weights
+    cannot tell the two releases apart; None records nothing (the loader then goes by name).
+    """
     from safetensors.torch import save_file
+
+    from .family import FAMILIES, METADATA_KEY
 
     folder, out_file = Path(folder), Path(out_file)
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+    if family is not None and family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     tensors, metadata = {}, {"format": FORMAT, "format_version": FORMAT_VERSION, "dtype": dtype}
+    if family is not None:
+        metadata[METADATA_KEY] = family
     parts = PARTS if include_vae else PARTS[:2]
     for part in parts:
         config, sd, _ = read_diffusers_folder(folder, part, dtype=DTYPES[dtype])
