@@ -11,6 +11,7 @@ import torch
 
 from . import pipeline, seesr
 from .cli import IMAGE_SUFFIXES, CLIError
+from .precision import apply_precision, resolve_precision
 from .pipeline import AddSRModels, UpscaleOptions, condition_from_lr, decode, finish
 from .seesr import SeeSROptions
 
@@ -34,10 +35,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return table[name]
+    """--dtype: auto is the device policy of :mod:`.precision` (fp32 where low precision is not fast)."""
+    return resolve_precision(name, device).dtype
 
 
 def plan_jobs(source: Path, output: Path, overwrite: bool, suffix: str = ".png") -> list[tuple[Path, Path]]:
@@ -65,10 +64,14 @@ def load_models(args, device, dtype) -> AddSRModels:
     from .ram import load_ram
     from .text import TextConditioner
 
+    precision = resolve_precision(args.dtype, device)
+    dtype = precision.dtype
     unet, controlnet = load_addsr(args.addsr, dtype=dtype, device=device)
     vae = load_vae(args.sd2, dtype=dtype, device=device)
     ram, tagger = load_ram(args.ram, args.dape, tag_list=args.tag_list, dtype=dtype, device=device)
     text = TextConditioner.from_pretrained(args.sd2, args.tokenizer, dtype=dtype, device=device)
+    for network in (unet, controlnet, vae, ram):  # NHWC convs with low precision (the text encoder has none)
+        apply_precision(network, precision)
     return AddSRModels(unet, controlnet, vae, ram, tagger, text)
 
 
