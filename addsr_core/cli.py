@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--prompt", default="")
     up.add_argument("--negative", default="dotted, noise, blur, lowres, smooth")
     up.add_argument("--color-fix", default="adain", choices=["adain", "wavelet", "none"])
+    up.add_argument("--rounding", default="float", choices=["float", "official"],
+                    help="float: colour fix in float, round once (default); official: round the decode to 8 bits, "
+                         "colour fix, truncate, as the official test_addsr.py (reproduces its PNG)")
     up.add_argument("--seed", type=int, default=0)
     up.add_argument("--tile", type=int, help="diffusion tile size in output pixels (AddSR 1024, SeeSR 768)")
     up.add_argument("--tile-overlap", type=int, help="diffusion tile overlap in output pixels (AddSR 256, SeeSR 32)")

@@ -118,7 +118,7 @@ def build_options(args) -> UpscaleOptions:
         guidance_scale=pick(args.cfg, defaults.guidance_scale), prompt=args.prompt, negative_prompt=args.negative,
         color_fix=args.color_fix, latent_tile_px=pick(args.tile, defaults.latent_tile_px),
         latent_overlap_px=pick(args.tile_overlap, defaults.latent_overlap_px), vae_encode_tile_px=args.vae_tile,
-        vae_decode_tile_px=args.vae_tile, use_tags=args.tag_list is not None,
+        vae_decode_tile_px=args.vae_tile, use_tags=args.tag_list is not None, rounding=args.rounding,
     )
     if args.method == "addsr":
         return make(psr_weight=args.psr_weight, **common)

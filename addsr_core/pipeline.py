@@ -19,6 +19,11 @@ from .text.conditioning import check_prompt_widths
 
 from .text.prompt import DEFAULT_NEGATIVE_PROMPT as DEFAULT_NEGATIVE
 COLOR_FIXES = ("adain", "wavelet", "none")
+# How the decoded image becomes 8 bits. "float" (ours, default): colour fix in float, one rounding at
+# save time. "official": test_addsr.py's route: the pipeline's 'pil' output rounds the decode to 8
+# bits, the colour fix runs on that and the 8-bit LR, and ToPILImage truncates; it reproduces the
+# official PNG. The two differ by up to 2 levels (ours ~0.4 levels brighter on average).
+ROUNDINGS = ("float", "official")
 
 
 @dataclass
@@ -51,8 +56,11 @@ class UpscaleOptions:
     vae_encode_tile_px: int = 1024
     vae_decode_tile_px: int = 1792  # the official decoder tile (224 latents)
     vae_overlap_px: int = 64
+    rounding: str = "float"  # see ROUNDINGS
 
     def validate(self) -> None:
+        if self.rounding not in ROUNDINGS:
+            raise ValueError(f"rounding must be one of {ROUNDINGS}, got {self.rounding!r}")
         if self.scale < 1:
             raise ValueError(f"scale must be >= 1, got {self.scale}")
         if self.color_fix not in COLOR_FIXES:
@@ -201,14 +209,24 @@ def finish(images: torch.Tensor, cond: LRCondition, options: UpscaleOptions) -> 
     from .imaging.prepare import resize_to
 
     source = cond.control_image.to(images.device, images.dtype)
+    official = options.rounding == "official"
+    if official:  # the 8-bit images test_addsr.py hands to the colour fix
+        images, source = to_8bit_grid(images, torch.round), to_8bit_grid(source, torch.round)
     if options.color_fix == "adain":
         images = adain_color_fix(images, source)
     elif options.color_fix == "wavelet":
         images = wavelet_color_fix(images, source)
     images = images.clamp(0, 1)
+    if official and options.color_fix != "none":
+        images = to_8bit_grid(images, torch.floor)  # ToPILImage truncates
     if tuple(images.shape[-2:]) != cond.output_size:
         images = resize_to(images, cond.output_size)
     return images
+
+
+def to_8bit_grid(images: torch.Tensor, quantize) -> torch.Tensor:
+    """[0,1] float -> the nearest (round) or lower (floor) of the 256 8-bit levels, still as float."""
+    return quantize(images.clamp(0, 1) * 255) / 255
 
 
 def build_prompts(cond: LRCondition, options: UpscaleOptions) -> list[str]:
