@@ -39,8 +39,23 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return resolve_precision(name, device).dtype
 
 
-def plan_jobs(source: Path, output: Path, overwrite: bool, suffix: str = ".png") -> list[tuple[Path, Path]]:
-    """(input, output) pairs; existing outputs are skipped so a killed batch resumes."""
+def rank_shard() -> tuple[int, int]:
+    """(rank, world size) when started by torchrun (it sets RANK and WORLD_SIZE), else (0, 1)."""
+    try:
+        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    except ValueError:
+        raise CLIError("RANK and WORLD_SIZE must be integers (they are set by torchrun)") from None
+    if world < 1 or not 0 <= rank < world:
+        raise CLIError(f"RANK {rank} is not within WORLD_SIZE {world}")
+    return rank, world
+
+
+def plan_jobs(source: Path, output: Path, overwrite: bool, suffix: str = ".png",
+              shard: tuple[int, int] = (0, 1)) -> list[tuple[Path, Path]]:
+    """(input, output) pairs; existing outputs are skipped so a killed batch resumes.
+
+    ``shard`` (rank, world): every world-th file of the sorted list, taken BEFORE the resume filter, so
+    which rank owns a file never depends on what the other ranks have already written."""
     if not source.exists():
         raise CLIError(f"input {str(source)!r} does not exist")
     if source.is_file():
@@ -55,7 +70,8 @@ def plan_jobs(source: Path, output: Path, overwrite: bool, suffix: str = ".png")
         if not files:
             raise CLIError(f"no images in {str(source)!r}")
         jobs = [(p, output / (p.stem + suffix)) for p in files]
-    return [(src, dst) for src, dst in jobs if overwrite or not dst.exists()]
+    rank, world = shard
+    return [(src, dst) for src, dst in jobs[rank::world] if overwrite or not dst.exists()]
 
 
 def load_models(args, device, dtype) -> AddSRModels:
@@ -80,18 +96,22 @@ def run_upscale(args) -> int:
 
     from .imaging.prepare import load_image, save_image
 
+    rank, world = rank_shard()
     device = resolve_device(args.device)
+    if world > 1 and device.type == "cuda" and device.index is None:  # torchrun: one GPU per rank
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
     dtype = resolve_dtype(args.dtype, device)
     method = METHODS[args.method]
+    who = f"rank {rank}/{world}: " if world > 1 else ""
     options = build_options(args)
     try:
         options.validate()
         options.sampling().validate()
     except ValueError as err:
         raise CLIError(str(err)) from None
-    jobs = plan_jobs(args.input, args.output, args.overwrite)
+    jobs = plan_jobs(args.input, args.output, args.overwrite, shard=(rank, world))
     if not jobs:
-        print("nothing to do: every output exists (use --overwrite to redo them)")
+        print(f"{who}nothing to do: every output exists (use --overwrite to redo them)")
         return 0
     models = load_models(args, device, dtype)
     failures = 0
@@ -100,8 +120,8 @@ def run_upscale(args) -> int:
             upscale_file(models, src, dst, options, device, tqdm, method)
         except (ValueError, OSError) as err:
             failures += 1
-            print(f"skipped {src.name}: {err}")
-    print(f"done: {len(jobs) - failures} written, {failures} failed")
+            print(f"{who}skipped {src.name}: {err}")
+    print(f"{who}done: {len(jobs) - failures} written, {failures} failed")
     return 1 if failures else 0
 
 
