@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from comfy_host.fixtures import comfy, comfy_server, requires_comfyui  # noqa: F401
@@ -146,8 +147,8 @@ def test_builder_reproduces_the_shipped_files(tmp_path):
     """workflows/*.json are exactly what tools/build_workflows.py writes (no hand edits drift)."""
     import build_workflows
 
-    ours = {name for name in build_workflows.WORKFLOWS if name.startswith("addsr_")}
-    assert ours <= {p.stem for p in WORKFLOWS}
+    ours = set(build_workflows.WORKFLOWS)  # every family's (AddSR, SeeSR, StableSR)
+    assert ours == {p.stem for p in WORKFLOWS}
     for name in sorted(ours):
         written = build_workflows.write_workflow(name, tmp_path)
         assert json.loads(written.read_text()) == json.loads((REPO / "workflows" / f"{name}.json").read_text()), name
@@ -158,6 +159,33 @@ def test_install_tiny_models_fails_loudly_for_unknown_loaders(tmp_path):
     definitions = {"SomeNewLoader": {"input": {"required": {"ckpt": [["weights.safetensors"]]}}, "output": ["X"]}}
     with pytest.raises(UnsupportedLoaderError, match="SomeNewLoader.*weights.safetensors"):
         install_tiny_models(tmp_path, workflow, definitions)
+
+
+def test_install_tiny_models_gives_each_model_loader_its_own_family(tmp_path, monkeypatch):
+    """addsr_vs_seesr has two AddSR Load Model nodes: each gets its own tiny files, SeeSR's seeded apart
+    from AddSR's and (packed) recorded as SeeSR, so the loader tells them apart as it would the releases."""
+    import copy
+
+    import nodes
+    from addsr_core.loading.family import resolve_family
+    from addsr_core.loading.pack import load_addsr
+
+    workflow = load_ui_workflow(REPO / "workflows" / "addsr_vs_seesr.json")
+    loaders = {n["widgets_values"][0]: n for n in workflow["nodes"] if n["type"] == "AddSRModelLoader"}
+    assert {name: n["widgets_values"][2] for name, n in loaders.items()} == {"addsr": "auto", "seesr": "seesr"}
+    written = install_tiny_models(tmp_path / "folders", workflow)
+    paths = {name: written[str(n["id"])]["model"] for name, n in loaders.items()}
+    weights = {name: next(load_addsr(path)[0].parameters()) for name, path in paths.items()}
+    assert paths["addsr"] != paths["seesr"] and not torch.equal(weights["addsr"], weights["seesr"])
+    monkeypatch.setenv("ADDSR_ADDSR_DIR", str(tmp_path / "folders" / "addsr"))
+    assert [nodes.AddSRModelLoader().load(name, "fp32", family)[0].family for name, family in
+            (("addsr", "auto"), ("seesr", "seesr"))] == ["addsr", "seesr"]
+
+    packed = copy.deepcopy(workflow)  # a packed SeeSR file under a neutral name carries its family
+    node = next(n for n in packed["nodes"] if n["widgets_values"][:1] == ["seesr"])
+    node["widgets_values"][0] = "weights_fp16.safetensors"
+    path = install_tiny_models(tmp_path / "packed", packed)[str(node["id"])]["model"]
+    assert resolve_family(path) == ("seesr", "file metadata")
 
 
 def test_standins_match_the_core_definitions(tmp_path, offline_definitions):

@@ -69,21 +69,50 @@ NEGATIVE_PROMPT = "dotted, noise, blur, lowres, smooth"  # official
 # Official prompt: f"{tags}, {user_prompt}," + added, with an empty user prompt -> "tags, ,clean, ...".
 OFFICIAL_DELIMITER = ", ,"
 
-FILES_NOTE = f"""## Files this workflow needs
+SEESR_FOLDER = "seesr"  # the official SeeSR release folder (same layout), in models/addsr/
+URLS[SEESR_FOLDER] = URLS[DAPE_FILE]  # SeeSR's Google Drive folder holds seesr/ and DAPE.pth
+
+
+@dataclass(frozen=True)
+class Release:
+    """One UNet + ControlNet release folder a workflow loads with AddSR Load Model."""
+
+    folder: str
+    label: str  # "AddSR release folder"
+    pack_name: str  # the packed file the Note's convert command writes
+    pack_flags: str = ""  # extra convert pack flags (SeeSR: --family seesr)
+
+
+ADDSR_RELEASE = Release(ADDSR_FOLDER, "AddSR release folder", "addsr_fp16.safetensors")
+SEESR_RELEASE = Release(SEESR_FOLDER, "SeeSR release folder", "seesr_fp16.safetensors", " --family seesr")
+
+
+def files_note(releases=(ADDSR_RELEASE,), dape_role: str = "AddSR's degradation-aware RAM LoRA") -> str:
+    """The Model files Note: where each file goes (only the SD2 checkpoint is in properties.models)."""
+    rows = "".join(
+        f"| {r.label} `{r.folder}/` (with `unet/` and `controlnet/`) | `ComfyUI/models/addsr/{r.folder}/` "
+        f"([Google Drive]({URLS[r.folder]})) |\n" for r in releases)
+    one = len(releases) == 1
+    packs = " or\n".join(
+        f"`python -m addsr_core convert pack <{'release folder' if one else r.label}> models/addsr/{r.pack_name} "
+        f"--dtype fp16{r.pack_flags}`" for r in releases)
+    return f"""## Files this workflow needs
 
 | file | put it in |
 |---|---|
 | `{SD2_CHECKPOINT}` (SD 2 base: its VAE and text encoder are used) | `ComfyUI/models/checkpoints/` ([download]({URLS[SD2_CHECKPOINT]})) |
-| AddSR release folder `{ADDSR_FOLDER}/` (with `unet/` and `controlnet/`) | `ComfyUI/models/addsr/{ADDSR_FOLDER}/` ([Google Drive]({URLS[ADDSR_FOLDER]})) |
-| `{RAM_FILE}` (RAM Swin-L) | `ComfyUI/models/ram/` ([download]({URLS[RAM_FILE]})) |
-| `{DAPE_FILE}` (AddSR's degradation-aware RAM LoRA) | `ComfyUI/models/ram/` ([Google Drive]({URLS[DAPE_FILE]})) |
+{rows}| `{RAM_FILE}` (RAM Swin-L) | `ComfyUI/models/ram/` ([download]({URLS[RAM_FILE]})) |
+| `{DAPE_FILE}` ({dape_role}) | `ComfyUI/models/ram/` ([Google Drive]({URLS[DAPE_FILE]})) |
 | `{TAG_LIST}` and `ram_tag_list_threshold.txt` | `ComfyUI/models/ram/`, side by side ([RAM's ram/data]({URLS[TAG_LIST]})) |
 
-A packed single file works too: `python -m addsr_core convert pack <release folder> models/addsr/addsr_fp16.safetensors --dtype fp16`,
+A packed single file works too: {packs},
 then pick it in **AddSR Load Model**. `.safetensors` copies of the `.pth` files work in **AddSR Load RAM**:
 `python -m addsr_core convert safetensors models/ram/{RAM_FILE}` (likewise `{DAPE_FILE}`).
 Missing files show their expected name in the loader widgets.
 """
+
+
+FILES_NOTE = files_note()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,11 +248,17 @@ class Loaded:
     ram: int
 
 
-def _load_nodes(b: WorkflowBuilder) -> Loaded:
+def _model_loader(b: WorkflowBuilder, release: Release = ADDSR_RELEASE, family: str = "auto",
+                  title: str | None = None) -> int:
+    return b.add("AddSRModelLoader", title=title, model=release.folder, dtype="auto", family=family)
+
+
+def _load_nodes(b: WorkflowBuilder, release: Release = ADDSR_RELEASE, family: str = "auto",
+                model_title: str | None = None) -> Loaded:
     loaded = Loaded(
         image=b.add("LoadImage", title="Low-resolution image", image=INPUT_IMAGE),
         checkpoint=b.add("CheckpointLoaderSimple", title="SD2 base (VAE + CLIP)", ckpt_name=SD2_CHECKPOINT),
-        addsr=b.add("AddSRModelLoader", model=ADDSR_FOLDER, dtype="auto"),
+        addsr=_model_loader(b, release, family, model_title),
         ram=b.add("AddSRRAMLoader", ram=RAM_FILE, dape=DAPE_FILE, dtype="auto", tag_list=TAG_LIST),
     )
     for node_id in (loaded.checkpoint, loaded.ram):
@@ -231,61 +266,114 @@ def _load_nodes(b: WorkflowBuilder) -> Loaded:
     return loaded
 
 
-def _place_loaders(layout: Layout, loaded: Loaded, note: int) -> None:
+def _place_loaders(layout: Layout, loaded: Loaded, note: int, *extra: int) -> None:
     layout.place(note, 0, width=420, height=420)
     layout.place(loaded.image, 1, height=330)
-    layout.place(loaded.checkpoint, 1)
-    layout.place(loaded.addsr, 1)
-    layout.place(loaded.ram, 1)
+    for node_id in (loaded.checkpoint, loaded.addsr, *extra, loaded.ram):
+        layout.place(node_id, 1)
 
 
-def _modular(name: str, *, steps: int, sampler_tile: int, sampler_overlap: int, vae_tile: int,
-             decode_tile: int, about: str) -> dict:
+@dataclass
+class Prompts:
+    tagger: int
+    concat: int
+    positive: int
+    negative: int
+
+
+def _prompt_nodes(b: WorkflowBuilder, loaded: Loaded, *, added: str = ADDED_PROMPT,
+                  negative_title: str = "Negative prompt (used when cfg > 1)") -> Prompts:
+    """RAM tags -> Concatenate with the quality words (official delimiter) -> CLIP Text Encode, + negative."""
+    prompts = Prompts(
+        tagger=b.add("AddSRTagger"),
+        concat=b.add("StringConcatenate", title="Prompt: tags + official quality words",
+                     string_a="", string_b=added, delimiter=OFFICIAL_DELIMITER),
+        positive=b.add("CLIPTextEncode", title="Positive prompt", text=""),
+        negative=b.add("CLIPTextEncode", title=negative_title, text=NEGATIVE_PROMPT),
+    )
+    c = b.connect
+    c(loaded.image, "IMAGE", prompts.tagger, "image")
+    c(loaded.ram, "ram", prompts.tagger, "ram")
+    c(prompts.tagger, "tags", prompts.concat, "string_a")
+    c(prompts.concat, "STRING", prompts.positive, "text")
+    c(loaded.checkpoint, "CLIP", prompts.positive, "clip")
+    c(loaded.checkpoint, "CLIP", prompts.negative, "clip")
+    return prompts
+
+
+def _encode_lr(b: WorkflowBuilder, loaded: Loaded, vae_tile: int) -> int:
+    encode = b.add("AddSREncodeLR", scale=4, vae_tile_size=vae_tile, min_size=512)
+    b.connect(loaded.image, "IMAGE", encode, "image")
+    b.connect(loaded.checkpoint, "VAE", encode, "vae")
+    b.connect(loaded.ram, "ram", encode, "ram")
+    return encode
+
+
+def _sampler(b: WorkflowBuilder, method: "Method", model: int, encode: int, prompts: Prompts,
+             title: str | None = None) -> int:
+    """AddSR Sampler or SeeSR Sampler (same sockets) on the Encode LR bundle and the prompts."""
+    sampler = b.add(method.sampler, title=title, **method.values)
+    b.connect(model, "addsr_model", sampler, "addsr_model")
+    b.connect(encode, "addsr_cond", sampler, "addsr_cond")
+    b.connect(prompts.positive, "CONDITIONING", sampler, "positive")
+    b.connect(prompts.negative, "CONDITIONING", sampler, "negative")
+    return sampler
+
+
+def _decode_and_fix(b: WorkflowBuilder, loaded: Loaded, sampler: int, decode_tile: int, *,
+                    titles: tuple = (None, None)) -> tuple[int, int]:
+    """Tiled VAE Decode of the sampler's latent, then the adain colour fix against the LR."""
+    decode = b.add("AddSRTiledVAEDecode", title=titles[0], tile_size=decode_tile, overlap=64)
+    colorfix = b.add("AddSRColorFix", title=titles[1], method="adain")
+    b.connect(sampler, "latent", decode, "samples")
+    b.connect(loaded.checkpoint, "VAE", decode, "vae")
+    b.connect(decode, "IMAGE", colorfix, "image")
+    b.connect(loaded.image, "IMAGE", colorfix, "reference")
+    return decode, colorfix
+
+
+@dataclass(frozen=True)
+class Method:
+    """The sampler of a modular graph, and what differs with it (SeeSR: its files, prompt, group title)."""
+
+    sampler: str
+    values: dict
+    release: Release = ADDSR_RELEASE
+    family: str = "auto"
+    added_prompt: str = ADDED_PROMPT
+    negative_title: str = "Negative prompt (used when cfg > 1)"
+    model_title: str | None = None
+    section: str = "AddSR"
+    files_note: str = FILES_NOTE
+
+
+def _addsr_method(*, steps: int = 4, tile: int = 1024, overlap: int = 256) -> Method:
+    return Method("AddSRSampler", dict(seed=0, steps=steps, psr_weight=0.4, cfg=0.0, tile_size=tile,
+                                       tile_overlap=overlap, recompute_tokens=True))
+
+
+def _modular(name: str, *, steps: int = 4, sampler_tile: int = 1024, sampler_overlap: int = 256, vae_tile: int,
+             decode_tile: int, about: str, method: Method | None = None) -> dict:
     """LoadImage -> tags -> prompt -> Encode LR -> Sampler -> Tiled Decode -> Colour Fix -> Save."""
+    method = method or _addsr_method(steps=steps, tile=sampler_tile, overlap=sampler_overlap)
     b = WorkflowBuilder(definitions(), _stable_id(name))
     layout = Layout(b)
     layout.leave_room_for_groups()
-    files = b.note(FILES_NOTE, title="Model files")
-    loaded = _load_nodes(b)
-
-    tagger = b.add("AddSRTagger")
-    concat = b.add("StringConcatenate", title="Prompt: tags + official quality words",
-                   string_a="", string_b=ADDED_PROMPT, delimiter=OFFICIAL_DELIMITER)
-    positive = b.add("CLIPTextEncode", title="Positive prompt", text="")
-    negative = b.add("CLIPTextEncode", title="Negative prompt (used when cfg > 1)", text=NEGATIVE_PROMPT)
-    encode = b.add("AddSREncodeLR", scale=4, vae_tile_size=vae_tile, min_size=512)
-    sampler = b.add("AddSRSampler", seed=0, steps=steps, psr_weight=0.4, cfg=0.0, tile_size=sampler_tile,
-                    tile_overlap=sampler_overlap, recompute_tokens=True)
-    decode = b.add("AddSRTiledVAEDecode", tile_size=decode_tile, overlap=64)
-    colorfix = b.add("AddSRColorFix", method="adain")
+    files = b.note(method.files_note, title="Model files")
+    loaded = _load_nodes(b, method.release, method.family, method.model_title)
+    prompts = _prompt_nodes(b, loaded, added=method.added_prompt, negative_title=method.negative_title)
+    encode = _encode_lr(b, loaded, vae_tile)
+    sampler = _sampler(b, method, loaded.addsr, encode, prompts)
+    decode, colorfix = _decode_and_fix(b, loaded, sampler, decode_tile)
     save = b.add("SaveImage", filename_prefix=f"AddSR/{name}")
     preview = b.add("PreviewImage", title="Preview: before colour fix")
     about_note = b.note(about, title="About this workflow")
-
-    c = b.connect
-    c(loaded.image, "IMAGE", tagger, "image")
-    c(loaded.ram, "ram", tagger, "ram")
-    c(tagger, "tags", concat, "string_a")
-    c(concat, "STRING", positive, "text")
-    c(loaded.checkpoint, "CLIP", positive, "clip")
-    c(loaded.checkpoint, "CLIP", negative, "clip")
-    c(loaded.image, "IMAGE", encode, "image")
-    c(loaded.checkpoint, "VAE", encode, "vae")
-    c(loaded.ram, "ram", encode, "ram")
-    c(loaded.addsr, "addsr_model", sampler, "addsr_model")
-    c(encode, "addsr_cond", sampler, "addsr_cond")
-    c(positive, "CONDITIONING", sampler, "positive")
-    c(negative, "CONDITIONING", sampler, "negative")
-    c(sampler, "latent", decode, "samples")
-    c(loaded.checkpoint, "VAE", decode, "vae")
-    c(decode, "IMAGE", colorfix, "image")
-    c(loaded.image, "IMAGE", colorfix, "reference")
-    c(colorfix, "IMAGE", save, "images")
-    c(decode, "IMAGE", preview, "images")
+    b.connect(colorfix, "IMAGE", save, "images")
+    b.connect(decode, "IMAGE", preview, "images")
 
     _place_loaders(layout, loaded, files)
     layout.place(about_note, 0, width=420, height=260)
-    for node_id in (tagger, concat, positive, negative):
+    for node_id in (prompts.tagger, prompts.concat, prompts.positive, prompts.negative):
         layout.place(node_id, 2)
     for node_id in (encode, sampler):
         layout.place(node_id, 3)
@@ -294,8 +382,9 @@ def _modular(name: str, *, steps: int, sampler_tile: int, sampler_overlap: int, 
     layout.place(save, 5, width=420, height=420)
     layout.place(preview, 5, width=420, height=420)
     layout.group("1. Input and models", [loaded.image, loaded.checkpoint, loaded.addsr, loaded.ram])
-    layout.group("2. Prompt from RAM tags", [tagger, concat, positive, negative], color="#8a8")
-    layout.group("3. AddSR", [encode, sampler], color="#b58b2a")
+    layout.group("2. Prompt from RAM tags", [prompts.tagger, prompts.concat, prompts.positive, prompts.negative],
+                 color="#8a8")
+    layout.group(f"3. {method.section}", [encode, sampler], color="#b58b2a")
     layout.group("4. Decode and colour fix", [decode, colorfix], color="#a1309b")
     layout.group("5. Output", [save, preview], color="#444")
     return b.build_with(layout)
@@ -397,8 +486,10 @@ THUMBNAILS: dict[str, dict] = {
 # Other families register their workflows here (each module adds its own entries).
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+import seesr_workflows  # noqa: E402
 import stablesr_workflows  # noqa: E402
 
+seesr_workflows.register(sys.modules[__name__])
 stablesr_workflows.register(sys.modules[__name__])
 
 

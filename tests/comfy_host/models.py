@@ -120,18 +120,27 @@ def default_definitions() -> dict:
 # AddSR loaders
 
 
+TINY_SEEDS = {"addsr": 0, "seesr": 1}  # SeeSR's tiny weights differ from AddSR's, as the releases do
+
+
 @register_loader("AddSRModelLoader")
 def _addsr_model(models_dir: Path, values: Mapping, target: TinyTarget) -> dict:
+    """Tiny weights of the family the node loads them as (its ``family`` widget, else the name rule);
+    each loader node gets its own files, so AddSR and SeeSR loaders side by side both work."""
+    from addsr_core.loading.family import resolve_family
+
     name = values["model"]
     dest = models_dir / "addsr" / name
-    if name.endswith(".safetensors"):  # our packed single file
+    family, _ = resolve_family(dest, values.get("family", "auto"))
+    seed = TINY_SEEDS[family]
+    if name.endswith(".safetensors"):  # our packed single file, with the family recorded
         from addsr_core.loading.pack import pack_release
 
         with tempfile.TemporaryDirectory(prefix="addsr-tiny-release-") as tmp:
-            write_tiny_addsr(Path(tmp), cross_attention_dim=target.text_width)
-            pack_release(tmp, dest, dtype="fp32")
+            write_tiny_addsr(Path(tmp), seed, cross_attention_dim=target.text_width)
+            pack_release(tmp, dest, dtype="fp32", family=family)
     else:  # the official release folder
-        write_tiny_addsr(dest, cross_attention_dim=target.text_width)
+        write_tiny_addsr(dest, seed, cross_attention_dim=target.text_width)
     return {"model": dest}
 
 

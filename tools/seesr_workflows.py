@@ -1,0 +1,106 @@
+"""The SeeSR workflows (workflows/seesr_quality_50.json, workflows/addsr_vs_seesr.json) and their thumbnails.
+
+    python tools/build_workflows.py seesr_quality_50 addsr_vs_seesr     # registered there
+
+SeeSR runs on the AddSR nodes and files (only the sampler differs), so these graphs are built from
+tools/build_workflows.py's own pieces: the same loaders, prompt chain, Encode LR, decode and colour
+fix, layout and Note rules as the AddSR workflows.
+"""
+from __future__ import annotations
+
+DAPE_ROLE = "SeeSR's degradation-aware RAM LoRA, which AddSR uses too"
+
+
+def _seesr_method(bw):
+    """test_seesr.py's setting: 50 DDPM steps, CFG 5.5 with the negative, 96/4-latent tiles, from the LR."""
+    from addsr_core import seesr
+
+    values = dict(seed=0, steps=seesr.DEFAULT_STEPS, cfg=seesr.DEFAULT_GUIDANCE, tile_size=seesr.OFFICIAL_TILE,
+                  tile_overlap=seesr.OFFICIAL_OVERLAP, start_point="lr", official_tiles=True)
+    return bw.Method(
+        "SeeSRSampler", values, release=bw.SEESR_RELEASE, family="seesr", added_prompt=seesr.SEESR_ADDED_PROMPT,
+        negative_title="Negative prompt (official; cfg 5.5 uses it)", model_title="SeeSR weights (family seesr)",
+        section="SeeSR (50 steps, cfg 5.5)", files_note=bw.files_note((bw.SEESR_RELEASE,), DAPE_ROLE),
+    )
+
+
+def seesr_quality_50(bw) -> dict:
+    return bw._modular(
+        "seesr_quality_50", vae_tile=1024, decode_tile=1024, method=_seesr_method(bw),
+        about="## SeeSR 4x, 50 steps (quality)\n\nThe official SeeSR run (`test_seesr.py`): **50 DDPM steps** "
+              "from the LR latent noised to t=999, **CFG 5.5** with the negative prompt, RAM tags + "
+              "'clean, high-resolution, 8k' as the prompt, 96-latent (768 px) tiles with 4 overlap, **adain** "
+              "colour fix.\n\nSlow: 100 network calls per tile (50 steps, CFG doubles each) against AddSR's 4. "
+              "*AddSR Load Model* has family **seesr**; the SeeSR Sampler warns when given AddSR weights.",
+    )
+
+
+def addsr_vs_seesr(bw) -> dict:
+    """Same LR, same prompts: AddSR (4 steps) and SeeSR (50 steps), each decoded and colour-fixed."""
+    name = "addsr_vs_seesr"
+    b = bw.WorkflowBuilder(bw.definitions(), bw._stable_id(name))
+    layout = bw.Layout(b)
+    layout.leave_room_for_groups()
+    files = b.note(bw.files_note((bw.ADDSR_RELEASE, bw.SEESR_RELEASE), DAPE_ROLE), title="Model files")
+    loaded = bw._load_nodes(b, model_title="AddSR weights")
+    seesr_model = bw._model_loader(b, bw.SEESR_RELEASE, "seesr", "SeeSR weights (family seesr)")
+    prompts = bw._prompt_nodes(b, loaded, negative_title="Negative prompt (SeeSR's cfg 5.5 uses it)")
+    encode = bw._encode_lr(b, loaded, 1024)
+    addsr = bw._sampler(b, bw._addsr_method(), loaded.addsr, encode, prompts, title="AddSR Sampler (4 steps)")
+    seesr = bw._sampler(b, _seesr_method(bw), seesr_model, encode, prompts, title="SeeSR Sampler (50 steps)")
+    addsr_decode, addsr_fix = bw._decode_and_fix(b, loaded, addsr, 1024, titles=("AddSR: Tiled VAE Decode",
+                                                                               "AddSR: Colour Fix"))
+    seesr_decode, seesr_fix = bw._decode_and_fix(b, loaded, seesr, 1024, titles=("SeeSR: Tiled VAE Decode",
+                                                                               "SeeSR: Colour Fix"))
+    addsr_preview = b.add("PreviewImage", title="AddSR, 4 steps")
+    seesr_preview = b.add("PreviewImage", title="SeeSR, 50 steps")
+    batch = b.add("ImageBatch", title="Both results (AddSR first)")
+    save = b.add("SaveImage", filename_prefix=f"AddSR/{name}")
+    about = b.note(
+        "## AddSR vs SeeSR\n\nThe same low-resolution image, the same **Encode LR** bundle and the same prompts "
+        "(RAM tags + AddSR's quality words, which start with SeeSR's 'clean, high-resolution, 8k') go to "
+        "**AddSR** (4 steps, PSR 0.4, no CFG: the official setting) and to its 50-step teacher **SeeSR** "
+        "(50 steps, CFG 5.5 with the negative prompt: the official setting). Each result is decoded and "
+        "colour-fixed against the input.\n\nThe two previews sit side by side; *Save Image* writes both "
+        "(AddSR first). SeeSR makes 100 network calls per tile against AddSR's 4.",
+        title="About this workflow")
+    c = b.connect
+    c(addsr_fix, "IMAGE", addsr_preview, "images")
+    c(seesr_fix, "IMAGE", seesr_preview, "images")
+    c(addsr_fix, "IMAGE", batch, "image1")
+    c(seesr_fix, "IMAGE", batch, "image2")
+    c(batch, "IMAGE", save, "images")
+
+    bw._place_loaders(layout, loaded, files, seesr_model)
+    layout.place(about, 0, width=420, height=260)
+    for node_id in (prompts.tagger, prompts.concat, prompts.positive, prompts.negative):
+        layout.place(node_id, 2)
+    for node_id in (encode, addsr, seesr):
+        layout.place(node_id, 3)
+    for node_id in (addsr_decode, addsr_fix, seesr_decode, seesr_fix):
+        layout.place(node_id, 4)
+    layout.place(addsr_preview, 5, width=420, height=420)  # side by side: same row, next column
+    layout.place(seesr_preview, 6, width=420, height=420)
+    layout.place(batch, 5, width=420)
+    layout.place(save, 6, width=420, height=420)
+    layout.group("1. Input and models", [loaded.image, loaded.checkpoint, loaded.addsr, seesr_model, loaded.ram])
+    layout.group("2. Prompt from RAM tags", [prompts.tagger, prompts.concat, prompts.positive, prompts.negative],
+                 color="#8a8")
+    layout.group("3. AddSR (4 steps) and SeeSR (50 steps)", [encode, addsr, seesr], color="#b58b2a")
+    layout.group("4. Decode and colour fix", [addsr_decode, addsr_fix, seesr_decode, seesr_fix], color="#a1309b")
+    layout.group("5. Side by side, and output", [addsr_preview, seesr_preview, batch, save], color="#444")
+    return b.build_with(layout)
+
+
+THUMBNAILS = {
+    "seesr_quality_50": {"photo": "rocket", "title": "SeeSR 4x, 50 steps", "product": "SeeSR"},
+    "addsr_vs_seesr": {"photo": "chelsea", "title": "AddSR (4 steps) vs SeeSR (50 steps)", "product": "model"},
+}
+
+
+def register(bw) -> None:
+    """Add the SeeSR workflows to tools/build_workflows.py's registry (``bw`` is that module)."""
+    bw.WORKFLOWS.setdefault("seesr_quality_50", lambda: seesr_quality_50(bw))
+    bw.WORKFLOWS.setdefault("addsr_vs_seesr", lambda: addsr_vs_seesr(bw))
+    for name, info in THUMBNAILS.items():
+        bw.THUMBNAILS.setdefault(name, info)
