@@ -3,6 +3,8 @@
     python bench/bench_pipeline.py                       # 128->512 at 4 and 1 steps, then memory runs
     python bench/bench_pipeline.py --scenario 4step      # one scenario (each runs in its own process)
     python bench/bench_pipeline.py --scenario thin --tiny-unet   # 8x1000 LR vs a square one, s per output MP
+    python bench/bench_pipeline.py --scenario seesr_vs_addsr     # one LR: SeeSR-50, AddSR-4, AddSR-1 and ratios
+    python bench/bench_pipeline.py --scenario seesr_vs_addsr --tiny   # smoke run: every network tiny
 
 Reports wall time per stage (VAE encode, RAM, ControlNet+UNet per step, PSR decodes, final decode)
 and the peak RSS of each scenario. Random weights: the timings and memory are real, the image is not.
@@ -25,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from addsr_core.models import SD2_UNET, SD2_VAE, AutoencoderKL, ControlNetModel, UNet2DConditionModel, UNetConfig  # noqa: E402
+from addsr_core import seesr  # noqa: E402
 from addsr_core.pipeline import AddSRModels, UpscaleOptions, condition_from_lr, decode, sample  # noqa: E402
 from addsr_core.ram import RAM, RAMConfig  # noqa: E402
 
@@ -40,6 +43,14 @@ SCENARIOS = {
 # one process, default tiling. Before the fix the 8x1000 one became a 512x64000 condition image.
 THIN = {"square": (89, 90), "thin": (8, 1000)}  # LR sizes; the square runs first (warm-up)
 THIN_STEPS = 1
+# One LR through SeeSR (the 50-step teacher, CFG 5.5) and AddSR at 4 and 1 steps, official settings,
+# same models and process. name: (method module or None for AddSR, options).
+SEESR_VS_ADDSR = {
+    "seesr_50": (seesr, seesr.SeeSROptions(use_tags=False)),
+    "addsr_4": (None, UpscaleOptions(steps=4, use_tags=False)),
+    "addsr_1": (None, UpscaleOptions(steps=1, use_tags=False)),
+}
+SEESR_VS_ADDSR_LR = 128  # 4x: 512, one tile for both samplers
 
 
 def random_full_size(module_cls, config, generator):
@@ -59,14 +70,19 @@ def tiny_configs() -> tuple:
     return tuple(UNetConfig.from_diffusers({**cfg, "cross_attention_dim": 1024}) for cfg in (TINY_UNET, TINY_CONTROLNET))
 
 
-def build_models(tiny_unet: bool = False) -> AddSRModels:
-    """Full-size networks; ``tiny_unet`` swaps in the tiny UNet and ControlNet (the VAE and RAM stay full-size)."""
+def build_models(tiny_unet: bool = False, tiny: bool = False) -> AddSRModels:
+    """Full-size networks; ``tiny_unet`` swaps in the tiny UNet and ControlNet (the VAE and RAM stay
+    full-size); ``tiny`` makes every network tiny (a smoke run: the timings mean nothing)."""
+    from addsr_core.models.config import VAEConfig
+    from addsr_core.ram.tiny import TINY_RAM_CONFIG
+    from addsr_core.tiny import TINY_VAE
+
     g = torch.Generator().manual_seed(0)
-    unet_cfg, control_cfg = tiny_configs() if tiny_unet else (SD2_UNET, SD2_UNET)
+    unet_cfg, control_cfg = tiny_configs() if tiny_unet or tiny else (SD2_UNET, SD2_UNET)
     unet = random_full_size(UNet2DConditionModel, unet_cfg, g)
     controlnet = random_full_size(ControlNetModel, control_cfg, g)
-    vae = random_full_size(AutoencoderKL, SD2_VAE, g)
-    ram = random_full_size(RAM, RAMConfig(), g)
+    vae = random_full_size(AutoencoderKL, VAEConfig.from_diffusers(TINY_VAE) if tiny else SD2_VAE, g)
+    ram = random_full_size(RAM, TINY_RAM_CONFIG if tiny else RAMConfig(), g)
     ram.rebuild_buffers("cpu")
     return AddSRModels(unet, controlnet, vae, ram)
 
@@ -88,12 +104,18 @@ class StageClock:
         return timed
 
 
-def timed_upscale(models: AddSRModels, lr: torch.Tensor, options: UpscaleOptions) -> dict:
-    """One staged upscale with stage timers around the library's own entry points (removed after)."""
+def timed_upscale(models: AddSRModels, lr: torch.Tensor, options: UpscaleOptions, method=None) -> dict:
+    """One staged upscale with stage timers around the library's own entry points (removed after).
+
+    ``method``: a module with the pipeline's ``sample`` (``addsr_core.seesr``); None is AddSR's.
+    A negative prompt goes in when the options use CFG."""
     import addsr_core.pipeline as pipeline
 
     clock = StageClock()
-    embeds = torch.randn(1, 77, 1024, generator=torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(2)
+    embeds = torch.randn(1, 77, 1024, generator=g)
+    negative = torch.randn(1, 77, 1024, generator=g) if options.guidance_scale > 1 else None
+    run_sample = sample if method is None else method.sample
     decode_fn = pipeline.vae_decode
     with ExitStack() as patches, torch.no_grad():
         def patch(obj, name, stage):
@@ -107,7 +129,7 @@ def timed_upscale(models: AddSRModels, lr: torch.Tensor, options: UpscaleOptions
         patch(models.controlnet, "forward", "controlnet")
         pipeline.vae_decode = clock.wrap("psr_decode", decode_fn)
         try:
-            z0 = sample(models, cond, embeds, None, options)
+            z0 = run_sample(models, cond, embeds, negative, options)
             pipeline.vae_decode = clock.wrap("final_decode", decode_fn)
             image = decode(models, z0, options)
         finally:
@@ -116,7 +138,7 @@ def timed_upscale(models: AddSRModels, lr: torch.Tensor, options: UpscaleOptions
     return {
         "lr": list(lr.shape[-2:]), "condition": list(cond.control_image.shape[-2:]), "decoded": list(image.shape[-2:]),
         "output": list(cond.output_size),
-        "total_s": round(total, 1), "stages_s": {k: round(v, 2) for k, v in clock.seconds.items()},
+        "total_s": round(total, 2), "stages_s": {k: round(v, 2) for k, v in clock.seconds.items()},
         "calls": dict(clock.calls),
     }
 
@@ -162,14 +184,40 @@ def run_thin(tiny_unet: bool) -> dict:
     }
 
 
+def run_seesr_vs_addsr(tiny_unet: bool, tiny: bool, lr_side: int = SEESR_VS_ADDSR_LR) -> dict:
+    """The same LR through SeeSR-50, AddSR-4 and AddSR-1 on the same models, after one untimed warm-up
+    (AddSR, 1 step): each wall time and the SeeSR-50 : AddSR-4 : AddSR-1 ratio."""
+    models = build_models(tiny_unet, tiny)
+    lr = torch.rand(1, 3, lr_side, lr_side, generator=torch.Generator().manual_seed(1))
+    warmup = timed_upscale(models, lr, SEESR_VS_ADDSR["addsr_1"][1])
+    runs = {name: timed_upscale(models, lr, options, method) for name, (method, options) in SEESR_VS_ADDSR.items()}
+    base = runs["addsr_1"]["total_s"] or 1e-9
+    ratio = ":".join(f"{runs[name]['total_s'] / base:.1f}" for name in SEESR_VS_ADDSR)
+    return {
+        "scenario": "seesr_vs_addsr", "tiny_unet": tiny_unet, "tiny": tiny, "lr": lr_side,
+        "output": runs["addsr_1"]["output"], "warmup_s": warmup["total_s"], **runs,
+        "wall_s": {name: run["total_s"] for name, run in runs.items()},
+        "ratio_seesr50_addsr4_addsr1": ratio, "peak_rss_gib": _peak_rss_gib(), "threads": torch.get_num_threads(),
+    }
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--scenario", choices=sorted(SCENARIOS) + ["thin"])
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS) + ["thin", "seesr_vs_addsr"])
     parser.add_argument("--all", action="store_true", help="include the slow untiled/tiled size runs")
-    parser.add_argument("--tiny-unet", action="store_true", help="thin: tiny UNet and ControlNet (full-size VAE and RAM)")
+    parser.add_argument("--tiny-unet", action="store_true",
+                        help="thin, seesr_vs_addsr: tiny UNet and ControlNet (full-size VAE and RAM)")
+    parser.add_argument("--tiny", action="store_true", help="seesr_vs_addsr: every network tiny (smoke run only)")
+    parser.add_argument("--lr", type=int, default=SEESR_VS_ADDSR_LR, help="seesr_vs_addsr: LR side in pixels")
     args = parser.parse_args()
     if args.scenario == "thin":
         print(json.dumps(run_thin(args.tiny_unet)))
+        return
+    if args.scenario == "seesr_vs_addsr":
+        result = run_seesr_vs_addsr(args.tiny_unet, args.tiny, args.lr)
+        print(json.dumps(result))
+        walls = ", ".join(f"{name} {s} s" for name, s in result["wall_s"].items())
+        print(f"{walls}; SeeSR-50 : AddSR-4 : AddSR-1 = {result['ratio_seesr50_addsr4_addsr1']}", file=sys.stderr)
         return
     if args.scenario:
         print(json.dumps(run_scenario(args.scenario)))
