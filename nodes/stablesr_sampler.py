@@ -7,7 +7,7 @@ import dataclasses
 import torch
 
 from addsr_core.sampling.noise import SeededNoise
-from addsr_core.sampling.tiling import gaussian_weights, tile_count
+from addsr_core.sampling.tiling import blend_tiles, pixel_tile_plan, tile_count
 from addsr_core.stablesr.sampling import native_input_size, native_latent_tile
 from addsr_core.stablesr.pipeline import (
     COLOR_FIXES,
@@ -16,7 +16,6 @@ from addsr_core.stablesr.pipeline import (
     decode_cfw,
     encode_lr,
     finish,
-    pixel_tile_starts,
     prepare_lr,
     sample_latent,
 )
@@ -204,25 +203,17 @@ class StableSRCFWDecode:
 
 
 def _decode_tiles(vae, z0, image, fidelity, color_fix, tile, overlap):
-    """The official pixel tiles: each decoded and colour-fixed on its own, blended with Gaussian weights."""
+    """The official pixel tiles: each decoded and colour-fixed on its own, blended with Gaussian weights
+    (:func:`~addsr_core.sampling.tiling.blend_tiles`, as the whole-image StableSR pipeline)."""
     height, width = image.shape[-2:]
-    if height <= tile and width <= tile:
-        host.check_interrupt()
-        return decode_cfw(vae, z0, image, fidelity, color_fix)
     stride = max(8, (tile - min(overlap, tile - 8)) // 8 * 8)
-    ys, xs = pixel_tile_starts(height, tile, stride), pixel_tile_starts(width, tile, stride)
-    th, tw = min(tile, height), min(tile, width)
-    weights = gaussian_weights(tw, th).to(image.device)
-    result = torch.zeros(image.shape[0], 3, height, width, device=image.device)
-    total = torch.zeros(height, width, device=image.device)
-    progress = host.Progress(len(ys) * len(xs))
-    for x0 in xs:  # official order: outer over x, inner over y
-        for y0 in ys:
-            host.check_interrupt()
-            crop = (..., slice(y0, y0 + th), slice(x0, x0 + tw))
-            latent_crop = (..., slice(y0 // 8, (y0 + th) // 8), slice(x0 // 8, (x0 + tw) // 8))
-            out = decode_cfw(vae, z0[latent_crop], image[crop], fidelity, color_fix)
-            result[crop] += out.to(result.device) * weights
-            total[crop[1:]] += weights
-            progress.update(1)
-    return result / total
+    plan = pixel_tile_plan(height, width, tile, stride)
+    progress = None if plan.single else host.Progress(plan.count)
+
+    def one(y0, x0, th, tw):
+        host.check_interrupt()
+        crop = (..., slice(y0, y0 + th), slice(x0, x0 + tw))
+        latent_crop = (..., slice(y0 // 8, (y0 + th) // 8), slice(x0 // 8, (x0 + tw) // 8))
+        return decode_cfw(vae, z0[latent_crop], image[crop], fidelity, color_fix)
+
+    return blend_tiles(one, plan, device=image.device, on_tile=None if progress is None else (lambda: progress.update(1)))

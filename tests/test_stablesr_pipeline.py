@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from addsr_core.stablesr.pipeline import StableSRModels, StableSROptions, finish, pixel_tile_starts, prepare_lr, upscale
+from addsr_core.sampling.tiling import pixel_tile_starts
+from addsr_core.stablesr.pipeline import StableSRModels, StableSROptions, finish, prepare_lr, upscale
 from addsr_core.stablesr.tiny import TINY_CONTEXT_DIM, tiny_cfw, tiny_stablesr
 
 

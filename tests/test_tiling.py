@@ -100,3 +100,32 @@ def test_stitch_of_a_global_field_is_exact_and_nonsquare():
     assert torch.allclose(out, field, atol=1e-6)
     with pytest.raises(ValueError, match=r"must return \[B,C,24,32\]"):
         aggregate_tiles(lambda y0, x0, th, tw: field[..., :3, :3], (45, 70), (24, 32), 4)
+
+
+def test_pixel_plan_blend_matches_the_official_pixel_loop():
+    """StableSR's pixel tiles (pipeline and CFW decode) go through the same blend_tiles: bit for bit
+    the official ImageSpliterTh loop (float64 weights, float32 buffers, outer x inner y)."""
+    from addsr_core.sampling.tiling import blend_tiles, pixel_tile_plan, pixel_tile_starts
+
+    gen = torch.Generator().manual_seed(2)
+    h, w, tile, stride = 40, 72, 32, 24
+    preds = {}
+
+    def fn(y0, x0, th, tw):
+        preds[(y0, x0)] = torch.randn(1, 3, th, tw, generator=gen)
+        return preds[(y0, x0)]
+
+    plan = pixel_tile_plan(h, w, tile, stride)
+    out = blend_tiles(fn, plan, device="cpu")
+    ys, xs = pixel_tile_starts(h, tile, stride), pixel_tile_starts(w, tile, stride)
+    assert plan.origins == tuple((y, x) for x in xs for y in ys) and plan.count == 6
+    weights = gaussian_weights(tile, tile)
+    result, total = torch.zeros(1, 3, h, w), torch.zeros(h, w)
+    for x0 in xs:
+        for y0 in ys:
+            result[..., y0 : y0 + tile, x0 : x0 + tile] += preds[(y0, x0)] * weights
+            total[y0 : y0 + tile, x0 : x0 + tile] += weights
+    assert torch.equal(out, result / total)
+    whole = torch.randn(1, 3, 20, 30, generator=gen)
+    single = pixel_tile_plan(20, 30, 32, 24)
+    assert single.single and blend_tiles(lambda *a: whole, single) is whole

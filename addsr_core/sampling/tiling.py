@@ -1,6 +1,11 @@
-"""Latent tiling for the diffusion networks: tile positions and Gaussian-weighted stitching.
+"""Gaussian-weighted tiling: tile positions and the one stitching routine, :func:`blend_tiles`.
 
-Reproduces the official AddSR tiled-latent branch (reference README §10), which crashes as
+It serves the diffusion networks' latent tiles (:func:`aggregate_tiles`), StableSR's pixel tiles
+(:func:`pixel_tile_plan`, the whole-image pass and the CFW decode), the same weights and
+accumulation everywhere. Laid out like ComfyUI's ``tiled_scale_multidim``: a plan of positions,
+then one loop that runs the function on each tile and blends into an output buffer.
+
+The latent tiles reproduce the official AddSR tiled-latent branch (reference README §10), which crashes as
 shipped but whose geometry and weights are well defined:
 
 - the tile is ``min(tile, h, w)`` (square), positions step by ``tile - overlap`` and the last one
@@ -16,6 +21,7 @@ forever (overlap >= the clamped tile) is reduced to half the clamped tile.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -95,6 +101,92 @@ def _weight_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
 
 
+@dataclass(frozen=True)
+class TilePlan:
+    """Where the tiles of one blended output go: the output size, the (clamped) tile size and the
+    origins in visit order (outer loop over x, inner over y, as every official tiled path)."""
+
+    height: int
+    width: int
+    tile_h: int
+    tile_w: int
+    origins: tuple
+
+    @property
+    def count(self) -> int:
+        return len(self.origins)
+
+    @property
+    def single(self) -> bool:
+        """One tile covers the whole output (``blend_tiles`` then returns it unchanged)."""
+        return self.count == 1 and (self.tile_h, self.tile_w) == (self.height, self.width)
+
+
+def latent_tile_plan(h: int, w: int, tile: TileSize, overlap: TileSize = 0) -> TilePlan:
+    """The official tiled-latent geometry (see the module docstring and :func:`effective_tile`)."""
+    th, tw, oy, ox = effective_tile(h, w, tile, overlap)
+    return TilePlan(h, w, th, tw, tuple(tile_origins(h, w, tile, overlap)))
+
+
+def pixel_tile_starts(length: int, tile: int, stride: int) -> list[int]:
+    """Official ``ImageSpliterTh.extract_starts``: stride steps, the overflowing ones flush to the end."""
+    if length <= tile:
+        return [0]
+    starts = [min(s, length - tile) for s in range(0, length, stride)]
+    return list(dict.fromkeys(starts))
+
+
+def pixel_tile_plan(h: int, w: int, tile: int, stride: int) -> TilePlan:
+    """StableSR's official pixel tiles (``ImageSpliterTh``): square ``tile`` clamped per axis to the
+    image, stepping by ``stride``, the overflowing starts flush to the far edge."""
+    if h < 1 or w < 1 or tile < 1 or stride < 1:
+        raise ValueError(f"image {h}x{w}, tile {tile} and stride {stride} must all be positive")
+    ys, xs = pixel_tile_starts(h, tile, stride), pixel_tile_starts(w, tile, stride)
+    return TilePlan(h, w, min(tile, h), min(tile, w), tuple((y0, x0) for x0 in xs for y0 in ys))
+
+
+def blend_tiles(
+    fn: Callable[[int, int, int, int], torch.Tensor],
+    plan: TilePlan,
+    *,
+    device=None,
+    on_tile: Optional[Callable[[], None]] = None,
+) -> torch.Tensor:
+    """The one Gaussian tile blend: ``fn(y0, x0, th, tw) -> [B,C,th,tw]`` on every tile of ``plan``,
+    stitched with the official weights (:func:`gaussian_weights`) and divided by their sum.
+
+    Official accumulation: ``pred * W`` in the weights' precision (float64; float32 on MPS) added
+    into float32 buffers, tiles in the plan's order; the result is cast to the tiles' dtype. The
+    buffers live on ``device`` (default: the first tile's). A plan of one tile covering the whole
+    output returns ``fn``'s output unchanged. ``on_tile()`` is called after each tile.
+    """
+    if plan.single:
+        out = fn(0, 0, plan.height, plan.width)
+        _check_tile(out, 0, plan.height, plan.width)
+        if on_tile is not None:
+            on_tile()
+        return out
+
+    th, tw = plan.tile_h, plan.tile_w
+    acc = weight_sum = weights = None
+    for i, (y0, x0) in enumerate(plan.origins):
+        pred = fn(y0, x0, th, tw)
+        _check_tile(pred, i, th, tw)
+        if acc is None:
+            device = pred.device if device is None else torch.device(device)
+            weights = gaussian_weights(tw, th, device=device, dtype=_weight_dtype(device))
+            acc = torch.zeros(*pred.shape[:2], plan.height, plan.width, device=device, dtype=torch.float32)
+            weight_sum = torch.zeros(plan.height, plan.width, device=device, dtype=torch.float32)
+            out_dtype = pred.dtype
+        elif pred.shape[:2] != acc.shape[:2]:
+            raise ValueError(f"tile {i}: batch/channels {tuple(pred.shape[:2])} differ from tile 0's {tuple(acc.shape[:2])}")
+        acc[..., y0 : y0 + th, x0 : x0 + tw] += pred.to(device) * weights
+        weight_sum[y0 : y0 + th, x0 : x0 + tw] += weights
+        if on_tile is not None:
+            on_tile()
+    return (acc / weight_sum).to(out_dtype)
+
+
 def aggregate_tiles(
     fn: Callable[[int, int, int, int], torch.Tensor],
     latent_hw: Sequence[int],
@@ -103,39 +195,9 @@ def aggregate_tiles(
     *,
     on_tile: Optional[Callable[[], None]] = None,
 ) -> torch.Tensor:
-    """Run ``fn(y0, x0, th, tw) -> [B,C,th,tw]`` on every tile and stitch with Gaussian weights.
-
-    One tile covering the whole latent returns ``fn``'s output unchanged. ``on_tile()`` is
-    called after each tile (progress bars, cancellation checks).
-    """
+    """Latent tiles: :func:`blend_tiles` over :func:`latent_tile_plan` (the diffusion networks)."""
     h, w = (int(v) for v in latent_hw)
-    th, tw, _, _ = effective_tile(h, w, tile, overlap)
-    origins = tile_origins(h, w, tile, overlap)
-    if len(origins) == 1:
-        out = fn(0, 0, h, w)
-        _check_tile(out, 0, h, w)
-        if on_tile is not None:
-            on_tile()
-        return out
-
-    acc = weight_sum = weights = None
-    for i, (y0, x0) in enumerate(origins):
-        pred = fn(y0, x0, th, tw)
-        _check_tile(pred, i, th, tw)
-        if acc is None:
-            device = pred.device
-            weights = gaussian_weights(tw, th, device=device, dtype=_weight_dtype(device))
-            acc = torch.zeros(*pred.shape[:2], h, w, device=device, dtype=torch.float32)
-            weight_sum = torch.zeros(h, w, device=device, dtype=torch.float32)
-            out_dtype = pred.dtype
-        elif pred.shape[:2] != acc.shape[:2]:
-            raise ValueError(f"tile {i}: batch/channels {tuple(pred.shape[:2])} differ from tile 0's {tuple(acc.shape[:2])}")
-        # pred*W in the weights' precision, added into float32 buffers (the official accumulation).
-        acc[..., y0 : y0 + th, x0 : x0 + tw] += pred.to(device) * weights
-        weight_sum[y0 : y0 + th, x0 : x0 + tw] += weights
-        if on_tile is not None:
-            on_tile()
-    return (acc / weight_sum).to(out_dtype)
+    return blend_tiles(fn, latent_tile_plan(h, w, tile, overlap), on_tile=on_tile)
 
 
 def _check_tile(pred, index: int, th: int, tw: int) -> None:

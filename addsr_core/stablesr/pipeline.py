@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from ..imaging.colorfix import apply_color_fix
 from ..models.vae import sample_posterior
 from ..sampling.noise import NoiseSource, SeededNoise
-from ..sampling.tiling import gaussian_weights
+from ..sampling.tiling import blend_tiles, pixel_tile_plan
 from ..text.conditioning import check_prompt_widths
 from .cfw import DEFAULT_FIDELITY, CFWAutoencoder
 from .model import StableSRModel
@@ -113,14 +113,6 @@ def prepare_lr(lr: torch.Tensor, options: StableSROptions) -> PreparedLR:
     return PreparedLR(image, size, (int(h * options.scale), int(w * options.scale)))
 
 
-def pixel_tile_starts(length: int, tile: int, stride: int) -> list[int]:
-    """Official ``ImageSpliterTh.extract_starts``: stride steps, the overflowing ones flush to the end."""
-    if length <= tile:
-        return [0]
-    starts = [min(s, length - tile) for s in range(0, length, stride)]
-    return list(dict.fromkeys(starts))
-
-
 def encode_lr(vae: CFWAutoencoder, image: torch.Tensor, noise: NoiseSource) -> torch.Tensor:
     """The scaled LR latent (a posterior sample x 0.18215, float32) of ``image`` [B,3,H,W] in [-1,1]."""
     device, dtype = vae.decoder.conv_in.weight.device, vae.dtype
@@ -201,24 +193,12 @@ def upscale(
     prepared = prepare_lr(lr, options)
     image = prepared.image
     _, _, height, width = image.shape
-    tile, stride = options.image_tile_px, options.image_tile_stride_px
     run = lambda crop: upscale_tile(  # noqa: E731 - the official script reseeds for every pixel tile
         models, crop, context, options, noise=SeededNoise(options.seed), negative_context=negative_context, on_tile=on_tile, on_step=on_step
     )
-    if height <= tile and width <= tile:
-        result = run(image)
-    else:
-        ys, xs = pixel_tile_starts(height, tile, stride), pixel_tile_starts(width, tile, stride)
-        th, tw = min(tile, height), min(tile, width)
-        weights = gaussian_weights(tw, th)
-        result = torch.zeros_like(image)
-        total = torch.zeros(height, width, dtype=image.dtype, device=image.device)
-        for x0 in xs:  # official order: outer over x, inner over y
-            for y0 in ys:
-                out = run(image[..., y0 : y0 + th, x0 : x0 + tw]).to(image.device)
-                result[..., y0 : y0 + th, x0 : x0 + tw] += out * weights.to(image.device)
-                total[y0 : y0 + th, x0 : x0 + tw] += weights.to(image.device)
-        result = result / total
+    plan = pixel_tile_plan(height, width, options.image_tile_px, options.image_tile_stride_px)
+    crop = lambda y0, x0, th, tw: run(image[..., y0 : y0 + th, x0 : x0 + tw])  # noqa: E731
+    result = blend_tiles(crop, plan, device=image.device)
     return finish(result, prepared)
 
 
