@@ -107,3 +107,25 @@ def test_one_tile_equals_untiled_and_tiles_cover_everything(setup):
     assert len(calls) == 4 * 9  # 3x3 tiles of 8 over 16 latents with overlap 4, at each of 4 steps
     with pytest.raises(ValueError, match="larger than the overlap"):
         TiledDenoiser(setup["denoise"], tile=4, overlap=4)
+
+
+def test_cfg_denoiser_wraps_the_tiled_denoiser():
+    """CFG is one wrapper (addsr_core.sampling.denoisers.CFGDenoiser) around any denoiser, tiled or not:
+    one batched [negative; positive] call, neg + s * (pos - neg); scale 1 is a plain call."""
+    from addsr_core.sampling.denoisers import CFGDenoiser
+
+    gen = torch.Generator().manual_seed(3)
+
+    def stub(z, t, image, tokens, embeds):
+        return z * embeds.mean(dim=(1, 2))[:, None, None, None] + image[..., ::8, ::8].mean(1, keepdim=True) + t[:, None, None, None]
+
+    z, t = torch.randn(2, 4, 12, 20, generator=gen), torch.tensor([5, 5])
+    image, tokens = torch.rand(2, 3, 96, 160, generator=gen), torch.randn(2, 3, 8, generator=gen)
+    pos, neg = torch.randn(2, 7, 8, generator=gen), torch.randn(2, 7, 8, generator=gen)
+    tiled = TiledDenoiser(stub, tile=8, overlap=4)
+    guided = CFGDenoiser(tiled, 7.5, neg)(z, t, image, tokens, pos)
+    eps_pos, eps_neg = tiled(z, t, image, tokens, pos), tiled(z, t, image, tokens, neg)
+    assert torch.allclose(guided, eps_neg + 7.5 * (eps_pos - eps_neg), atol=1e-5)
+    assert torch.equal(CFGDenoiser(tiled, 1.0)(z, t, image, tokens, pos), eps_pos)
+    with pytest.raises(ValueError, match="negative"):
+        CFGDenoiser(tiled, 2.0)

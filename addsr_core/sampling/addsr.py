@@ -17,7 +17,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from ..models.vae import sample_posterior
-from .denoisers import guided_eps
+from .denoisers import CFGDenoiser
 from .noise import NoiseSource, SeededNoise
 from .schedule import add_noise, predict_z0, scaled_linear_alphas_cumprod
 
@@ -138,6 +138,7 @@ def sample_addsr(
     trace("start_latent", z)
 
     image, tokens = control_image, lr_tokens
+    guided = CFGDenoiser(denoise, options.guidance_scale, negative_embeds)
     pred_z0, steps = None, []
     for k, t in enumerate(timesteps):
         t_tensor = torch.full((batch,), t, device=device, dtype=torch.long)
@@ -152,7 +153,7 @@ def sample_addsr(
         trace(f"step{k}.latent_in", z)
         trace(f"step{k}.controlnet_cond", image)
         trace(f"step{k}.ram_embeds", tokens)
-        eps = _guided_eps(denoise, z, t_tensor, image, tokens, prompt_embeds, negative_embeds, options)
+        eps = guided(z, t_tensor, image, tokens, prompt_embeds)
         trace(f"step{k}.noise_pred", eps)
         pred_z0 = predict_z0(z, eps, ac[t])
         trace(f"step{k}.pred_z0", pred_z0)
@@ -165,10 +166,6 @@ def sample_addsr(
             on_step(k, len(timesteps), pred_z0)
     trace("z0", pred_z0)
     return AddSRResult(z0=pred_z0, control_image=image, steps=steps)
-
-
-def _guided_eps(denoise, z, t, image, tokens, prompt_embeds, negative_embeds, options):
-    return guided_eps(denoise, z, t, image, tokens, prompt_embeds, negative_embeds, options.guidance_scale)
 
 
 def _match_batch(embeds: torch.Tensor, batch: int) -> torch.Tensor:

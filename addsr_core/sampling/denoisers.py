@@ -21,16 +21,27 @@ class ControlNetDenoiser:
         return self.unet(z, t, prompt_embeds, tokens, down, mid).float()
 
 
-def guided_eps(denoise, z, t, image, tokens, prompt_embeds, negative_embeds, guidance_scale: float):
-    """Classifier-free guidance as both official pipelines do it: one batched call on [negative;
-    positive] with the RAM tokens and control image shared, then ``neg + s * (pos - neg)``."""
-    if guidance_scale <= 1.0:
-        return denoise(z, t, image, tokens, prompt_embeds)
-    eps_neg, eps_pos = denoise(
-        torch.cat([z, z]), torch.cat([t, t]), torch.cat([image, image]), torch.cat([tokens, tokens]),
-        torch.cat([negative_embeds, prompt_embeds]),
-    ).chunk(2)
-    return eps_neg + guidance_scale * (eps_pos - eps_neg)
+class CFGDenoiser:
+    """Classifier-free guidance as a denoiser wrapper (k-diffusion's ``CFGDenoiser``, ComfyUI's
+    ``samplers.cfg_function``), for any denoiser whose LAST argument is the conditioning.
+
+    ``guidance_scale <= 1``: one plain call. Above: one batched call on [negative; positive]
+    with every other input (latent, timestep, control image / LR latent, RAM tokens) duplicated,
+    then ``neg + s * (pos - neg)``, as the official AddSR and SeeSR pipelines do it. It wraps the
+    tiled denoiser (``CFGDenoiser(TiledDenoiser(...))``): each tile sees both halves at once.
+    """
+
+    def __init__(self, denoise, guidance_scale: float, negative=None):
+        if guidance_scale > 1.0 and negative is None:
+            raise ValueError("guidance_scale > 1 needs the negative conditioning")
+        self.denoise, self.guidance_scale, self.negative = denoise, guidance_scale, negative
+
+    def __call__(self, *args):
+        if self.guidance_scale <= 1.0:
+            return self.denoise(*args)
+        *inputs, cond = args
+        out_neg, out_pos = self.denoise(*(torch.cat([x, x]) for x in inputs), torch.cat([self.negative, cond])).chunk(2)
+        return out_neg + self.guidance_scale * (out_pos - out_neg)
 
 
 def counting(denoise, on_tile=None):

@@ -25,7 +25,7 @@ import torch
 
 from ..models.vae import sample_posterior
 from .ddpm import SPACINGS, SD2_STEPS_OFFSET, ddpm_schedule, sample_ddpm
-from .denoisers import guided_eps
+from .denoisers import CFGDenoiser
 from .noise import NoiseSource, SeededNoise
 from .schedule import add_noise
 
@@ -139,10 +139,11 @@ def sample_seesr(
     z = start_latent(moments, initial, options, noise, scaling_factor, 2 if cfg else 1, trace)
     trace("start_latent", z)
 
+    guided = CFGDenoiser(denoise, options.guidance_scale, negative_embeds)
+
     def model(x, t):
         t_batch = torch.full((batch,), t, device=device, dtype=torch.long)
-        eps = guided_eps(denoise, x, t_batch, control_image, lr_tokens, prompt_embeds, negative_embeds,
-                         options.guidance_scale).float()
+        eps = guided(x, t_batch, control_image, lr_tokens, prompt_embeds).float()
         trace(f"t{t}.noise_pred", eps)
         return eps
 

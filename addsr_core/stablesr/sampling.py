@@ -26,6 +26,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from ..sampling.denoisers import CFGDenoiser
 from ..sampling.noise import NoiseSource, SeededNoise
 from .model import PREDICTION_TYPES
 
@@ -179,19 +180,14 @@ def sample_stablesr(
     z = eps if options.start == "noise" else schedule.start_signal * lr_latent + schedule.start_noise * eps
     trace("x_T", z)
 
+    # CFG (off by default) around the (tiled) denoiser, combining the float32 outputs.
+    guided = CFGDenoiser(lambda *args: denoise(*args).float(), options.guidance_scale, negative_context)
     total = len(schedule.timesteps)
     x0 = z
     for i, k in enumerate(reversed(range(total))):
         t = schedule.timesteps[k]
         t_batch = torch.full((batch,), t, device=device, dtype=torch.long)
-        if cfg:
-            out_neg, out_pos = denoise(
-                torch.cat([z, z]), torch.cat([t_batch, t_batch]), torch.cat([lr_latent, lr_latent]),
-                torch.cat([negative_context, context]),
-            ).float().chunk(2)
-            out = out_neg + options.guidance_scale * (out_pos - out_neg)
-        else:
-            out = denoise(z, t_batch, lr_latent, context).float()
+        out = guided(z, t_batch, lr_latent, context)
         x0 = predict_x0(schedule, k, z, out, options.prediction_type)
         mean = schedule.posterior_mean_coef1[k] * x0 + schedule.posterior_mean_coef2[k] * z
         if k > 0:
