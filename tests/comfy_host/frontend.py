@@ -17,8 +17,9 @@ from pathlib import Path
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-# Settings a first-time user would click away; the templates dialog would cover the graph.
-QUIET_SETTINGS = {"Comfy.TutorialCompleted": True}
+# Settings a first-time user would click away (the templates dialog would cover the graph); full
+# detail at the zoom that fits a whole workflow, and no minimap over its corner, for the screenshots.
+QUIET_SETTINGS = {"Comfy.TutorialCompleted": True, "LiteGraph.Canvas.MinFontSizeForLOD": 0, "Comfy.Minimap.Visible": False}
 # Frontend 1.27.10 raises this while registering its own settings at start-up, with or without any
 # custom node pack installed; only errors raised while a workflow loads are ours.
 STARTUP_ERRORS_OF_THE_FRONTEND = ("Cannot read properties of undefined (reading 'id')",)
@@ -69,7 +70,7 @@ class Frontend:
         playwright = self._stack.enter_context(sync_playwright())
         browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         self._stack.callback(browser.close)
-        self.page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        self.page = browser.new_page(viewport={"width": 2400, "height": 1350})
         self.page.on("pageerror", lambda err: self._errors.append(f"page error: {err}"))
         self.page.on("console", self._on_console)
         self.page.on("response", self._on_response)
