@@ -12,7 +12,7 @@ import torch
 from . import pipeline, seesr
 from .cli import IMAGE_SUFFIXES, CLIError
 from .precision import apply_precision, resolve_precision
-from .pipeline import AddSRModels, UpscaleOptions, condition_from_lr, decode, finish
+from .pipeline import AddSRModels, UpscaleOptions, condition_from_lr, decode, finish, tile_overlap_px
 from .seesr import SeeSROptions
 
 METHODS = {"addsr": pipeline, "seesr": seesr}
@@ -133,11 +133,12 @@ def build_options(args) -> UpscaleOptions:
     def pick(value, default):
         return default if value is None else value
 
+    tile = pick(args.tile, defaults.latent_tile_px)
     common = dict(
         scale=args.scale, steps=pick(args.steps, defaults.steps), seed=args.seed,
         guidance_scale=pick(args.cfg, defaults.guidance_scale), prompt=args.prompt, negative_prompt=args.negative,
-        color_fix=args.color_fix, latent_tile_px=pick(args.tile, defaults.latent_tile_px),
-        latent_overlap_px=pick(args.tile_overlap, defaults.latent_overlap_px), vae_encode_tile_px=args.vae_tile,
+        color_fix=args.color_fix, latent_tile_px=tile,
+        latent_overlap_px=tile_overlap_px(tile, pick(args.tile_overlap, defaults.latent_overlap_px)), vae_encode_tile_px=args.vae_tile,
         vae_decode_tile_px=args.vae_tile, use_tags=args.tag_list is not None, rounding=args.rounding,
     )
     if args.method == "addsr":

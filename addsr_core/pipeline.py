@@ -36,6 +36,17 @@ class AddSRModels:
     text: Optional[Callable[[list], torch.Tensor]] = None  # prompts -> [B,77,1024]
 
 
+DEFAULT_LATENT_OVERLAP_PX = 256
+
+
+def tile_overlap_px(tile_px: int, overlap_px: int = DEFAULT_LATENT_OVERLAP_PX) -> int:
+    """The diffusion tile overlap actually used for a ``tile_px`` tile (output pixels): the wanted
+    ``overlap_px``, at most a third of the tile (a multiple of 8), so tiles step by at least two
+    thirds of their size. The one rule of the AddSR Upscale and AddSR Sampler nodes and the CLI:
+    the same tile gives the same overlap everywhere (the default 1024 tile: 256)."""
+    return max(0, min(int(overlap_px), int(tile_px) // 3 // 8 * 8))
+
+
 @dataclass
 class UpscaleOptions:
     """Defaults follow the official release (4 steps, PSR 0.4, adain), with tiles for big images."""
@@ -52,7 +63,7 @@ class UpscaleOptions:
     process_size: int = 512
     recompute_tokens: bool = True
     latent_tile_px: int = 1024  # diffusion tile in output pixels (128 latents)
-    latent_overlap_px: int = 256
+    latent_overlap_px: int = DEFAULT_LATENT_OVERLAP_PX  # see tile_overlap_px
     vae_encode_tile_px: int = 1024
     vae_decode_tile_px: int = 1792  # the official decoder tile (224 latents)
     vae_overlap_px: int = 64

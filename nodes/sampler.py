@@ -5,7 +5,7 @@ import dataclasses
 
 import torch
 
-from addsr_core.pipeline import AddSRModels, UpscaleOptions, count_network_calls, sample
+from addsr_core.pipeline import AddSRModels, UpscaleOptions, count_network_calls, sample, tile_overlap_px
 
 from . import host
 from .common import CATEGORY, AddSRInputError, conditioning_tensor
@@ -44,7 +44,8 @@ class AddSRSampler:
                     "tooltip": "Diffusion tile in output pixels. Images larger than this are processed in "
                                "overlapping tiles; halved automatically on out-of-memory."}),
                 "tile_overlap": ("INT", {"default": 256, "min": 0, "max": 2048, "step": 32,
-                    "tooltip": "Overlap between tiles in output pixels; more hides seams better but costs time."}),
+                    "tooltip": "Overlap between tiles in output pixels (at most a third of the tile); more hides seams "
+                               "better but costs time."}),
             },
             "optional": {
                 "recompute_tokens": ("BOOLEAN", {"default": True,
@@ -60,7 +61,7 @@ class AddSRSampler:
             raise AddSRInputError("addsr_cond must come from AddSR Encode LR")
         options = UpscaleOptions(
             scale=addsr_cond.cond.scale, steps=steps, psr_weight=psr_weight, seed=seed, guidance_scale=cfg,
-            latent_tile_px=tile_size, latent_overlap_px=min(tile_overlap, tile_size - 64),
+            latent_tile_px=tile_size, latent_overlap_px=tile_overlap_px(tile_size, tile_overlap),
             recompute_tokens=recompute_tokens,
         )
         width = addsr_model.unet.module.config.cross_attention_dim
@@ -89,7 +90,7 @@ def run_sampler(addsr_model: AddSRModel, addsr_cond: AddSRCond, positive, negati
         nonlocal current
         if tile != current.latent_tile_px:
             current = dataclasses.replace(
-                current, latent_tile_px=tile, latent_overlap_px=min(current.latent_overlap_px, tile // 2),
+                current, latent_tile_px=tile, latent_overlap_px=tile_overlap_px(tile, current.latent_overlap_px),
                 vae_decode_tile_px=max(256, current.vae_decode_tile_px // 2),
             )
         return _sample_once(addsr_model, addsr_cond, positive, negative, current, managed, method)

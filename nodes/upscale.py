@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from addsr_core.pipeline import UpscaleOptions, build_prompts, decode, finish
+from addsr_core.pipeline import UpscaleOptions, build_prompts, decode, finish, tile_overlap_px
 
 from . import host
 from .common import (
@@ -70,7 +70,7 @@ class AddSRUpscale:
         options = UpscaleOptions(
             scale=scale, steps=steps, psr_weight=psr_weight, seed=seed, guidance_scale=cfg, prompt=prompt,
             negative_prompt=negative_prompt, color_fix=color_fix, latent_tile_px=tile_size,
-            latent_overlap_px=min(256, tile_size // 3 // 8 * 8), use_tags=use_tags and ram.tagger is not None,
+            latent_overlap_px=tile_overlap_px(tile_size), use_tags=use_tags and ram.tagger is not None,
             process_size=min_size, vae_encode_tile_px=max(256, tile_size), vae_decode_tile_px=max(256, tile_size),
         )
         lr, alpha = image_to_bchw(image), alpha_of(image)

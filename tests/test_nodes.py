@@ -222,3 +222,49 @@ def test_retry_smaller_on_oom_shrinks_to_the_floor_then_raises():
     assert isinstance(info.value.__cause__, torch.OutOfMemoryError)
     with pytest.raises(KeyError):  # anything but an OOM passes straight through, untried again
         host.retry_smaller_on_oom(lambda t: {}["x"], 1024, floor=256, what="test")
+
+
+@pytest.mark.parametrize("tile", [256, 512, 768, 1024, 2048])
+def test_upscale_and_sampler_nodes_use_one_overlap_rule(monkeypatch, tile):
+    """Issue 10 defect 2: AddSR Upscale (no overlap input) and AddSR Sampler (default overlap) give the
+    diffusion the same overlap for the same tile, addsr_core.pipeline.tile_overlap_px (256 at 1024)."""
+    import types
+
+    import nodes.sampler as sampler_mod
+    import nodes.upscale as upscale_mod
+    from addsr_core.pipeline import tile_overlap_px
+    from nodes.encode import AddSRCond
+    from nodes.loaders import AddSRModel, RAMModel
+
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    def capture(name):
+        def run_sampler(addsr_model, addsr_cond, positive, negative, options, method=None):
+            seen[name] = options.latent_overlap_px
+            raise Stop
+
+        return run_sampler
+
+    monkeypatch.setattr(upscale_mod, "run_sampler", capture("upscale"))
+    monkeypatch.setattr(sampler_mod, "run_sampler", capture("sampler"))
+    monkeypatch.setattr(upscale_mod, "encode_condition", lambda *a: types.SimpleNamespace(tags=None))
+    monkeypatch.setattr(upscale_mod, "build_prompts", lambda cond, options: [""])
+    monkeypatch.setattr(upscale_mod, "encode_text", lambda clip, text: torch.zeros(1, 77, 8))
+    monkeypatch.setattr(upscale_mod, "check_width", lambda *a: None)
+    monkeypatch.setattr(sampler_mod, "conditioning_tensor", lambda *a, **k: torch.zeros(1, 77, 8))
+    model = object.__new__(AddSRModel)
+    model.unet = types.SimpleNamespace(module=types.SimpleNamespace(config=types.SimpleNamespace(cross_attention_dim=8)))
+    ram = object.__new__(RAMModel)
+    ram.tagger = None
+    cond = object.__new__(AddSRCond)
+    cond.cond = types.SimpleNamespace(scale=4)
+    monkeypatch.setattr(upscale_mod, "as_addsr_vae", lambda vae: vae)
+    with pytest.raises(Stop):
+        nodes.AddSRUpscale().upscale(torch.rand(1, 16, 16, 3), model, ram, None, None, tile_size=tile)
+    with pytest.raises(Stop):
+        nodes.AddSRSampler().sample(model, cond, None, None, tile_size=tile)
+    assert seen["upscale"] == seen["sampler"] == tile_overlap_px(tile)
+    assert tile_overlap_px(1024) == 256 and tile_overlap_px(512) == 168 and tile_overlap_px(256, 64) == 64
