@@ -5,8 +5,7 @@ Stages, each usable on its own (the ComfyUI nodes call them one by one):
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
@@ -167,7 +166,7 @@ def sample(
     options.validate()
     unet = models.unet
     check_prompt_widths(prompt_embeds, negative_embeds, unet.config.cross_attention_dim)
-    device, dtype = next(unet.parameters()).device, next(unet.parameters()).dtype
+    device = next(unet.parameters()).device
     vae_dtype = next(models.vae.parameters()).dtype
     denoise = ControlNetDenoiser(unet, models.controlnet)
     latent_hw = cond.moments.shape[-2:]

@@ -23,12 +23,6 @@ class AddSRCond:
     ram: RAMModel
 
 
-def ram_represent(ram: RAMModel, images01: torch.Tensor, resize: str) -> torch.Tensor:
-    device = host.load_to_device([ram.encoder])
-    with torch.no_grad():
-        return ram.encoder.module.represent(images01.to(device), resize=resize).float()
-
-
 class AddSREncodeLR:
     DESCRIPTION = "Prepares a low-resolution image for AddSR: upscales it, and computes its latent and RAM image tokens."
     CATEGORY = CATEGORY

@@ -18,15 +18,6 @@ MODEL_FOLDERS = ("addsr", "ram", "stablesr")
 WEIGHT_EXTENSIONS = {".safetensors", ".sft", ".pth", ".pt", ".bin", ".ckpt"}
 
 
-def comfy_available() -> bool:
-    try:
-        import comfy.model_management  # noqa: F401
-        import folder_paths  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
 # ---------------------------------------------------------------------------------------------
 # Model folders
 
@@ -171,13 +162,6 @@ def load_to_device(managed: list[ManagedModule], memory_required: int = 0) -> to
         if m.patcher is None or m.device != device:
             m.module.to(device)
     return device
-
-
-def free_memory(bytes_needed: int, device: torch.device | None = None) -> None:
-    with contextlib.suppress(Exception):
-        import comfy.model_management as mm
-
-        mm.free_memory(bytes_needed, device or torch_device())
 
 
 def soft_empty_cache() -> None:

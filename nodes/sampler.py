@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
-
 from addsr_core.pipeline import AddSRModels, UpscaleOptions, count_network_calls, sample, tile_overlap_px
 
 from . import host

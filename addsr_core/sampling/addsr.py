@@ -113,7 +113,7 @@ def sample_addsr(
     options.validate()
     noise = noise or SeededNoise(0)
     trace = trace or (lambda name, value: None)
-    device, dtype = control_image.device, prompt_embeds.dtype
+    device = control_image.device
     ac = (options.alphas_cumprod if options.alphas_cumprod is not None else scaled_linear_alphas_cumprod()).to(device)
     sf = options.scaling_factor
     cfg = options.guidance_scale > 1.0
@@ -170,8 +170,3 @@ def sample_addsr(
 
 def _match_batch(embeds: torch.Tensor, batch: int) -> torch.Tensor:
     return embeds.expand(batch, -1, -1) if embeds.shape[0] == 1 else embeds
-
-
-def decode_image(decode, z0: torch.Tensor, scaling_factor: float = 0.18215) -> torch.Tensor:
-    """Final decode as official: ``clamp(decode(z0 / sf) / 2 + 0.5, 0, 1)``."""
-    return (decode(z0 / scaling_factor) / 2 + 0.5).clamp(0, 1)

@@ -23,11 +23,3 @@ def add_noise(z0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor) ->
 def predict_z0(z_t: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
     """The official ``get_z0``: invert ``add_noise`` with the predicted epsilon."""
     return (z_t - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
-
-
-def predict_z0_from_v(z_t: torch.Tensor, v: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
-    return alpha_bar.sqrt() * z_t - (1 - alpha_bar).sqrt() * v
-
-
-def predict_eps_from_v(z_t: torch.Tensor, v: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
-    return (1 - alpha_bar).sqrt() * z_t + alpha_bar.sqrt() * v
