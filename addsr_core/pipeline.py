@@ -12,7 +12,7 @@ import torch
 
 from .models import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 from .sampling.addsr import AddSRSampling, sample_addsr
-from .sampling.denoisers import ControlNetDenoiser, TiledDenoiser
+from .sampling.denoisers import ControlNetDenoiser, TiledDenoiser, counting
 from .sampling.noise import NoiseSource, SeededNoise
 from .text.conditioning import check_prompt_widths
 
@@ -171,15 +171,7 @@ def sample(
     denoise = ControlNetDenoiser(unet, models.controlnet)
     latent_hw = cond.moments.shape[-2:]
     tiling = latent_tiling(options, latent_hw)
-    if tiling:
-        denoise = TiledDenoiser(denoise, *tiling, on_tile=on_tile)
-    elif on_tile is not None:
-        base = denoise
-
-        def denoise(*args):  # noqa: F811 - one network call is one "tile"
-            out = base(*args)
-            on_tile()
-            return out
+    denoise = TiledDenoiser(denoise, *tiling, on_tile=on_tile) if tiling else counting(denoise, on_tile)
 
     def decode(latent):
         return vae_decode(models.vae, latent.to(vae_dtype), options.vae_decode_tile_px, options.vae_overlap_px).float()
