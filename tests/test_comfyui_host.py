@@ -18,7 +18,7 @@ from PIL import Image
 from comfy_host import ComfyClient, ComfyServer, ComfyServerError
 from comfy_host.fixtures import comfy, comfy_server, requires_comfyui  # noqa: F401
 from comfy_host.pack import load_pack
-from nodes.workflow_graph import (
+from comfy_host.workflow_graph import (
     UIWorkflowBuilder,
     as_node_specs,
     check_workflow,

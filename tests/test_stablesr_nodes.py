@@ -290,7 +290,7 @@ def test_workflow_runs_in_process_on_tiny_files(name, files, tmp_path, monkeypat
     from PIL import Image
 
     from comfy_host.standins import core_standins, saved_files
-    from nodes.workflow_graph import execute_api_prompt, ui_to_api_prompt
+    from comfy_host.workflow_graph import execute_api_prompt, ui_to_api_prompt
 
     workflow = json.loads((REPO / "workflows" / f"{name}.json").read_text())
     models, inputs, outputs = tmp_path / "models", tmp_path / "input", tmp_path / "output"

@@ -1,10 +1,10 @@
-"""nodes/workflow_graph.py on a small synthetic graph of fake node classes (no ComfyUI needed)."""
+"""tests/comfy_host/workflow_graph.py on a small synthetic graph of fake node classes (no ComfyUI needed)."""
 import copy
 import json
 
 import pytest
 
-from nodes.workflow_graph import (
+from comfy_host.workflow_graph import (
     UIWorkflowBuilder,
     WorkflowError,
     as_node_specs,

@@ -20,7 +20,7 @@ from comfy_host.fixtures import comfy, comfy_server, requires_comfyui  # noqa: F
 from comfy_host.models import COMFYUI, INPROCESS, LOADERS, UnsupportedLoaderError, install_tiny_models
 from comfy_host.pack import load_pack
 from comfy_host.standins import core_standins, saved_files
-from nodes.workflow_graph import (
+from comfy_host.workflow_graph import (
     FRONTEND_ONLY_TYPES,
     as_node_specs,
     check_workflow,

@@ -29,7 +29,7 @@ for _path in (REPO, REPO / "tests"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from nodes.workflow_graph import UIWorkflowBuilder, as_node_specs  # noqa: E402
+from comfy_host.workflow_graph import UIWorkflowBuilder, as_node_specs  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # Model files the workflows expect (also what the frontend's missing-models dialog shows)

@@ -81,7 +81,7 @@ def install_tiny_models(models_dir, workflow: Mapping, definitions: Mapping | No
     name; defaults to the core snapshot plus the pack. Raises UnsupportedLoaderError for a node
     that needs files no writer knows.
     """
-    from nodes.workflow_graph import FRONTEND_ONLY_TYPES, MODE_ALWAYS, as_node_specs, widget_values_by_name
+    from comfy_host.workflow_graph import FRONTEND_ONLY_TYPES, MODE_ALWAYS, as_node_specs, widget_values_by_name
 
     models_dir = Path(models_dir)
     specs = as_node_specs(definitions if definitions is not None else default_definitions())
