@@ -15,7 +15,8 @@ from addsr_core.loading.to_safetensors import write_safetensors_copy
 from addsr_core.ram import load_ram_model
 from addsr_core.ram.tiny import write_tiny_ram
 from addsr_core.stablesr import load_cfw_vae, load_stablesr, read_checkpoint
-from addsr_core.stablesr.tiny import write_tiny_stablesr_files
+from addsr_core.stablesr.metadata import stablesr_metadata
+from addsr_core.stablesr.tiny import TINY_STABLESR, write_tiny_stablesr_files
 
 
 def convert(source, *output) -> "os.PathLike":
@@ -60,6 +61,10 @@ def test_stablesr_and_cfw_copies_load_the_same(stablesr_files, tmp_path):
         assert same_tensors(read_state_dict(copy), read_checkpoint(stablesr_files[kind]))  # unwrapped, no Lightning metadata
     full, full_768v = (tmp_path / stablesr_files[k].with_suffix(".safetensors").name for k in ("full", "full_768v"))
     assert same_weights(load_stablesr(full), load_stablesr(stablesr_files["full"]))
+    # The tiny files' head layout (our pickle metadata) rides along, so the copy loads the same network.
+    with safe_open(str(full), "pt") as f:
+        assert f.metadata() == {**stablesr_metadata(TINY_STABLESR), "converted_from": stablesr_files["full"].name}
+    assert load_stablesr(full).config == load_stablesr(stablesr_files["full"]).config
     copy_v = load_stablesr(full_768v)
     assert copy_v.config.prediction_type == "v_prediction"  # still told by the *768* name
     assert same_weights(copy_v, load_stablesr(stablesr_files["full_768v"]))

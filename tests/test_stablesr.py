@@ -4,6 +4,7 @@ import json
 import os
 import sys
 import types
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from addsr_core.stablesr import (
     StableSRConfig,
     StableSRModel,
     TimeAwareEncoder,
+    infer_stablesr_config,
     load_cfw_vae,
     load_lightning_checkpoint,
     load_stablesr,
@@ -422,15 +424,67 @@ def test_wrong_size_checkpoint_lists_the_mismatch(tmp_path, model):
         load_stablesr(tmp_path / "stablesr.safetensors", config=StableSRConfig())  # the full-size config, forced
 
 
-def test_architecture_is_recognised_from_the_shapes(tmp_path, model):
-    save_file(_ldm_state(model), tmp_path / "stablesr.safetensors")
-    loaded = load_stablesr(tmp_path / "stablesr.safetensors")  # no config: the tiny size is recognised
+def test_architecture_is_recognised_from_the_shapes_and_the_recorded_heads(tmp_path, model, model_outputs):
+    from addsr_core.stablesr.metadata import stablesr_metadata
+
+    # Our file records the tiny heads (8-channel) in its metadata: exactly the tiny configuration.
+    save_file(_ldm_state(model), tmp_path / "stablesr.safetensors", metadata=stablesr_metadata(TINY_STABLESR))
+    loaded = load_stablesr(tmp_path / "stablesr.safetensors")  # no config: sizes from the shapes, heads from the metadata
     assert loaded.config.unet == TINY_STABLESR.unet and loaded.config.encoder == TINY_STABLESR.encoder
     assert torch.equal(loaded.state_dict()["unet.conv_in.weight"], model.state_dict()["unet.conv_in.weight"])
+    _same_network(loaded, model_outputs)
     odd = {k: v for k, v in _ldm_state(model).items() if "output_blocks.11" not in k}  # a UNet of no known size
     save_file(odd, tmp_path / "odd.safetensors")
     with pytest.raises(CheckpointError, match="not a StableSR model of a known size.*width 32"):
         load_stablesr(tmp_path / "odd.safetensors")
+
+
+def test_without_recorded_heads_the_sd2_rule_applies_never_the_tiny_config(tmp_path, model):
+    """A file without our metadata (every release) gets SD 2.x's heads, 64 channels each (4 in the
+    encoder), whatever its size: the tiny test configuration is never tried on real loads."""
+    from addsr_core.stablesr.loading import SD2_HEAD_CHANNELS, known_configs
+
+    assert known_configs() == [StableSRConfig()]  # only the released SD2 size
+    assert StableSRConfig().unet.attention_heads == tuple(w // SD2_HEAD_CHANNELS for w in StableSRConfig().unet.block_out_channels)
+    save_file(_ldm_state(model), tmp_path / "stablesr.safetensors")
+    torch.save(_ldm_state(model), tmp_path / "stablesr.ckpt")
+    for name in ("stablesr.safetensors", "stablesr.ckpt"):
+        loaded = load_stablesr(tmp_path / name)
+        assert loaded.config.unet.attention_heads == (1, 1, 1, 1)  # widths 32/64: one head of up to 64 channels
+        assert loaded.config.unet != TINY_STABLESR.unet and loaded.config.encoder.num_heads == 4
+        assert loaded.config.unet == replace(TINY_STABLESR.unet, attention_heads=(1, 1, 1, 1))  # every size read off the shapes
+    # The official SD2 size without metadata: the released configuration, as before.
+    with torch.device("meta"):
+        official = StableSRModel(StableSRConfig()).state_dict()
+    assert infer_stablesr_config(official) == StableSRConfig()
+    assert infer_stablesr_config(official, metadata={"converted_from": "stablesr_000117.ckpt"}) == StableSRConfig()
+
+
+def test_recorded_heads_are_checked(tmp_path, model):
+    from addsr_core.stablesr.metadata import ENCODER_HEADS_KEY, UNET_HEADS_KEY
+
+    state = {k: v for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError, match="unreadable attention head layout"):
+        infer_stablesr_config(state, metadata={UNET_HEADS_KEY: "eight"})
+    with pytest.raises(CheckpointError, match="known size with the heads its metadata records.*UNet \\[4, 8\\]"):
+        infer_stablesr_config(state, metadata={UNET_HEADS_KEY: "[4, 8]"})  # two levels recorded, four in the file
+    assert infer_stablesr_config(state, metadata={UNET_HEADS_KEY: "[2, 2, 4, 4]", ENCODER_HEADS_KEY: "2"}).unet.attention_heads == (2, 2, 4, 4)
+
+
+def test_tiny_files_record_their_heads(tmp_path):
+    """The tiny release-layout files (full .ckpt, 768v .ckpt, SR module .safetensors) say their
+    heads, so they load as the tiny configuration with no config given."""
+    from addsr_core.loading.io import read_safetensors_metadata
+    from addsr_core.stablesr.metadata import UNET_HEADS_KEY
+    from addsr_core.stablesr.tiny import write_tiny_stablesr_files
+
+    files = write_tiny_stablesr_files(tmp_path)["files"]
+    assert json.loads(read_safetensors_metadata(files["sr_module"])[UNET_HEADS_KEY]) == list(TINY_STABLESR.unet.attention_heads)
+    for kind in ("full", "full_768v"):
+        loaded = load_stablesr(files[kind])
+        assert loaded.config.unet == TINY_STABLESR.unet and loaded.config.encoder == TINY_STABLESR.encoder, kind
+    on_base = load_stablesr(files["sr_module"], base=files["base"])
+    assert on_base.config.unet == TINY_STABLESR.unet
 
 
 def test_sr_module_written_for_a_base_of_another_size_loads_on_it(tmp_path):

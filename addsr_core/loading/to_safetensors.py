@@ -2,8 +2,9 @@
 
 The pickle is read by the safe reader our loaders use (``torch.load(weights_only=True)`` with
 Lightning's metadata made inert) and only its tensors are written: the state dict unwrapped from
-its training containers, names and dtypes as stored. Every loader that takes the original takes
-the copy, so keep its stem: names still tell ``*768*`` (v-prediction) apart.
+its training containers, names and dtypes as stored; the metadata our own pickles carry (the tiny
+StableSR files' head layout) goes into the safetensors metadata. Every loader that takes the
+original takes the copy, so keep its stem: names still tell ``*768*`` (v-prediction) apart.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def write_safetensors_copy(source: str | os.PathLike, output: str | os.PathLike 
     """Write the tensors of ``source`` to ``output`` (default: beside it, ``.safetensors``)."""
     from safetensors.torch import save_file
 
-    from ..stablesr.checkpoint import read_checkpoint
+    from ..stablesr.checkpoint import read_checkpoint_with_metadata
 
     source = Path(source)
     output = Path(output) if output is not None else default_output(source)
@@ -31,12 +32,12 @@ def write_safetensors_copy(source: str | os.PathLike, output: str | os.PathLike 
         raise CheckpointError(f"{str(source)!r} is not a pickled checkpoint ({', '.join(PICKLE_SUFFIXES)}); nothing to convert.")
     if output.suffix.lower() not in SAFETENSORS_SUFFIXES:
         raise CheckpointError(f"the copy must be named *.safetensors, not {output.name!r}")
-    tensors = read_checkpoint(source, family="pickled")
+    tensors, metadata = read_checkpoint_with_metadata(source, family="pickled")  # our files' metadata (StableSR heads)
     if not tensors:
         raise CheckpointError(f"{str(source)!r} holds no tensors.")
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".tmp")  # never leave a torn copy under the real name
-    save_file(_unshared(tensors), str(tmp), metadata={"converted_from": source.name})
+    save_file(_unshared(tensors), str(tmp), metadata={**metadata, "converted_from": source.name})
     os.replace(tmp, output)
     return output
 

@@ -80,3 +80,17 @@ def read_checkpoint(path: str | os.PathLike, *, family: str = "StableSR", dtype=
     if os.fspath(path).lower().endswith(PICKLE_SUFFIXES):
         return unwrap_state_dict(load_lightning_checkpoint(path, family=family))
     return unwrap_state_dict(read_state_dict(path, family=family, dtype=dtype, prefixes=prefixes))
+
+
+def read_checkpoint_with_metadata(
+    path: str | os.PathLike, *, family: str = "StableSR", dtype=None, prefixes=None
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """:func:`read_checkpoint` plus the file's metadata (:mod:`.metadata`), the file read once:
+    the safetensors header's, or a pickle's ``"addsr_metadata"`` strings; {} for the releases."""
+    from .metadata import pickle_metadata, read_file_metadata
+
+    if os.fspath(path).lower().endswith(PICKLE_SUFFIXES):
+        obj = load_lightning_checkpoint(path, family=family)
+        return unwrap_state_dict(obj), pickle_metadata(obj)
+    tensors = unwrap_state_dict(read_state_dict(path, family=family, dtype=dtype, prefixes=prefixes))
+    return tensors, read_file_metadata(path)

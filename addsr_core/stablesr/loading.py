@@ -29,8 +29,9 @@ from ..loading.keymaps_unet import LDM_UNET_PREFIX, ldm_unet_to_diffusers
 from ..loading.models import infer_vae_config, read_diffusers_folder
 from ..models import UNetConfig, VAEConfig
 from .cfw import CFWAutoencoder
-from .checkpoint import read_checkpoint
+from .checkpoint import read_checkpoint, read_checkpoint_with_metadata
 from .encoder import TimeAwareEncoderConfig
+from .metadata import recorded_heads
 from .model import StableSRConfig, StableSRModel
 
 STRUCTCOND_PREFIX = "structcond_stage_model."
@@ -95,12 +96,11 @@ def base_unet_from_state_dict(sd: Mapping[str, torch.Tensor], *, source: str = "
     return base
 
 
-# Architectures a file may hold, tried in order: the released SD2 size, then the tiny test size;
-# failing those, the SD2-family architecture read off the shapes (:func:`config_from_shapes`).
+# Architectures a file may hold, tried in order: the released SD2 size; failing that, the
+# SD2-family architecture read off the shapes (:func:`config_from_shapes`). Never the tiny test
+# size: our own files of other head layouts record their heads (:mod:`.metadata`).
 def known_configs() -> list[StableSRConfig]:
-    from .tiny import TINY_STABLESR
-
-    return [StableSRConfig(), TINY_STABLESR]
+    return [StableSRConfig()]
 
 
 SD2_HEAD_CHANNELS = 64  # SD 2.x (and SD-Turbo) attention: num_head_channels 64 at every level
@@ -179,11 +179,18 @@ def config_from_shapes(shapes: Mapping[str, tuple], prediction_type: str = "epsi
     return StableSRConfig(unet=unet, encoder=encoder, prediction_type=prediction_type)
 
 
-def infer_stablesr_config(state_dict: Mapping[str, torch.Tensor], prediction_type: str = "epsilon") -> StableSRConfig:
+def infer_stablesr_config(
+    state_dict: Mapping[str, torch.Tensor], prediction_type: str = "epsilon", *, metadata: Mapping[str, str] | None = None
+) -> StableSRConfig:
     """The architecture whose tensor names and shapes are exactly ``state_dict``'s (``unet.*`` and
-    ``struct_encoder.*``); the releases do not record their configuration. Known sizes first,
-    then an SD2-family UNet of another depth or width (e.g. a small base), read off the shapes."""
+    ``struct_encoder.*``); the releases do not record their configuration. The released SD2 size
+    first, then an SD2-family UNet of another depth or width (e.g. a small base), read off the shapes.
+
+    The head counts are not in the shapes: those recorded in ``metadata`` (the file's, see
+    :mod:`.metadata`; our own files record them), else the SD 2.x ones (64-channel UNet heads,
+    4 encoder heads), as in every release."""
     shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
+    unet_heads, encoder_heads = recorded_heads(metadata, "these weights")
     to_k = shapes.get("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight")
     candidates = []
     for config in known_configs():
@@ -194,6 +201,11 @@ def infer_stablesr_config(state_dict: Mapping[str, torch.Tensor], prediction_typ
         candidates.append(config_from_shapes(shapes))
     except (CheckpointError, KeyError, TypeError, ValueError, ZeroDivisionError):
         pass
+    if unet_heads is not None:
+        candidates = [replace(c, unet=replace(c.unet, attention_heads=unet_heads))
+                      for c in candidates if len(c.unet.block_out_channels) == len(unet_heads)]
+    if encoder_heads is not None:
+        candidates = [replace(c, encoder=replace(c.encoder, num_heads=encoder_heads)) for c in candidates]
     for config in candidates:
         try:
             with torch.device("meta"):
@@ -203,8 +215,11 @@ def infer_stablesr_config(state_dict: Mapping[str, torch.Tensor], prediction_typ
         if expected == shapes:
             return replace(config, prediction_type=prediction_type)
     width = shapes.get("unet.conv_in.weight", ("?",))[0]
+    recorded = "" if unet_heads is None and encoder_heads is None else (
+        f" with the heads its metadata records (UNet {list(unet_heads) if unet_heads else 'unrecorded'}, "
+        f"encoder {encoder_heads or 'unrecorded'})")
     raise CheckpointError(
-        f"these weights are not a StableSR model of a known size (UNet width {width}; the SD 2.x UNet has 320). "
+        f"these weights are not a StableSR model of a known size{recorded} (UNet width {width}; the SD 2.x UNet has 320). "
         "StableSR works with SD 2.x-512, SD 2.x-768-v and SD-Turbo bases only."
     )
 
@@ -233,12 +248,13 @@ def load_stablesr(
 
     ``base`` is a file/folder (:func:`read_base_unet`) or an in-memory UNet state dict
     (:func:`base_unet_from_state_dict`, e.g. ComfyUI's ``diffusion_model.state_dict()``).
-    Without ``config`` the architecture is recognised from the tensor shapes.
+    Without ``config`` the architecture is recognised from the tensor shapes, and the attention
+    heads from the file's metadata where it records them (our own files), else SD 2.x's.
     ``prediction_type`` (else ``config``'s) defaults to "v_prediction" for files named like the
     768-v release (``*768v*``) and "epsilon" otherwise (the 512 and Turbo releases).
     """
     source = os.fspath(path)
-    sd = read_checkpoint(path, family="StableSR", prefixes=(LDM_UNET_PREFIX, STRUCTCOND_PREFIX))
+    sd, metadata = read_checkpoint_with_metadata(path, family="StableSR", prefixes=(LDM_UNET_PREFIX, STRUCTCOND_PREFIX))
     unet_base, sft, encoder = split_stablesr_state_dict(sd)
     del sd
     if not sft or not encoder:
@@ -262,7 +278,7 @@ def load_stablesr(
     state.update({f"struct_encoder.{k}": v for k, v in encoder.items()})
     if config is None:
         try:
-            config = infer_stablesr_config(state, prediction_type)
+            config = infer_stablesr_config(state, prediction_type, metadata=metadata)
         except CheckpointError as err:
             raise CheckpointError(f"{source!r}: {err}") from None
     config = replace(config, prediction_type=prediction_type)

@@ -76,9 +76,15 @@ def ldm_cfw_state(cfw: CFWAutoencoder) -> tuple[dict, dict]:
     return {k: v.contiguous() for k, v in plain.items()}, fusion
 
 
-def _lightning(state_dict: dict, step: int) -> dict:
-    """What a Lightning ModelCheckpoint writes around the weights (metadata a safe reader skips)."""
-    return {"epoch": 0, "global_step": step, "pytorch-lightning_version": "1.4.2", "state_dict": state_dict}
+def _lightning(state_dict: dict, step: int, metadata: dict | None = None) -> dict:
+    """What a Lightning ModelCheckpoint writes around the weights (metadata a safe reader skips),
+    plus our ``metadata`` strings (:mod:`.metadata`: the head layout, which the shapes do not give)."""
+    out = {"epoch": 0, "global_step": step, "pytorch-lightning_version": "1.4.2", "state_dict": state_dict}
+    if metadata:
+        from .metadata import PICKLE_METADATA_KEY
+
+        out[PICKLE_METADATA_KEY] = dict(metadata)
+    return out
 
 
 def stablesr_config_for_base(base_unet) -> StableSRConfig:
@@ -126,6 +132,8 @@ def write_tiny_stablesr_files(models_dir, seed: int = 0, context_dim: int = TINY
 
     from safetensors.torch import save_file
 
+    from .metadata import stablesr_metadata
+
     models_dir = Path(models_dir)
     folder, checkpoints = models_dir / "stablesr", models_dir / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
@@ -147,9 +155,11 @@ def write_tiny_stablesr_files(models_dir, seed: int = 0, context_dim: int = TINY
     files = {kind: (checkpoints if kind == "base" else folder) / name for kind, name in TINY_FILES.items()}
 
     ldm = ldm_stablesr_state(model)
-    torch.save(_lightning({**ldm, **first_stage}, 117), files["full"])
-    torch.save(_lightning({**ldm_stablesr_state(model_v), **first_stage}, 139), files["full_768v"])
-    save_file({k: v for k, v in ldm.items() if ".spade." in k or k.startswith("structcond_stage_model.")}, str(files["sr_module"]))
+    heads = stablesr_metadata(config)  # the tiny heads are not SD2's: the files say which they are
+    torch.save(_lightning({**ldm, **first_stage}, 117, heads), files["full"])
+    torch.save(_lightning({**ldm_stablesr_state(model_v), **first_stage}, 139, heads), files["full_768v"])
+    save_file({k: v for k, v in ldm.items() if ".spade." in k or k.startswith("structcond_stage_model.")}, str(files["sr_module"]),
+              metadata=heads)
     base = {k: v for k, v in ldm.items() if k.startswith("model.diffusion_model.") and ".spade." not in k}
     save_file({**base, **first_stage}, str(files["base"]))
     torch.save(_lightning({**plain, **fusion, "loss.logvar": torch.zeros(())}, 11), files["cfw"])
