@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.operations import compute_device
 from ..sampling.tiling import axis_origins
 
 # --- Whole-image context: GroupNorm statistics and attention tokens -------------------------------
@@ -93,7 +94,7 @@ def _affine(gn: nn.GroupNorm, y: torch.Tensor) -> torch.Tensor:
     if gn.weight is None:
         return y
     shape = (1, -1) + (1,) * (y.ndim - 2)
-    return y * gn.weight.to(y.dtype).view(shape) + gn.bias.to(y.dtype).view(shape)
+    return y * gn.weight.to(y.device, y.dtype).view(shape) + gn.bias.to(y.device, y.dtype).view(shape)
 
 
 def _group_view(gn: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
@@ -122,7 +123,10 @@ def _recording_norm(gn: nn.GroupNorm, stats: GroupNormStats):
     def forward(x):
         var, mean = torch.var_mean(_group_view(gn, x), dim=-1, unbiased=False)
         stats.entries.setdefault(gn, []).append((mean.float(), var.float()))
-        return F.group_norm(x, gn.num_groups, gn.weight, gn.bias, gn.eps)
+        # The weights go to the activations' device: a partial (lowvram) load may leave them offloaded.
+        weight = None if gn.weight is None else gn.weight.to(x.device)
+        bias = None if gn.bias is None else gn.bias.to(x.device)
+        return F.group_norm(x, gn.num_groups, weight, bias, gn.eps)
 
     return forward
 
@@ -381,8 +385,8 @@ def feather(length: int, ramp_before: int, ramp_after: int) -> torch.Tensor:
 
 
 def _vae_device_dtype(vae):
-    p = next(vae.parameters())
-    return p.device, p.dtype
+    """Where the VAE runs (its host's load device, see compute_device) and its weights' dtype."""
+    return compute_device(vae), next(vae.parameters()).dtype
 
 
 def _check_tiling_args(tile_px: int, overlap_px: int, factor: int) -> tuple[int, int]:

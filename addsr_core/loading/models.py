@@ -66,9 +66,9 @@ def _check_class(config: dict, expected: str, source: str) -> None:
         raise CheckpointError(f"{source!r} holds a {got}, but a {expected} was expected here.")
 
 
-def _build(cls, config):
+def _build(cls, config, operations=None):
     with torch.device("meta"):
-        return cls(config)
+        return cls(config, operations)
 
 
 def _assign(module, sd, family, source, dtype, device):
@@ -78,31 +78,40 @@ def _assign(module, sd, family, source, dtype, device):
         raise CheckpointError(f"{err}\nThe file looks like {describe_checkpoint(sd.keys())}.") from None
 
 
-def build_unet(config: UNetConfig, state_dict: dict, *, source: str, dtype=None, device="cpu") -> UNet2DConditionModel:
-    return _assign(_build(UNet2DConditionModel, config), state_dict, "AddSR UNet", source, dtype, device).eval()
+# ``operations`` everywhere below: the layer classes the network is built from (default torch.nn;
+# a host such as ComfyUI passes its own, see addsr_core.models.operations). Same keys either way.
 
 
-def build_controlnet(config: UNetConfig, state_dict: dict, *, source: str, dtype=None, device="cpu") -> ControlNetModel:
-    return _assign(_build(ControlNetModel, config), state_dict, "AddSR ControlNet", source, dtype, device).eval()
+def build_unet(config: UNetConfig, state_dict: dict, *, source: str, dtype=None, device="cpu",
+               operations=None) -> UNet2DConditionModel:
+    return _assign(_build(UNet2DConditionModel, config, operations), state_dict, "AddSR UNet", source, dtype, device).eval()
 
 
-def build_vae(config: VAEConfig, state_dict: dict, *, source: str, dtype=None, device="cpu") -> AutoencoderKL:
-    return _assign(_build(AutoencoderKL, config), state_dict, "SD2 VAE (AutoencoderKL)", source, dtype, device).eval()
+def build_controlnet(config: UNetConfig, state_dict: dict, *, source: str, dtype=None, device="cpu",
+                     operations=None) -> ControlNetModel:
+    return _assign(_build(ControlNetModel, config, operations), state_dict, "AddSR ControlNet", source, dtype, device).eval()
 
 
-def load_unet(path, *, dtype=None, device="cpu") -> UNet2DConditionModel:
+def build_vae(config: VAEConfig, state_dict: dict, *, source: str, dtype=None, device="cpu",
+              operations=None) -> AutoencoderKL:
+    return _assign(_build(AutoencoderKL, config, operations), state_dict, "SD2 VAE (AutoencoderKL)", source, dtype,
+                   device).eval()
+
+
+def load_unet(path, *, dtype=None, device="cpu", operations=None) -> UNet2DConditionModel:
     config, sd, source = read_diffusers_folder(path, "unet", dtype=dtype)
     _check_class(config, "UNet2DConditionModel", source)
     cfg = UNetConfig.from_diffusers(config)
     if not cfg.use_image_cross_attention:
         raise CheckpointError(f"{source!r}: config lacks use_image_cross_attention=true; this is not an AddSR/SeeSR UNet.")
-    return build_unet(cfg, sd, source=source, dtype=dtype, device=device)
+    return build_unet(cfg, sd, source=source, dtype=dtype, device=device, operations=operations)
 
 
-def load_controlnet(path, *, dtype=None, device="cpu") -> ControlNetModel:
+def load_controlnet(path, *, dtype=None, device="cpu", operations=None) -> ControlNetModel:
     config, sd, source = read_diffusers_folder(path, "controlnet", dtype=dtype)
     _check_class(config, "ControlNetModel", source)
-    return build_controlnet(UNetConfig.from_diffusers(config), sd, source=source, dtype=dtype, device=device)
+    return build_controlnet(UNetConfig.from_diffusers(config), sd, source=source, dtype=dtype, device=device,
+                            operations=operations)
 
 
 def vae_state_dict_from_any(sd: dict) -> dict:
@@ -128,7 +137,7 @@ def infer_vae_config(sd: dict, *, norm_num_groups: int = 32, scaling_factor: flo
     )
 
 
-def load_vae(path, *, dtype=None, device="cpu", config: VAEConfig | None = None) -> AutoencoderKL:
+def load_vae(path, *, dtype=None, device="cpu", config: VAEConfig | None = None, operations=None) -> AutoencoderKL:
     """A diffusers ``vae/`` folder, or a single file (SD2 checkpoint, LDM VAE, diffusers VAE)."""
     path = Path(path)
     if path.is_dir():
@@ -138,5 +147,7 @@ def load_vae(path, *, dtype=None, device="cpu", config: VAEConfig | None = None)
     else:
         source = str(path)
         sd = vae_state_dict_from_any(unwrap_state_dict(read_state_dict(path, family="VAE", dtype=dtype, prefixes=VAE_PREFIXES)))
-        return build_vae(config or infer_vae_config(sd), sd, source=source, dtype=dtype, device=device)
-    return build_vae(config, vae_state_dict_from_any(sd), source=source, dtype=dtype, device=device)
+        return build_vae(config or infer_vae_config(sd), sd, source=source, dtype=dtype, device=device,
+                         operations=operations)
+    return build_vae(config, vae_state_dict_from_any(sd), source=source, dtype=dtype, device=device,
+                     operations=operations)

@@ -86,8 +86,9 @@ def _validate(tensors: dict, metadata: dict, source: str) -> None:
         check_state_dict(model, strip_prefix(tensors, f"{part}."), family=f"AddSR {part}", source=source)
 
 
-def load_packed(path, *, dtype=None, device="cpu"):
-    """(unet, controlnet, vae_state_dict_or_None) from a packed file."""
+def load_packed(path, *, dtype=None, device="cpu", operations=None):
+    """(unet, controlnet, vae_state_dict_or_None) from a packed file; ``operations``: the layer
+    classes (default torch.nn; see :mod:`addsr_core.models.operations`)."""
     meta = read_safetensors_metadata(path, family="AddSR packed")
     if meta.get("format") != FORMAT:
         raise CheckpointError(
@@ -97,21 +98,23 @@ def load_packed(path, *, dtype=None, device="cpu"):
     sd = read_state_dict(path, family="AddSR packed", dtype=dtype)
     unet = build_unet(
         UNetConfig.from_diffusers(json.loads(meta["unet_config"])), strip_prefix(sd, "unet."),
-        source=str(path), dtype=dtype, device=device,
+        source=str(path), dtype=dtype, device=device, operations=operations,
     )
     controlnet = build_controlnet(
         UNetConfig.from_diffusers(json.loads(meta["controlnet_config"])), strip_prefix(sd, "controlnet."),
-        source=str(path), dtype=dtype, device=device,
+        source=str(path), dtype=dtype, device=device, operations=operations,
     )
     vae_sd = strip_prefix(sd, "vae.") if "vae_config" in meta else None
     return unet, controlnet, vae_sd
 
 
-def load_addsr(path, *, dtype=None, device="cpu"):
-    """(unet, controlnet) from a release folder or a packed file."""
+def load_addsr(path, *, dtype=None, device="cpu", operations=None):
+    """(unet, controlnet) from a release folder or a packed file; ``operations``: the layer classes
+    (default torch.nn; see :mod:`addsr_core.models.operations`)."""
     from .models import load_controlnet, load_unet
 
     if Path(path).is_file():
-        unet, controlnet, _ = load_packed(path, dtype=dtype, device=device)
+        unet, controlnet, _ = load_packed(path, dtype=dtype, device=device, operations=operations)
         return unet, controlnet
-    return load_unet(path, dtype=dtype, device=device), load_controlnet(path, dtype=dtype, device=device)
+    return (load_unet(path, dtype=dtype, device=device, operations=operations),
+            load_controlnet(path, dtype=dtype, device=device, operations=operations))

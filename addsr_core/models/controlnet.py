@@ -9,20 +9,22 @@ from torch import nn
 
 from .config import UNetConfig
 from .layers import TimestepEmbedding
+from .operations import resolve_operations
 from .unet_blocks import MidBlock, build_down_blocks
 
 
 class ControlNetConditioningEmbedding(nn.Module):
     """Maps the condition image (8x the latent size) to conv_in's width; three stride-2 convs."""
 
-    def __init__(self, out_channels: int, in_channels: int = 3, block_channels=(16, 32, 96, 256)):
+    def __init__(self, out_channels: int, in_channels: int = 3, block_channels=(16, 32, 96, 256), operations=nn):
         super().__init__()
-        self.conv_in = nn.Conv2d(in_channels, block_channels[0], 3, padding=1)
+        ops = operations
+        self.conv_in = ops.Conv2d(in_channels, block_channels[0], 3, padding=1)
         blocks = []
         for cin, cout in zip(block_channels[:-1], block_channels[1:]):
-            blocks += [nn.Conv2d(cin, cin, 3, padding=1), nn.Conv2d(cin, cout, 3, padding=1, stride=2)]
+            blocks += [ops.Conv2d(cin, cin, 3, padding=1), ops.Conv2d(cin, cout, 3, padding=1, stride=2)]
         self.blocks = nn.ModuleList(blocks)
-        self.conv_out = nn.Conv2d(block_channels[-1], out_channels, 3, padding=1)
+        self.conv_out = ops.Conv2d(block_channels[-1], out_channels, 3, padding=1)
 
     def forward(self, cond):
         h = F.silu(self.conv_in(cond))
@@ -44,30 +46,32 @@ class ControlNetOutput(NamedTuple):
     cond_feature_maps: list
 
 
-def _zero_conv(channels: int) -> nn.Conv2d:
-    return nn.Conv2d(channels, channels, 1)
+def _zero_conv(channels: int, operations=nn) -> nn.Conv2d:
+    return operations.Conv2d(channels, channels, 1)
 
 
 class ControlNetModel(nn.Module):
-    def __init__(self, config: UNetConfig):
+    def __init__(self, config: UNetConfig, operations=None):
+        """``operations``: the layer classes (default torch.nn; see :mod:`addsr_core.models.operations`)."""
         super().__init__()
+        ops = resolve_operations(operations)
         self.config = config
         c0 = config.block_out_channels[0]
-        self.time_embedding = TimestepEmbedding(c0, config.time_embed_dim)
-        self.conv_in = nn.Conv2d(config.in_channels, c0, 3, padding=1)
+        self.time_embedding = TimestepEmbedding(c0, config.time_embed_dim, ops)
+        self.conv_in = ops.Conv2d(config.in_channels, c0, 3, padding=1)
         self.controlnet_cond_embedding = ControlNetConditioningEmbedding(
-            c0, config.conditioning_channels, config.conditioning_embedding_out_channels
+            c0, config.conditioning_channels, config.conditioning_embedding_out_channels, ops
         )
-        self.down_blocks = build_down_blocks(config)
-        zero_convs = [_zero_conv(c0)]
+        self.down_blocks = build_down_blocks(config, ops)
+        zero_convs = [_zero_conv(c0, ops)]
         for i, block in enumerate(self.down_blocks):
             cout = config.block_out_channels[i]
-            zero_convs += [_zero_conv(cout) for _ in block.resnets]
+            zero_convs += [_zero_conv(cout, ops) for _ in block.resnets]
             if block.downsamplers is not None:
-                zero_convs.append(_zero_conv(cout))
+                zero_convs.append(_zero_conv(cout, ops))
         self.controlnet_down_blocks = nn.ModuleList(zero_convs)
-        self.mid_block = MidBlock(config, config.block_out_channels[-1], config.attention_heads[-1])
-        self.controlnet_mid_block = _zero_conv(config.block_out_channels[-1])
+        self.mid_block = MidBlock(config, config.block_out_channels[-1], config.attention_heads[-1], ops)
+        self.controlnet_mid_block = _zero_conv(config.block_out_channels[-1], ops)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -1,4 +1,8 @@
-"""Building blocks shared by the UNet, the ControlNet and the VAE (diffusers parameter names)."""
+"""Building blocks shared by the UNet, the ControlNet and the VAE (diffusers parameter names).
+
+Each takes ``operations`` (default :mod:`torch.nn`), the namespace its layers are built from; see
+:mod:`addsr_core.models.operations`.
+"""
 from __future__ import annotations
 
 import math
@@ -32,11 +36,11 @@ def broadcast_timesteps(timestep, batch: int, device) -> torch.Tensor:
 
 
 class TimestepEmbedding(nn.Module):
-    def __init__(self, in_channels: int, time_embed_dim: int):
+    def __init__(self, in_channels: int, time_embed_dim: int, operations=nn):
         super().__init__()
-        self.linear_1 = nn.Linear(in_channels, time_embed_dim)
+        self.linear_1 = operations.Linear(in_channels, time_embed_dim)
         self.act = nn.SiLU()
-        self.linear_2 = nn.Linear(time_embed_dim, time_embed_dim)
+        self.linear_2 = operations.Linear(time_embed_dim, time_embed_dim)
 
     def forward(self, x):
         return self.linear_2(self.act(self.linear_1(x)))
@@ -55,15 +59,17 @@ class ResnetBlock2D(nn.Module):
     branch before the skip is added; it takes ``(h, struct_cond)``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, temb_channels: int | None, groups: int, eps: float):
+    def __init__(self, in_channels: int, out_channels: int, temb_channels: int | None, groups: int, eps: float,
+                 operations=nn):
         super().__init__()
-        self.norm1 = nn.GroupNorm(groups, in_channels, eps=eps)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.time_emb_proj = nn.Linear(temb_channels, out_channels) if temb_channels else None
-        self.norm2 = nn.GroupNorm(groups, out_channels, eps=eps)
+        ops = operations
+        self.norm1 = ops.GroupNorm(groups, in_channels, eps=eps)
+        self.conv1 = ops.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.time_emb_proj = ops.Linear(temb_channels, out_channels) if temb_channels else None
+        self.norm2 = ops.GroupNorm(groups, out_channels, eps=eps)
         self.dropout = nn.Dropout(0.0)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
+        self.conv2 = ops.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.conv_shortcut = ops.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
         self.spade: nn.Module | None = None
 
     def forward(self, x, temb=None, struct_cond=None):
@@ -81,10 +87,10 @@ class ResnetBlock2D(nn.Module):
 class Downsample2D(nn.Module):
     """Stride-2 conv. ``padding=0`` is the VAE variant that pads right/bottom by one first."""
 
-    def __init__(self, channels: int, padding: int = 1):
+    def __init__(self, channels: int, padding: int = 1, operations=nn):
         super().__init__()
         self.padding = padding
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=padding)
+        self.conv = operations.Conv2d(channels, channels, 3, stride=2, padding=padding)
 
     def forward(self, x):
         if self.padding == 0:
@@ -93,9 +99,9 @@ class Downsample2D(nn.Module):
 
 
 class Upsample2D(nn.Module):
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, operations=nn):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = operations.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x, size=None):
         # Upsampling to the skip's size (not a blind 2x) keeps odd latent sizes working.
@@ -109,14 +115,15 @@ class Upsample2D(nn.Module):
 class Attention(nn.Module):
     """Multi-head attention with diffusers' to_q/to_k/to_v/to_out.0 names, on [B, N, C] tokens."""
 
-    def __init__(self, query_dim: int, heads: int, dim_head: int, context_dim: int | None = None, bias: bool = False):
+    def __init__(self, query_dim: int, heads: int, dim_head: int, context_dim: int | None = None, bias: bool = False,
+                 operations=nn):
         super().__init__()
         inner = heads * dim_head
         self.heads = heads
-        self.to_q = nn.Linear(query_dim, inner, bias=bias)
-        self.to_k = nn.Linear(context_dim or query_dim, inner, bias=bias)
-        self.to_v = nn.Linear(context_dim or query_dim, inner, bias=bias)
-        self.to_out = nn.ModuleList([nn.Linear(inner, query_dim), nn.Dropout(0.0)])
+        self.to_q = operations.Linear(query_dim, inner, bias=bias)
+        self.to_k = operations.Linear(context_dim or query_dim, inner, bias=bias)
+        self.to_v = operations.Linear(context_dim or query_dim, inner, bias=bias)
+        self.to_out = nn.ModuleList([operations.Linear(inner, query_dim), nn.Dropout(0.0)])
 
     def forward(self, x, context=None):
         context = x if context is None else context
@@ -129,9 +136,9 @@ class Attention(nn.Module):
 
 
 class GEGLU(nn.Module):
-    def __init__(self, dim_in: int, dim_out: int):
+    def __init__(self, dim_in: int, dim_out: int, operations=nn):
         super().__init__()
-        self.proj = nn.Linear(dim_in, dim_out * 2)
+        self.proj = operations.Linear(dim_in, dim_out * 2)
 
     def forward(self, x):
         x, gate = self.proj(x).chunk(2, dim=-1)
@@ -139,9 +146,9 @@ class GEGLU(nn.Module):
 
 
 class FeedForward(nn.Module):
-    def __init__(self, dim: int, mult: int = 4):
+    def __init__(self, dim: int, mult: int = 4, operations=nn):
         super().__init__()
-        self.net = nn.ModuleList([GEGLU(dim, dim * mult), nn.Dropout(0.0), nn.Linear(dim * mult, dim)])
+        self.net = nn.ModuleList([GEGLU(dim, dim * mult, operations), nn.Dropout(0.0), operations.Linear(dim * mult, dim)])
 
     def forward(self, x):
         for layer in self.net:
@@ -152,14 +159,14 @@ class FeedForward(nn.Module):
 class BasicTransformerBlock(nn.Module):
     """Self-attention, cross-attention to ``context``, GEGLU feed-forward; pre-LayerNorm residuals."""
 
-    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int):
+    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int, operations=nn):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn1 = Attention(dim, heads, dim_head)
-        self.norm2 = nn.LayerNorm(dim)
-        self.attn2 = Attention(dim, heads, dim_head, context_dim=context_dim)
-        self.norm3 = nn.LayerNorm(dim)
-        self.ff = FeedForward(dim)
+        self.norm1 = operations.LayerNorm(dim)
+        self.attn1 = Attention(dim, heads, dim_head, operations=operations)
+        self.norm2 = operations.LayerNorm(dim)
+        self.attn2 = Attention(dim, heads, dim_head, context_dim=context_dim, operations=operations)
+        self.norm3 = operations.LayerNorm(dim)
+        self.ff = FeedForward(dim, operations=operations)
 
     def forward(self, x, context):
         x = self.attn1(self.norm1(x)) + x
@@ -170,14 +177,15 @@ class BasicTransformerBlock(nn.Module):
 class Transformer2DModel(nn.Module):
     """SD2's spatial transformer with linear projections in and out."""
 
-    def __init__(self, heads: int, dim_head: int, channels: int, context_dim: int, groups: int, num_layers: int = 1):
+    def __init__(self, heads: int, dim_head: int, channels: int, context_dim: int, groups: int, num_layers: int = 1,
+                 operations=nn):
         super().__init__()
-        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
-        self.proj_in = nn.Linear(channels, channels)
+        self.norm = operations.GroupNorm(groups, channels, eps=1e-6)
+        self.proj_in = operations.Linear(channels, channels)
         self.transformer_blocks = nn.ModuleList(
-            [BasicTransformerBlock(channels, heads, dim_head, context_dim) for _ in range(num_layers)]
+            [BasicTransformerBlock(channels, heads, dim_head, context_dim, operations) for _ in range(num_layers)]
         )
-        self.proj_out = nn.Linear(channels, channels)
+        self.proj_out = operations.Linear(channels, channels)
 
     def forward(self, x, context):
         b, c, h, w = x.shape
@@ -193,13 +201,13 @@ class Transformer2DModel(nn.Module):
 class SpatialSelfAttention(nn.Module):
     """The VAE mid-block's single-head attention over all pixels, with its own GroupNorm."""
 
-    def __init__(self, channels: int, groups: int, eps: float):
+    def __init__(self, channels: int, groups: int, eps: float, operations=nn):
         super().__init__()
-        self.group_norm = nn.GroupNorm(groups, channels, eps=eps)
-        self.to_q = nn.Linear(channels, channels)
-        self.to_k = nn.Linear(channels, channels)
-        self.to_v = nn.Linear(channels, channels)
-        self.to_out = nn.ModuleList([nn.Linear(channels, channels), nn.Dropout(0.0)])
+        self.group_norm = operations.GroupNorm(groups, channels, eps=eps)
+        self.to_q = operations.Linear(channels, channels)
+        self.to_k = operations.Linear(channels, channels)
+        self.to_v = operations.Linear(channels, channels)
+        self.to_out = nn.ModuleList([operations.Linear(channels, channels), nn.Dropout(0.0)])
 
     def forward(self, x):
         b, c, h, w = x.shape

@@ -9,21 +9,24 @@ from torch import nn
 
 from .config import UNetConfig
 from .layers import TimestepEmbedding
+from .operations import resolve_operations
 from .unet_blocks import MidBlock, build_down_blocks, build_up_blocks
 
 
 class UNet2DConditionModel(nn.Module):
-    def __init__(self, config: UNetConfig):
+    def __init__(self, config: UNetConfig, operations=None):
+        """``operations``: the layer classes (default torch.nn; see :mod:`addsr_core.models.operations`)."""
         super().__init__()
+        ops = resolve_operations(operations)
         self.config = config
         c0 = config.block_out_channels[0]
-        self.time_embedding = TimestepEmbedding(c0, config.time_embed_dim)
-        self.conv_in = nn.Conv2d(config.in_channels, c0, 3, padding=1)
-        self.down_blocks = build_down_blocks(config)
-        self.mid_block = MidBlock(config, config.block_out_channels[-1], config.attention_heads[-1])
-        self.up_blocks = build_up_blocks(config)
-        self.conv_norm_out = nn.GroupNorm(config.norm_num_groups, c0, eps=config.norm_eps)
-        self.conv_out = nn.Conv2d(c0, config.out_channels, 3, padding=1)
+        self.time_embedding = TimestepEmbedding(c0, config.time_embed_dim, ops)
+        self.conv_in = ops.Conv2d(config.in_channels, c0, 3, padding=1)
+        self.down_blocks = build_down_blocks(config, ops)
+        self.mid_block = MidBlock(config, config.block_out_channels[-1], config.attention_heads[-1], ops)
+        self.up_blocks = build_up_blocks(config, ops)
+        self.conv_norm_out = ops.GroupNorm(config.norm_num_groups, c0, eps=config.norm_eps)
+        self.conv_out = ops.Conv2d(c0, config.out_channels, 3, padding=1)
 
     @property
     def dtype(self) -> torch.dtype:

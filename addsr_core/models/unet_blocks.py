@@ -12,12 +12,13 @@ from .config import UNetConfig
 from .layers import Downsample2D, ResnetBlock2D, Transformer2DModel, Upsample2D
 
 
-def _transformer(cfg: UNetConfig, channels: int, heads: int, context_dim: int) -> Transformer2DModel:
-    return Transformer2DModel(heads, channels // heads, channels, context_dim, cfg.norm_num_groups, cfg.transformer_layers_per_block)
+def _transformer(cfg: UNetConfig, channels: int, heads: int, context_dim: int, operations) -> Transformer2DModel:
+    return Transformer2DModel(heads, channels // heads, channels, context_dim, cfg.norm_num_groups,
+                              cfg.transformer_layers_per_block, operations)
 
 
-def _resnet(cfg: UNetConfig, cin: int, cout: int) -> ResnetBlock2D:
-    return ResnetBlock2D(cin, cout, cfg.time_embed_dim, cfg.norm_num_groups, cfg.norm_eps)
+def _resnet(cfg: UNetConfig, cin: int, cout: int, operations) -> ResnetBlock2D:
+    return ResnetBlock2D(cin, cout, cfg.time_embed_dim, cfg.norm_num_groups, cfg.norm_eps, operations)
 
 
 class _Layers(nn.Module):
@@ -25,13 +26,15 @@ class _Layers(nn.Module):
 
     gradient_checkpointing = False
 
-    def _build_attn(self, cfg: UNetConfig, channels: int, heads: int, n: int, with_attn: bool):
+    def _build_attn(self, cfg: UNetConfig, channels: int, heads: int, n: int, with_attn: bool, operations):
         self.has_attn = with_attn
         if with_attn:
-            self.attentions = nn.ModuleList([_transformer(cfg, channels, heads, cfg.cross_attention_dim) for _ in range(n)])
+            self.attentions = nn.ModuleList(
+                [_transformer(cfg, channels, heads, cfg.cross_attention_dim, operations) for _ in range(n)]
+            )
             if cfg.use_image_cross_attention:
                 self.image_attentions = nn.ModuleList(
-                    [_transformer(cfg, channels, heads, cfg.image_cross_attention_dim) for _ in range(n)]
+                    [_transformer(cfg, channels, heads, cfg.image_cross_attention_dim, operations) for _ in range(n)]
                 )
 
     def _layer(self, i, h, temb, context, image_context, struct_cond):
@@ -49,12 +52,13 @@ class _Layers(nn.Module):
 
 
 class DownBlock(_Layers):
-    def __init__(self, cfg: UNetConfig, cin: int, cout: int, heads: int, with_attn: bool, add_downsample: bool):
+    def __init__(self, cfg: UNetConfig, cin: int, cout: int, heads: int, with_attn: bool, add_downsample: bool,
+                 operations=nn):
         super().__init__()
         n = cfg.layers_per_block
-        self.resnets = nn.ModuleList([_resnet(cfg, cin if i == 0 else cout, cout) for i in range(n)])
-        self._build_attn(cfg, cout, heads, n, with_attn)
-        self.downsamplers = nn.ModuleList([Downsample2D(cout)]) if add_downsample else None
+        self.resnets = nn.ModuleList([_resnet(cfg, cin if i == 0 else cout, cout, operations) for i in range(n)])
+        self._build_attn(cfg, cout, heads, n, with_attn, operations)
+        self.downsamplers = nn.ModuleList([Downsample2D(cout, operations=operations)]) if add_downsample else None
 
     def forward(self, h, temb, context=None, image_context=None, struct_cond=None):
         states = []
@@ -68,10 +72,10 @@ class DownBlock(_Layers):
 
 
 class MidBlock(_Layers):
-    def __init__(self, cfg: UNetConfig, channels: int, heads: int):
+    def __init__(self, cfg: UNetConfig, channels: int, heads: int, operations=nn):
         super().__init__()
-        self.resnets = nn.ModuleList([_resnet(cfg, channels, channels) for _ in range(2)])
-        self._build_attn(cfg, channels, heads, 1, True)
+        self.resnets = nn.ModuleList([_resnet(cfg, channels, channels, operations) for _ in range(2)])
+        self._build_attn(cfg, channels, heads, 1, True, operations)
 
     def forward(self, h, temb, context=None, image_context=None, struct_cond=None):
         h = self._run(0, h, temb, context, image_context, struct_cond)
@@ -79,14 +83,15 @@ class MidBlock(_Layers):
 
 
 class UpBlock(_Layers):
-    def __init__(self, cfg: UNetConfig, cin: int, cout: int, prev: int, heads: int, with_attn: bool, add_upsample: bool):
+    def __init__(self, cfg: UNetConfig, cin: int, cout: int, prev: int, heads: int, with_attn: bool, add_upsample: bool,
+                 operations=nn):
         super().__init__()
         n = cfg.layers_per_block + 1
         self.resnets = nn.ModuleList(
-            [_resnet(cfg, (prev if i == 0 else cout) + (cin if i == n - 1 else cout), cout) for i in range(n)]
+            [_resnet(cfg, (prev if i == 0 else cout) + (cin if i == n - 1 else cout), cout, operations) for i in range(n)]
         )
-        self._build_attn(cfg, cout, heads, n, with_attn)
-        self.upsamplers = nn.ModuleList([Upsample2D(cout)]) if add_upsample else None
+        self._build_attn(cfg, cout, heads, n, with_attn, operations)
+        self.upsamplers = nn.ModuleList([Upsample2D(cout, operations)]) if add_upsample else None
 
     def forward(self, h, skips, temb, context=None, image_context=None, struct_cond=None, upsample_size=None):
         for i in range(len(self.resnets)):
@@ -97,16 +102,16 @@ class UpBlock(_Layers):
         return h
 
 
-def build_down_blocks(cfg: UNetConfig) -> nn.ModuleList:
+def build_down_blocks(cfg: UNetConfig, operations=nn) -> nn.ModuleList:
     blocks, cout = [], cfg.block_out_channels[0]
     for i, kind in enumerate(cfg.down_block_types):
         cin, cout = cout, cfg.block_out_channels[i]
         last = i == len(cfg.block_out_channels) - 1
-        blocks.append(DownBlock(cfg, cin, cout, cfg.attention_heads[i], kind.startswith("CrossAttn"), not last))
+        blocks.append(DownBlock(cfg, cin, cout, cfg.attention_heads[i], kind.startswith("CrossAttn"), not last, operations))
     return nn.ModuleList(blocks)
 
 
-def build_up_blocks(cfg: UNetConfig) -> nn.ModuleList:
+def build_up_blocks(cfg: UNetConfig, operations=nn) -> nn.ModuleList:
     rev_channels = list(reversed(cfg.block_out_channels))
     rev_heads = list(reversed(cfg.attention_heads))
     blocks, cout = [], rev_channels[0]
@@ -114,5 +119,5 @@ def build_up_blocks(cfg: UNetConfig) -> nn.ModuleList:
         prev, cout = cout, rev_channels[i]
         cin = rev_channels[min(i + 1, len(rev_channels) - 1)]
         last = i == len(rev_channels) - 1
-        blocks.append(UpBlock(cfg, cin, cout, prev, rev_heads[i], kind.startswith("CrossAttn"), not last))
+        blocks.append(UpBlock(cfg, cin, cout, prev, rev_heads[i], kind.startswith("CrossAttn"), not last, operations))
     return nn.ModuleList(blocks)

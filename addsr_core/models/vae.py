@@ -7,21 +7,22 @@ from torch import nn
 
 from .config import VAEConfig
 from .layers import Downsample2D, ResnetBlock2D, SpatialSelfAttention, Upsample2D
+from .operations import resolve_operations
 
 VAE_EPS = 1e-6
 
 
-def _resnets(cfg: VAEConfig, cin: int, cout: int, n: int) -> nn.ModuleList:
+def _resnets(cfg: VAEConfig, cin: int, cout: int, n: int, operations) -> nn.ModuleList:
     return nn.ModuleList(
-        [ResnetBlock2D(cin if i == 0 else cout, cout, None, cfg.norm_num_groups, VAE_EPS) for i in range(n)]
+        [ResnetBlock2D(cin if i == 0 else cout, cout, None, cfg.norm_num_groups, VAE_EPS, operations) for i in range(n)]
     )
 
 
 class VAEMidBlock(nn.Module):
-    def __init__(self, cfg: VAEConfig, channels: int):
+    def __init__(self, cfg: VAEConfig, channels: int, operations=nn):
         super().__init__()
-        self.resnets = _resnets(cfg, channels, channels, 2)
-        self.attentions = nn.ModuleList([SpatialSelfAttention(channels, cfg.norm_num_groups, VAE_EPS)])
+        self.resnets = _resnets(cfg, channels, channels, 2, operations)
+        self.attentions = nn.ModuleList([SpatialSelfAttention(channels, cfg.norm_num_groups, VAE_EPS, operations)])
 
     def forward(self, h):
         h = self.resnets[0](h)
@@ -30,10 +31,10 @@ class VAEMidBlock(nn.Module):
 
 
 class DownEncoderBlock(nn.Module):
-    def __init__(self, cfg: VAEConfig, cin: int, cout: int, add_downsample: bool):
+    def __init__(self, cfg: VAEConfig, cin: int, cout: int, add_downsample: bool, operations=nn):
         super().__init__()
-        self.resnets = _resnets(cfg, cin, cout, cfg.layers_per_block)
-        self.downsamplers = nn.ModuleList([Downsample2D(cout, padding=0)]) if add_downsample else None
+        self.resnets = _resnets(cfg, cin, cout, cfg.layers_per_block, operations)
+        self.downsamplers = nn.ModuleList([Downsample2D(cout, 0, operations)]) if add_downsample else None
 
     def forward(self, h):
         for resnet in self.resnets:
@@ -44,10 +45,10 @@ class DownEncoderBlock(nn.Module):
 
 
 class UpDecoderBlock(nn.Module):
-    def __init__(self, cfg: VAEConfig, cin: int, cout: int, add_upsample: bool):
+    def __init__(self, cfg: VAEConfig, cin: int, cout: int, add_upsample: bool, operations=nn):
         super().__init__()
-        self.resnets = _resnets(cfg, cin, cout, cfg.layers_per_block + 1)
-        self.upsamplers = nn.ModuleList([Upsample2D(cout)]) if add_upsample else None
+        self.resnets = _resnets(cfg, cin, cout, cfg.layers_per_block + 1, operations)
+        self.upsamplers = nn.ModuleList([Upsample2D(cout, operations)]) if add_upsample else None
 
     def forward(self, h):
         for resnet in self.resnets:
@@ -58,17 +59,18 @@ class UpDecoderBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-    def __init__(self, cfg: VAEConfig):
+    def __init__(self, cfg: VAEConfig, operations=None):
         super().__init__()
+        ops = resolve_operations(operations)
         ch = cfg.block_out_channels
-        self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
+        self.conv_in = ops.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
         self.down_blocks = nn.ModuleList(
-            [DownEncoderBlock(cfg, ch[max(i - 1, 0)], ch[i], i < len(ch) - 1) for i in range(len(ch))]
+            [DownEncoderBlock(cfg, ch[max(i - 1, 0)], ch[i], i < len(ch) - 1, ops) for i in range(len(ch))]
         )
-        self.mid_block = VAEMidBlock(cfg, ch[-1])
-        self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, ch[-1], eps=VAE_EPS)
+        self.mid_block = VAEMidBlock(cfg, ch[-1], ops)
+        self.conv_norm_out = ops.GroupNorm(cfg.norm_num_groups, ch[-1], eps=VAE_EPS)
         self.conv_act = nn.SiLU()
-        self.conv_out = nn.Conv2d(ch[-1], 2 * cfg.latent_channels, 3, padding=1)
+        self.conv_out = ops.Conv2d(ch[-1], 2 * cfg.latent_channels, 3, padding=1)
 
     def forward(self, x):
         h = self.conv_in(x)
@@ -79,17 +81,18 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, cfg: VAEConfig):
+    def __init__(self, cfg: VAEConfig, operations=None):
         super().__init__()
+        ops = resolve_operations(operations)
         rev = list(reversed(cfg.block_out_channels))
-        self.conv_in = nn.Conv2d(cfg.latent_channels, rev[0], 3, padding=1)
-        self.mid_block = VAEMidBlock(cfg, rev[0])
+        self.conv_in = ops.Conv2d(cfg.latent_channels, rev[0], 3, padding=1)
+        self.mid_block = VAEMidBlock(cfg, rev[0], ops)
         self.up_blocks = nn.ModuleList(
-            [UpDecoderBlock(cfg, rev[max(i - 1, 0)], rev[i], i < len(rev) - 1) for i in range(len(rev))]
+            [UpDecoderBlock(cfg, rev[max(i - 1, 0)], rev[i], i < len(rev) - 1, ops) for i in range(len(rev))]
         )
-        self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, rev[-1], eps=VAE_EPS)
+        self.conv_norm_out = ops.GroupNorm(cfg.norm_num_groups, rev[-1], eps=VAE_EPS)
         self.conv_act = nn.SiLU()
-        self.conv_out = nn.Conv2d(rev[-1], cfg.out_channels, 3, padding=1)
+        self.conv_out = ops.Conv2d(rev[-1], cfg.out_channels, 3, padding=1)
 
     def forward(self, z):
         h = self.conv_in(z)
@@ -102,13 +105,15 @@ class Decoder(nn.Module):
 class AutoencoderKL(nn.Module):
     """Images in [-1,1] <-> UNSCALED latents. Multiply by ``scaling_factor`` for the diffusion model."""
 
-    def __init__(self, config: VAEConfig):
+    def __init__(self, config: VAEConfig, operations=None):
+        """``operations``: the layer classes (default torch.nn; see :mod:`addsr_core.models.operations`)."""
         super().__init__()
+        ops = resolve_operations(operations)
         self.config = config
-        self.encoder = Encoder(config)
-        self.decoder = Decoder(config)
-        self.quant_conv = nn.Conv2d(2 * config.latent_channels, 2 * config.latent_channels, 1)
-        self.post_quant_conv = nn.Conv2d(config.latent_channels, config.latent_channels, 1)
+        self.encoder = Encoder(config, ops)
+        self.decoder = Decoder(config, ops)
+        self.quant_conv = ops.Conv2d(2 * config.latent_channels, 2 * config.latent_channels, 1)
+        self.post_quant_conv = ops.Conv2d(config.latent_channels, config.latent_channels, 1)
 
     @property
     def scaling_factor(self) -> float:

@@ -164,10 +164,13 @@ def select_model_keys(sd: Mapping[str, torch.Tensor], *, tag_head: bool, source:
     return kept
 
 
-def build_ram(config: RAMConfig, state_dict: Mapping[str, torch.Tensor], *, source: str, dtype=None, device="cpu") -> RAM:
-    """Build on meta, rebuild the geometry buffers on ``device``, strictly assign ``state_dict``."""
+def build_ram(config: RAMConfig, state_dict: Mapping[str, torch.Tensor], *, source: str, dtype=None, device="cpu",
+              operations=None) -> RAM:
+    """Build on meta, rebuild the geometry buffers on ``device``, strictly assign ``state_dict``.
+
+    ``operations``: the layer classes (default torch.nn; see :mod:`addsr_core.models.operations`)."""
     with torch.device("meta"):
-        model = RAM(config)
+        model = RAM(config, operations)
     model.rebuild_buffers(torch.device(device))
     try:
         assign_state_dict(model, state_dict, family=FAMILY, source=source, dtype=dtype, device=device)
@@ -214,6 +217,7 @@ def load_ram_model(
     dtype: torch.dtype | None = None,
     device: torch.device | str = "cpu",
     config: RAMConfig | None = None,
+    operations=None,
 ) -> RAM:
     """The RAM encoder (and, with ``tag_head=True``, its tag head) with DAPE merged in.
 
@@ -227,7 +231,7 @@ def load_ram_model(
             raise CheckpointError(f"{source!r} already has {metadata.get('dape', 'DAPE')} merged in; do not pass a DAPE file again.")
         config = _fit_tag_head(config or RAMConfig.from_dict(json.loads(metadata["config"])), tag_head, source)
         sd = select_model_keys(raw, tag_head=tag_head, source=source)
-        return build_ram(config, sd, source=source, dtype=dtype, device=device)
+        return build_ram(config, sd, source=source, dtype=dtype, device=device, operations=operations)
 
     _refuse_lora_only_base(list(raw.keys()), source)
     base = normalise_base_keys(raw)
@@ -243,7 +247,7 @@ def load_ram_model(
     # A DAPE file must bring the Swin LoRA; a base file's own LoRA (a full RAMLora dump) merges if present.
     if dape_path is not None or any(k.startswith(ENCODER_PREFIXES) for k in lora):
         sd = merge_dape(skeleton, sd, lora, source=str(dape_path or ram_path))
-    return build_ram(config, sd, source=source, dtype=dtype, device=device)
+    return build_ram(config, sd, source=source, dtype=dtype, device=device, operations=operations)
 
 
 def load_ram(
@@ -255,12 +259,15 @@ def load_ram(
     dtype: torch.dtype | None = None,
     device: torch.device | str = "cpu",
     config: RAMConfig | None = None,
+    operations=None,
 ) -> tuple[RAM, Optional[RamTagger]]:
     """(encoder, tagger). The tagger (and the tag head inside the encoder) exists only with a
-    ``tag_list``; ``thresholds`` defaults to ``ram_tag_list_threshold.txt`` beside it."""
+    ``tag_list``; ``thresholds`` defaults to ``ram_tag_list_threshold.txt`` beside it.
+    ``operations``: the layer classes (default torch.nn; see :mod:`addsr_core.models.operations`)."""
     if tag_list is not None and not Path(tag_list).is_file():  # fail before reading a 1.5 GB file
         raise TagListError(f"tag list not found: {str(tag_list)!r}. Use ram_tag_list.txt from RAM's ram/data/ folder.")
-    model = load_ram_model(ram_path, dape_path, tag_head=tag_list is not None, dtype=dtype, device=device, config=config)
+    model = load_ram_model(ram_path, dape_path, tag_head=tag_list is not None, dtype=dtype, device=device, config=config,
+                           operations=operations)
     tagger = RamTagger.from_files(model, tag_list, thresholds) if tag_list is not None else None
     return model, tagger
 

@@ -4,6 +4,7 @@
 resize)`` adds the official preprocessing; ``RAM.tag_logits(tokens)`` is the scoring half of
 ``generate_tag`` (thresholds and tag names live in :class:`addsr_core.ram.tagger.RamTagger`).
 Parameter names are the official ones, minus the LoRA tensors, which are merged on load.
+The layers come from ``operations`` (default torch.nn, see :mod:`addsr_core.models.operations`).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.config import ConfigError
+from ..models.operations import compute_device, resolve_operations
 from .config import RAMConfig
 from .swin import SwinTransformer
 from .tag_head import TaggingHead
@@ -41,19 +43,20 @@ def ram_preprocess(images01: torch.Tensor, size: int, resize: str = "bilinear", 
 
 
 class RAM(nn.Module):
-    def __init__(self, cfg: RAMConfig):
+    def __init__(self, cfg: RAMConfig, operations=None):
         super().__init__()
+        ops = resolve_operations(operations)
         self.config = cfg
-        self.visual_encoder = SwinTransformer(cfg.swin)
-        self.image_proj = nn.Linear(cfg.swin.num_features, cfg.token_width)
+        self.visual_encoder = SwinTransformer(cfg.swin, ops)
+        self.image_proj = ops.Linear(cfg.swin.num_features, cfg.token_width)
         tag = cfg.tagging
         if tag is not None:
             if tag.encoder_width != cfg.token_width:
                 raise ConfigError(f"tag head reads {tag.encoder_width}-wide tokens but image_proj makes {cfg.token_width}")
-            self.tagging_head = TaggingHead(tag)
+            self.tagging_head = TaggingHead(tag, ops)
             self.label_embed = nn.Parameter(torch.zeros(tag.num_classes, tag.encoder_width))
-            self.wordvec_proj = nn.Linear(tag.encoder_width, tag.hidden_size) if tag.has_wordvec_proj else nn.Identity()
-            self.fc = nn.Linear(tag.hidden_size, 1)
+            self.wordvec_proj = ops.Linear(tag.encoder_width, tag.hidden_size) if tag.has_wordvec_proj else nn.Identity()
+            self.fc = ops.Linear(tag.hidden_size, 1)
 
     @property
     def has_tag_head(self) -> bool:
@@ -71,17 +74,17 @@ class RAM(nn.Module):
     def represent(self, images01: torch.Tensor, resize: str = "bilinear", *, antialias: bool = False) -> torch.Tensor:
         """AddSR's image tokens of RGB images in [0,1]: resize to 384 (see RESIZE_MODES), normalise, encode.
 
-        Returns [B,145,512] in the weights' dtype, on the weights' device.
+        Returns [B,145,512] in the weights' dtype, on the device the model runs on
+        (:func:`~addsr_core.models.operations.compute_device`: where a host loaded it, else the weights').
         """
-        weight = self.image_proj.weight
-        x = ram_preprocess(images01.to(weight.device), self.input_size, resize, antialias=antialias)
-        return self(x.to(weight.dtype))
+        x = ram_preprocess(images01.to(compute_device(self)), self.input_size, resize, antialias=antialias)
+        return self(x.to(self.image_proj.weight.dtype))
 
     def tag_logits(self, tokens: torch.Tensor) -> torch.Tensor:
         """[B,145,512] image tokens -> [B, num_classes] tag logits (official ``generate_tag``)."""
         if not self.has_tag_head:
             raise RuntimeError("this RAM was built without its tag head; load it with a tag list to get tags")
-        queries = torch.relu(self.wordvec_proj(self.label_embed)).to(tokens.dtype)
+        queries = torch.relu(self.wordvec_proj(self.label_embed.to(tokens.device))).to(tokens.dtype)
         queries = queries.unsqueeze(0).expand(tokens.shape[0], -1, -1)
         return self.fc(self.tagging_head(queries, tokens)).squeeze(-1)
 

@@ -8,6 +8,11 @@ position bias (and, for shifted windows, the -100 mask) as an additive mask.
 ``relative_position_index`` and ``attn_mask`` are derived from the geometry, never loaded: they are
 non-persistent buffers, rebuilt by :meth:`SwinTransformer.rebuild_buffers` (needed after building
 on the meta device).
+
+The layers come from ``operations`` (default torch.nn, see :mod:`addsr_core.models.operations`).
+The position-bias table and the buffers live outside those layers, so a host that loads only part
+of the weights (ComfyUI's lowvram) may leave them on its offload device: they are moved to the
+activations' device where they are used (a no-op when they are there already).
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.operations import resolve_operations
 from .config import SwinConfig
 
 
@@ -54,27 +60,31 @@ def window_reverse(windows: torch.Tensor, window: int, h: int, w: int) -> torch.
 
 
 class WindowAttention(nn.Module):
-    def __init__(self, dim: int, window: int, num_heads: int):
+    def __init__(self, dim: int, window: int, num_heads: int, operations=nn):
         super().__init__()
         self.window = window
         self.num_heads = num_heads
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
-        self.qkv = nn.Linear(dim, 3 * dim)  # the official MergedLinear always has a bias
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = operations.Linear(dim, 3 * dim)  # the official MergedLinear always has a bias
+        self.proj = operations.Linear(dim, dim)
         self.register_buffer("relative_position_index", relative_position_index(window), persistent=False)
 
-    def position_bias(self) -> torch.Tensor:
+    def position_bias(self, device=None) -> torch.Tensor:
+        """[heads, N, N] on ``device`` (default: the table's)."""
         n = self.window * self.window
-        bias = self.relative_position_bias_table[self.relative_position_index.reshape(-1)]
+        table = self.relative_position_bias_table
+        if device is not None:
+            table = table.to(device)
+        bias = table[self.relative_position_index.to(table.device).reshape(-1)]
         return bias.view(n, n, self.num_heads).permute(2, 0, 1)  # heads, N, N
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, num_windows: int) -> torch.Tensor:
         """``x``: [B * num_windows, N, C], batch-major; ``mask``: [num_windows, N, N] or None."""
         bw, n, c = x.shape
         q, k, v = self.qkv(x).view(bw, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
-        bias = self.position_bias().to(q.dtype)  # heads, N, N: broadcasts over every window
+        bias = self.position_bias(q.device).to(q.dtype)  # heads, N, N: broadcasts over every window
         if mask is not None:
-            bias = bias[None] + mask[:, None].to(q.dtype)  # nW, heads, N, N
+            bias = bias[None] + mask[:, None].to(q.device, q.dtype)  # nW, heads, N, N
             # 4-D (not broadcast 5-D) so the fused SDPA kernels stay eligible.
             bias = bias.expand(bw // num_windows, -1, -1, -1, -1).reshape(bw, self.num_heads, n, n)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
@@ -82,24 +92,25 @@ class WindowAttention(nn.Module):
 
 
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, operations=nn):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = operations.Linear(dim, hidden)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = operations.Linear(hidden, dim)
 
     def forward(self, x):
         return self.fc2(self.act(self.fc1(x)))
 
 
 class SwinTransformerBlock(nn.Module):
-    def __init__(self, dim: int, resolution: int, num_heads: int, window: int, shift: int, mlp_ratio: float, eps: float):
+    def __init__(self, dim: int, resolution: int, num_heads: int, window: int, shift: int, mlp_ratio: float, eps: float,
+                 operations=nn):
         super().__init__()
         self.resolution, self.window, self.shift = resolution, window, shift
-        self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = WindowAttention(dim, window, num_heads)
-        self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.norm1 = operations.LayerNorm(dim, eps=eps)
+        self.attn = WindowAttention(dim, window, num_heads, operations)
+        self.norm2 = operations.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), operations)
         self.register_buffer("attn_mask", self._mask(), persistent=False)
 
     def _mask(self, device=None):
@@ -123,11 +134,11 @@ class SwinTransformerBlock(nn.Module):
 
 
 class PatchMerging(nn.Module):
-    def __init__(self, resolution: int, dim: int, eps: float):
+    def __init__(self, resolution: int, dim: int, eps: float, operations=nn):
         super().__init__()
         self.resolution = resolution
-        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
-        self.norm = nn.LayerNorm(4 * dim, eps=eps)
+        self.reduction = operations.Linear(4 * dim, 2 * dim, bias=False)
+        self.norm = operations.LayerNorm(4 * dim, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, c = x.shape
@@ -140,18 +151,18 @@ class PatchMerging(nn.Module):
 class BasicLayer(nn.Module):
     """One Swin stage: its blocks, then (except the last stage) a patch merge."""
 
-    def __init__(self, cfg: SwinConfig, stage: int):
+    def __init__(self, cfg: SwinConfig, stage: int, operations=nn):
         super().__init__()
         dim, res = cfg.stage_dim(stage), cfg.stage_resolution(stage)
         self.blocks = nn.ModuleList(
             SwinTransformerBlock(
                 dim, res, cfg.num_heads[stage], cfg.stage_window(stage), cfg.stage_shift(stage, i),
-                cfg.mlp_ratio, cfg.layer_norm_eps,
+                cfg.mlp_ratio, cfg.layer_norm_eps, operations,
             )
             for i in range(cfg.depths[stage])
         )
         last = stage == len(cfg.depths) - 1
-        self.downsample = None if last else PatchMerging(res, dim, cfg.layer_norm_eps)
+        self.downsample = None if last else PatchMerging(res, dim, cfg.layer_norm_eps, operations)
 
     def forward(self, x):
         for block in self.blocks:
@@ -160,11 +171,11 @@ class BasicLayer(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    def __init__(self, cfg: SwinConfig):
+    def __init__(self, cfg: SwinConfig, operations=nn):
         super().__init__()
         self.img_size = cfg.img_size
-        self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, cfg.patch_size, stride=cfg.patch_size)
-        self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps) if cfg.patch_norm else None
+        self.proj = operations.Conv2d(cfg.in_chans, cfg.embed_dim, cfg.patch_size, stride=cfg.patch_size)
+        self.norm = operations.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps) if cfg.patch_norm else None
 
     def forward(self, x):
         if tuple(x.shape[-2:]) != (self.img_size, self.img_size):
@@ -177,12 +188,13 @@ class SwinTransformer(nn.Module):
     """[B,3,S,S] ImageNet-normalised -> [B, 1 + (S/32)^2, num_features]: the mean token, then all
     final-stage tokens row-major, both after the final LayerNorm (official ``forward``)."""
 
-    def __init__(self, cfg: SwinConfig):
+    def __init__(self, cfg: SwinConfig, operations=None):
         super().__init__()
+        ops = resolve_operations(operations)
         self.config = cfg
-        self.patch_embed = PatchEmbed(cfg)
-        self.layers = nn.ModuleList(BasicLayer(cfg, i) for i in range(len(cfg.depths)))
-        self.norm = nn.LayerNorm(cfg.num_features, eps=cfg.layer_norm_eps)
+        self.patch_embed = PatchEmbed(cfg, ops)
+        self.layers = nn.ModuleList(BasicLayer(cfg, i, ops) for i in range(len(cfg.depths)))
+        self.norm = ops.LayerNorm(cfg.num_features, eps=cfg.layer_norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)

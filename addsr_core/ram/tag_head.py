@@ -5,7 +5,8 @@ Official ``RAMLora.generate_tag``: each of the ``num_classes`` tag queries,
 (cross-attention to the 145 image tokens -> add & LayerNorm -> GELU MLP -> add & LayerNorm); then
 ``fc`` gives one logit per tag. The encoder attention mask is all ones, so the official additive
 ``(1 - mask) * -10000`` term is exactly 0 and is left out. Parameter names are transformers' BERT
-names, as in the checkpoints.
+names, as in the checkpoints. The layers come from ``operations`` (default torch.nn, see
+:mod:`addsr_core.models.operations`).
 """
 from __future__ import annotations
 
@@ -19,12 +20,12 @@ from .config import TaggingHeadConfig
 class CrossAttentionProjections(nn.Module):
     """``crossattention.self``: queries from the tag embeddings, keys/values from the image tokens."""
 
-    def __init__(self, cfg: TaggingHeadConfig):
+    def __init__(self, cfg: TaggingHeadConfig, operations=nn):
         super().__init__()
         self.num_heads = cfg.num_heads
-        self.query = nn.Linear(cfg.hidden_size, cfg.hidden_size)
-        self.key = nn.Linear(cfg.encoder_width, cfg.hidden_size)
-        self.value = nn.Linear(cfg.encoder_width, cfg.hidden_size)
+        self.query = operations.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.key = operations.Linear(cfg.encoder_width, cfg.hidden_size)
+        self.value = operations.Linear(cfg.encoder_width, cfg.hidden_size)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
@@ -39,40 +40,40 @@ class CrossAttentionProjections(nn.Module):
 class AddNorm(nn.Module):
     """BERT's ``*.output``: dense, then LayerNorm of (that + the residual)."""
 
-    def __init__(self, in_features: int, cfg: TaggingHeadConfig):
+    def __init__(self, in_features: int, cfg: TaggingHeadConfig, operations=nn):
         super().__init__()
-        self.dense = nn.Linear(in_features, cfg.hidden_size)
-        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.dense = operations.Linear(in_features, cfg.hidden_size)
+        self.LayerNorm = operations.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
     def forward(self, x, residual):
         return self.LayerNorm(self.dense(x) + residual)
 
 
 class CrossAttention(nn.Module):
-    def __init__(self, cfg: TaggingHeadConfig):
+    def __init__(self, cfg: TaggingHeadConfig, operations=nn):
         super().__init__()
-        self.self = CrossAttentionProjections(cfg)
-        self.output = AddNorm(cfg.hidden_size, cfg)
+        self.self = CrossAttentionProjections(cfg, operations)
+        self.output = AddNorm(cfg.hidden_size, cfg, operations)
 
     def forward(self, queries, image_tokens):
         return self.output(self.self(queries, image_tokens), queries)
 
 
 class Intermediate(nn.Module):
-    def __init__(self, cfg: TaggingHeadConfig):
+    def __init__(self, cfg: TaggingHeadConfig, operations=nn):
         super().__init__()
-        self.dense = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.dense = operations.Linear(cfg.hidden_size, cfg.intermediate_size)
 
     def forward(self, x):
         return F.gelu(self.dense(x))  # transformers' "gelu" is the exact erf GELU
 
 
 class TagDecoderLayer(nn.Module):
-    def __init__(self, cfg: TaggingHeadConfig):
+    def __init__(self, cfg: TaggingHeadConfig, operations=nn):
         super().__init__()
-        self.crossattention = CrossAttention(cfg)
-        self.intermediate = Intermediate(cfg)
-        self.output = AddNorm(cfg.intermediate_size, cfg)
+        self.crossattention = CrossAttention(cfg, operations)
+        self.intermediate = Intermediate(cfg, operations)
+        self.output = AddNorm(cfg.intermediate_size, cfg, operations)
 
     def forward(self, queries, image_tokens):
         h = self.crossattention(queries, image_tokens)
@@ -80,17 +81,17 @@ class TagDecoderLayer(nn.Module):
 
 
 class TagEncoderStack(nn.Module):
-    def __init__(self, cfg: TaggingHeadConfig):
+    def __init__(self, cfg: TaggingHeadConfig, operations=nn):
         super().__init__()
-        self.layer = nn.ModuleList(TagDecoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.layer = nn.ModuleList(TagDecoderLayer(cfg, operations) for _ in range(cfg.num_layers))
 
 
 class TaggingHead(nn.Module):
     """``tagging_head``: only ``encoder.layer.*`` survives the official ``del_selfattention``."""
 
-    def __init__(self, cfg: TaggingHeadConfig):
+    def __init__(self, cfg: TaggingHeadConfig, operations=nn):
         super().__init__()
-        self.encoder = TagEncoderStack(cfg)
+        self.encoder = TagEncoderStack(cfg, operations)
 
     def forward(self, queries: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
         for layer in self.encoder.layer:

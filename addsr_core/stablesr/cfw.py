@@ -12,6 +12,7 @@ taken after its resnets and before its downsample, and ``w`` is the fidelity kno
 Levels are counted as in LDM (0 = full resolution); our diffusers-layout decoder runs them in
 reverse order, so LDM level ``i`` is our ``up_blocks[n-1-i]``. The fusion modules keep their
 official names (``decoder.fusion_layer_{i}.*``) so CFW checkpoints map onto them 1:1.
+The layers come from ``operations`` (default torch.nn, see :mod:`addsr_core.models.operations`).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.config import VAEConfig
+from ..models.operations import resolve_operations
 from ..models.vae import AutoencoderKL, Decoder, Encoder
 
 DEFAULT_FIDELITY = 0.5  # the official scripts' --dec_w
@@ -31,13 +33,14 @@ FUSION_EPS = 1e-6
 class FusionResBlock(nn.Module):
     """The plain residual block of the fusion layers (official ``model.ResBlock``; GroupNorm eps 1e-6)."""
 
-    def __init__(self, in_channels: int, out_channels: int, groups: int = 32):
+    def __init__(self, in_channels: int, out_channels: int, groups: int = 32, operations=nn):
         super().__init__()
-        self.norm1 = nn.GroupNorm(groups, in_channels, eps=FUSION_EPS)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = nn.GroupNorm(groups, out_channels, eps=FUSION_EPS)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.conv_out = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
+        ops = operations
+        self.norm1 = ops.GroupNorm(groups, in_channels, eps=FUSION_EPS)
+        self.conv1 = ops.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = ops.GroupNorm(groups, out_channels, eps=FUSION_EPS)
+        self.conv2 = ops.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.conv_out = ops.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
     def forward(self, x):
         h = self.conv1(F.silu(self.norm1(x)))
@@ -48,11 +51,11 @@ class FusionResBlock(nn.Module):
 class ResidualDenseBlock(nn.Module):
     """ESRGAN's dense block: five convs over the growing concatenation, residual scaled by 0.2."""
 
-    def __init__(self, channels: int, grow: int = 32):
+    def __init__(self, channels: int, grow: int = 32, operations=nn):
         super().__init__()
         for i in range(1, 5):
-            setattr(self, f"conv{i}", nn.Conv2d(channels + (i - 1) * grow, grow, 3, padding=1))
-        self.conv5 = nn.Conv2d(channels + 4 * grow, channels, 3, padding=1)
+            setattr(self, f"conv{i}", operations.Conv2d(channels + (i - 1) * grow, grow, 3, padding=1))
+        self.conv5 = operations.Conv2d(channels + 4 * grow, channels, 3, padding=1)
 
     def forward(self, x):
         feats = [x]
@@ -62,11 +65,11 @@ class ResidualDenseBlock(nn.Module):
 
 
 class RRDB(nn.Module):
-    def __init__(self, channels: int, grow: int = 32):
+    def __init__(self, channels: int, grow: int = 32, operations=nn):
         super().__init__()
-        self.rdb1 = ResidualDenseBlock(channels, grow)
-        self.rdb2 = ResidualDenseBlock(channels, grow)
-        self.rdb3 = ResidualDenseBlock(channels, grow)
+        self.rdb1 = ResidualDenseBlock(channels, grow, operations)
+        self.rdb2 = ResidualDenseBlock(channels, grow, operations)
+        self.rdb3 = ResidualDenseBlock(channels, grow, operations)
 
     def forward(self, x):
         return self.rdb3(self.rdb2(self.rdb1(x))) * 0.2 + x
@@ -75,11 +78,11 @@ class RRDB(nn.Module):
 class FuseSFTBlock(nn.Module):
     """Official ``Fuse_sft_block_RRDB``: returns ``dec + w * F(cat(enc, dec))``."""
 
-    def __init__(self, channels: int, num_blocks: int = 2, grow: int = 32):
+    def __init__(self, channels: int, num_blocks: int = 2, grow: int = 32, operations=nn):
         super().__init__()
-        self.encode_enc_1 = FusionResBlock(2 * channels, channels)
-        self.encode_enc_2 = nn.Sequential(*[RRDB(channels, grow) for _ in range(num_blocks)])
-        self.encode_enc_3 = FusionResBlock(channels, channels)
+        self.encode_enc_1 = FusionResBlock(2 * channels, channels, operations=operations)
+        self.encode_enc_2 = nn.Sequential(*[RRDB(channels, grow, operations) for _ in range(num_blocks)])
+        self.encode_enc_3 = FusionResBlock(channels, channels, operations=operations)
 
     def forward(self, enc_feat, dec_feat, w: float = 1.0):
         fused = self.encode_enc_3(self.encode_enc_2(self.encode_enc_1(torch.cat([enc_feat, dec_feat], dim=1))))
@@ -92,10 +95,11 @@ def fusion_levels(config: VAEConfig) -> range:
 
 
 class CFWDecoder(Decoder):
-    def __init__(self, cfg: VAEConfig, num_fuse_blocks: int = 2, grow: int = 32):
-        super().__init__(cfg)
+    def __init__(self, cfg: VAEConfig, num_fuse_blocks: int = 2, grow: int = 32, operations=None):
+        ops = resolve_operations(operations)
+        super().__init__(cfg, ops)
         for level in fusion_levels(cfg):
-            setattr(self, f"fusion_layer_{level}", FuseSFTBlock(cfg.block_out_channels[level], num_fuse_blocks, grow))
+            setattr(self, f"fusion_layer_{level}", FuseSFTBlock(cfg.block_out_channels[level], num_fuse_blocks, grow, ops))
 
     def forward(self, z, enc_feats: Sequence[torch.Tensor] | None = None, fidelity: float = DEFAULT_FIDELITY):
         """``enc_feats[i-1]`` is the LR encoder feature of LDM level ``i``; without it (or with w=0)
@@ -144,9 +148,9 @@ def encode_with_features(
 class CFWAutoencoder(AutoencoderKL):
     """Drop-in for :class:`AutoencoderKL` (``decode(latent)`` is the plain decoder) plus CFW decoding."""
 
-    def __init__(self, config: VAEConfig, num_fuse_blocks: int = 2, grow: int = 32):
-        super().__init__(config)
-        self.decoder = CFWDecoder(config, num_fuse_blocks, grow)
+    def __init__(self, config: VAEConfig, num_fuse_blocks: int = 2, grow: int = 32, operations=None):
+        super().__init__(config, operations)
+        self.decoder = CFWDecoder(config, num_fuse_blocks, grow, operations)
 
     def encode_with_features(self, image: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """[B,3,H,W] in [-1,1] -> (moments, LR features for the fusion layers)."""

@@ -4,6 +4,7 @@ It is the down half of a small UNet over the LR latent with its own timestep emb
 each downsample and after the middle block it taps the feature map, turns it into
 ``out_channels`` maps with a ResBlock (``fea_tran``), and returns them keyed by ``str(width)``:
 for a 64x64 latent, ``{"64", "32", "16", "8"}``. The SFT layers pick the entry by width.
+The layers come from ``operations`` (default torch.nn, see :mod:`addsr_core.models.operations`).
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.layers import broadcast_timesteps, timestep_embedding
-from .spade import GroupNorm32
+from ..models.operations import resolve_operations
+from .spade import group_norm32
 
 
 @dataclass(frozen=True)
@@ -39,14 +41,17 @@ class TimeAwareEncoderConfig:
 class ResBlock(nn.Module):
     """The LDM ResBlock: ``in_layers``/``emb_layers``/``out_layers``/``skip_connection`` Sequentials."""
 
-    def __init__(self, channels: int, emb_channels: int, out_channels: int, groups: int):
+    def __init__(self, channels: int, emb_channels: int, out_channels: int, groups: int, operations=nn):
         super().__init__()
-        self.in_layers = nn.Sequential(GroupNorm32(groups, channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
-        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
-        self.out_layers = nn.Sequential(
-            GroupNorm32(groups, out_channels), nn.SiLU(), nn.Dropout(0.0), nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        ops = operations
+        self.in_layers = nn.Sequential(
+            group_norm32(groups, channels, ops), nn.SiLU(), ops.Conv2d(channels, out_channels, 3, padding=1)
         )
-        self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
+        self.emb_layers = nn.Sequential(nn.SiLU(), ops.Linear(emb_channels, out_channels))
+        self.out_layers = nn.Sequential(
+            group_norm32(groups, out_channels, ops), nn.SiLU(), nn.Dropout(0.0), ops.Conv2d(out_channels, out_channels, 3, padding=1)
+        )
+        self.skip_connection = nn.Identity() if out_channels == channels else ops.Conv2d(channels, out_channels, 1)
 
     def forward(self, x, emb):
         h = self.in_layers(x)
@@ -57,14 +62,14 @@ class ResBlock(nn.Module):
 class AttentionBlock(nn.Module):
     """Global self-attention with the legacy head split: qkv rows are grouped per head as [q|k|v]."""
 
-    def __init__(self, channels: int, num_heads: int, groups: int):
+    def __init__(self, channels: int, num_heads: int, groups: int, operations=nn):
         super().__init__()
         if channels % num_heads:
             raise ValueError(f"{channels} channels do not split into {num_heads} heads")
         self.num_heads = num_heads
-        self.norm = GroupNorm32(groups, channels)
-        self.qkv = nn.Conv1d(channels, 3 * channels, 1)
-        self.proj_out = nn.Conv1d(channels, channels, 1)
+        self.norm = group_norm32(groups, channels, operations)
+        self.qkv = operations.Conv1d(channels, 3 * channels, 1)
+        self.proj_out = operations.Conv1d(channels, channels, 1)
 
     def forward(self, x):
         b, c, *spatial = x.shape
@@ -77,9 +82,9 @@ class AttentionBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, operations=nn):
         super().__init__()
-        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.op = operations.Conv2d(channels, channels, 3, stride=2, padding=1)
 
     def forward(self, x):
         return self.op(x)
@@ -95,29 +100,31 @@ class TimestepSequential(nn.ModuleList):
 
 
 class TimeAwareEncoder(nn.Module):
-    def __init__(self, config: TimeAwareEncoderConfig = TimeAwareEncoderConfig()):
+    def __init__(self, config: TimeAwareEncoderConfig = TimeAwareEncoderConfig(), operations=None):
         super().__init__()
+        ops = resolve_operations(operations)
         self.config = cfg = config
         mc, emb = cfg.model_channels, cfg.time_embed_dim
-        self.time_embed = nn.Sequential(nn.Linear(mc, emb), nn.SiLU(), nn.Linear(emb, emb))
-        self.input_blocks = nn.ModuleList([TimestepSequential([nn.Conv2d(cfg.in_channels, mc, 3, padding=1)])])
+        self.time_embed = nn.Sequential(ops.Linear(mc, emb), nn.SiLU(), ops.Linear(emb, emb))
+        self.input_blocks = nn.ModuleList([TimestepSequential([ops.Conv2d(cfg.in_channels, mc, 3, padding=1)])])
         tapped_channels, ch, ds = [], mc, 1
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
-                layers = [ResBlock(ch, emb, mult * mc, cfg.groups)]
+                layers = [ResBlock(ch, emb, mult * mc, cfg.groups, ops)]
                 ch = mult * mc
                 if ds in cfg.attention_resolutions:
-                    layers.append(AttentionBlock(ch, cfg.num_heads, cfg.groups))
+                    layers.append(AttentionBlock(ch, cfg.num_heads, cfg.groups, ops))
                 self.input_blocks.append(TimestepSequential(layers))
             if level != len(cfg.channel_mult) - 1:
-                self.input_blocks.append(TimestepSequential([Downsample(ch)]))
+                self.input_blocks.append(TimestepSequential([Downsample(ch, ops)]))
                 tapped_channels.append(ch)
                 ds *= 2
-        self.middle_block = TimestepSequential(
-            [ResBlock(ch, emb, ch, cfg.groups), AttentionBlock(ch, cfg.num_heads, cfg.groups), ResBlock(ch, emb, ch, cfg.groups)]
-        )
+        self.middle_block = TimestepSequential([
+            ResBlock(ch, emb, ch, cfg.groups, ops), AttentionBlock(ch, cfg.num_heads, cfg.groups, ops),
+            ResBlock(ch, emb, ch, cfg.groups, ops),
+        ])
         tapped_channels.append(ch)
-        self.fea_tran = nn.ModuleList([ResBlock(c, emb, cfg.out_channels, cfg.groups) for c in tapped_channels])
+        self.fea_tran = nn.ModuleList([ResBlock(c, emb, cfg.out_channels, cfg.groups, ops) for c in tapped_channels])
 
     @property
     def dtype(self) -> torch.dtype:

@@ -224,10 +224,12 @@ def infer_stablesr_config(
     )
 
 
-def build_stablesr(config: StableSRConfig, state_dict: dict, *, source: str, dtype=None, device="cpu") -> StableSRModel:
-    """``state_dict`` keys: ``unet.*`` (ours, incl. spade) and ``struct_encoder.*`` (official names)."""
+def build_stablesr(config: StableSRConfig, state_dict: dict, *, source: str, dtype=None, device="cpu",
+                   operations=None) -> StableSRModel:
+    """``state_dict`` keys: ``unet.*`` (ours, incl. spade) and ``struct_encoder.*`` (official names).
+    ``operations``: the layer classes (default torch.nn; see :mod:`addsr_core.models.operations`)."""
     with torch.device("meta"):
-        model = StableSRModel(config)
+        model = StableSRModel(config, operations)
     try:
         assign_state_dict(model, state_dict, family="StableSR (SD2 UNet + SFT + time-aware encoder)", source=source, dtype=dtype, device=device)
     except CheckpointError as err:
@@ -243,6 +245,7 @@ def load_stablesr(
     config: StableSRConfig | None = None,
     dtype=None,
     device="cpu",
+    operations=None,
 ) -> StableSRModel:
     """A StableSR checkpoint (full, or SR module + ``base``) -> :class:`StableSRModel`.
 
@@ -282,7 +285,7 @@ def load_stablesr(
         except CheckpointError as err:
             raise CheckpointError(f"{source!r}: {err}") from None
     config = replace(config, prediction_type=prediction_type)
-    return build_stablesr(config, state, source=source, dtype=dtype, device=device)
+    return build_stablesr(config, state, source=source, dtype=dtype, device=device, operations=operations)
 
 
 def checkpoint_keys(path) -> list[str]:
@@ -319,11 +322,13 @@ def load_cfw_vae(
     config: VAEConfig | None = None,
     dtype=None,
     device="cpu",
+    operations=None,
 ) -> CFWAutoencoder:
     """``vqgan_cfw_00011.ckpt`` (or .safetensors), or a VAE file plus the CFW-only ``fusion_path``.
 
     ``vae_state_dict`` (any VAE layout, e.g. ComfyUI's ``first_stage_model.state_dict()``)
-    supplies the plain VAE part when the files hold only the fusion layers.
+    supplies the plain VAE part when the files hold only the fusion layers. ``operations``: the
+    layer classes (default torch.nn; see :mod:`addsr_core.models.operations`).
     """
     if path is None:
         vae, fusion, source = {}, {}, "no CFW file"
@@ -348,7 +353,7 @@ def load_cfw_vae(
         )
     config = config or infer_vae_config(vae)
     with torch.device("meta"):
-        model = CFWAutoencoder(config)
+        model = CFWAutoencoder(config, operations=operations)
     state = {**vae, **fusion}
     try:
         assign_state_dict(model, state, family="StableSR CFW VAE", source=source, dtype=dtype, device=device)

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..models import UNet2DConditionModel, UNetConfig
+from ..models.operations import resolve_operations
 from .encoder import TimeAwareEncoder, TimeAwareEncoderConfig
 from .spade import attach_spade
 
@@ -37,14 +38,17 @@ class StableSRConfig:
 
 
 class StableSRModel(nn.Module):
-    """``unet`` (diffusers layout, ``.spade`` in every resnet) + ``struct_encoder`` (LDM layout)."""
+    """``unet`` (diffusers layout, ``.spade`` in every resnet) + ``struct_encoder`` (LDM layout).
 
-    def __init__(self, config: StableSRConfig = StableSRConfig()):
+    ``operations``: the layer classes (default torch.nn; see :mod:`addsr_core.models.operations`)."""
+
+    def __init__(self, config: StableSRConfig = StableSRConfig(), operations=None):
         super().__init__()
+        ops = resolve_operations(operations)
         self.config = config
-        self.unet = UNet2DConditionModel(config.unet)
-        attach_spade(self.unet, config.semb_channels)
-        self.struct_encoder = TimeAwareEncoder(config.encoder)
+        self.unet = UNet2DConditionModel(config.unet, ops)
+        attach_spade(self.unet, config.semb_channels, ops)
+        self.struct_encoder = TimeAwareEncoder(config.encoder, ops)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..imaging.colorfix import apply_color_fix
+from ..models.operations import compute_device
 from ..models.vae import sample_posterior
 from ..sampling.noise import NoiseSource, SeededNoise
 from ..sampling.tiling import blend_tiles, pixel_tile_plan
@@ -115,7 +116,7 @@ def prepare_lr(lr: torch.Tensor, options: StableSROptions) -> PreparedLR:
 
 def encode_lr(vae: CFWAutoencoder, image: torch.Tensor, noise: NoiseSource) -> torch.Tensor:
     """The scaled LR latent (a posterior sample x 0.18215, float32) of ``image`` [B,3,H,W] in [-1,1]."""
-    device, dtype = vae.decoder.conv_in.weight.device, vae.dtype
+    device, dtype = compute_device(vae), vae.dtype
     with torch.no_grad():
         moments = vae.encode_moments(image.to(device, dtype)).float()
     eps = noise.draw("posterior_eps", (moments.shape[0], moments.shape[1] // 2, *moments.shape[2:]), device=moments.device, dtype=moments.dtype)
@@ -136,7 +137,7 @@ def sample_latent(
     """The scaled x0 latent: the official canvas sampler, latent tiles of ``options.tile``
     (official: ``input_size / 8``) overlapping by ``options.tile_overlap``."""
     check_prompt_widths(context, negative_context, model.config.unet.cross_attention_dim)
-    device = model.unet.conv_in.weight.device
+    device = compute_device(model)
     denoise = tiled_denoiser(StableSRDenoiser(model), options.tile, options.tile_overlap, on_tile=on_tile)
     with torch.no_grad():
         return sample_stablesr(
@@ -149,7 +150,7 @@ def sample_latent(
 def decode_cfw(vae: CFWAutoencoder, z0: torch.Tensor, image: torch.Tensor, fidelity: float, color_fix: str) -> torch.Tensor:
     """Scaled latent -> CFW-decoded, colour-fixed image in [-1,1] (unclamped); ``image`` is the
     upscaled LR in [-1,1] at 8x the latent size (its encoder features feed the fusion layers)."""
-    device, dtype = vae.decoder.conv_in.weight.device, vae.dtype
+    device, dtype = compute_device(vae), vae.dtype
     with torch.no_grad():
         feats = vae.lr_features(image.to(device, dtype)) if fidelity != 0 else None
         decoded = vae.decode((z0 / vae.scaling_factor).to(device, dtype), feats, fidelity).float()
