@@ -86,7 +86,8 @@ def encode_text(clip, text: str) -> torch.Tensor:
 
 @dataclass
 class VAEHandle:
-    """Our AutoencoderKL over the same weights as a ComfyUI VAE (no copy), managed by ComfyUI."""
+    """Our AutoencoderKL over the same weights as a ComfyUI VAE (built without a copy), managed by ComfyUI
+    through its own ModelPatcher (see :func:`as_addsr_vae`)."""
 
     managed: ManagedModule
 
@@ -113,6 +114,8 @@ def as_addsr_vae(vae) -> VAEHandle:
     from addsr_core.loading import CheckpointError, assign_state_dict
     from addsr_core.loading.models import infer_vae_config
 
+    from . import host
+
     sd = model.state_dict()
     sd = ldm_vae_to_diffusers(sd) if looks_like_ldm_vae(sd) else rename_legacy_vae_keys(sd)
     latent = sd.get("decoder.conv_in.weight")
@@ -122,12 +125,22 @@ def as_addsr_vae(vae) -> VAEHandle:
         )
     groups = next((m.num_groups for m in model.modules() if isinstance(m, torch.nn.GroupNorm)), 32)
     with torch.device("meta"):
-        ours = AutoencoderKL(infer_vae_config(sd, norm_num_groups=groups))
+        ours = AutoencoderKL(infer_vae_config(sd, norm_num_groups=groups), operations=host.operations(latent.dtype))
     try:
-        # assign=True shares storage with ComfyUI's weights: no second copy.
+        # assign=True shares storage with ComfyUI's weights: no second copy when this is built.
         assign_state_dict(ours, sd, family="SD2 VAE", source="the connected VAE")
     except CheckpointError as err:
         raise AddSRInputError(f"the connected VAE does not fit AddSR: {err}") from None
+    # Memory management: our AutoencoderKL gets its OWN ModelPatcher (ComfyUI accounts for it as a
+    # model of its own, can offload it, and can load it partially: it is built from
+    # host.operations). We do not reuse ComfyUI's ``vae.patcher``: that patcher moves and flags
+    # (comfy_cast_weights, lowvram) the layers of ComfyUI's first_stage_model, not ours: our
+    # parameters are separate Parameter objects over the same storage (the attention projections
+    # even reshaped views, [C,C,1,1] -> [C,C]), which its moves would not reach, so our module
+    # would be left with weights on the wrong device and without the lowvram casting.
+    # The cost: the storage is shared only until either patcher moves its copy (ComfyUI's
+    # VAE Decode loading its VAE, or ours being offloaded); from then on the two are separate
+    # copies of the VAE (~170 MB in fp16, twice that in fp32), each counted by ComfyUI's memory management.
     handle = VAEHandle(ManagedModule(ours.eval()))
     try:
         setattr(vae, _VAE_CACHE_ATTR, handle)

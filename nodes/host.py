@@ -100,6 +100,9 @@ def offload_device() -> torch.device:
         return torch.device("cpu")
 
 
+_default_offload_device = offload_device  # ManagedModule's ``offload_device`` argument shadows the name
+
+
 def pick_dtype(choice: str, device: torch.device | None = None) -> torch.dtype:
     """auto: what ComfyUI would pick for a UNet of this size, else fp16 on CUDA and fp32 on CPU."""
     table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -127,23 +130,51 @@ def pick_vae_dtype(choice: str, device: torch.device | None = None) -> torch.dty
         return torch.float32
 
 
-class ManagedModule:
-    """An nn.Module that ComfyUI loads onto the GPU and offloads like its own models.
+def operations(dtype: torch.dtype | None = None):
+    """The layer classes to build a network of weight ``dtype`` from, so ComfyUI can manage it.
 
-    Without ComfyUI it simply moves the module to the torch device when used.
+    With ComfyUI: what it picks for its own models (``comfy.ops.pick_operations``; our networks
+    compute in their weight dtype, so normally ``disable_weight_init``). Their layers carry
+    ``comfy_cast_weights``: ComfyUI's ModelPatcher can then load a network partially (--lowvram,
+    --novram, little free VRAM), leaving the rest on the offload device and casting those weights
+    per forward. Without ComfyUI: None, i.e. the library's torch.nn.
+    """
+    try:
+        import comfy.ops
+    except Exception:
+        return None
+    try:
+        return comfy.ops.pick_operations(dtype, dtype, load_device=torch_device())
+    except Exception:
+        return comfy.ops.disable_weight_init
+
+
+class ManagedModule:
+    """An nn.Module that ComfyUI loads onto its device and offloads like its own models.
+
+    With ComfyUI it gets a ModelPatcher, and only ComfyUI moves its weights (fully, or partially
+    for modules built from :func:`operations`). Without ComfyUI it is simply moved to the torch
+    device when used. ``load_device``/``offload_device`` default to the UNet's (a VAE passes the
+    VAE's, which --cpu-vae etc. may change).
     """
 
-    def __init__(self, module: torch.nn.Module):
+    def __init__(self, module: torch.nn.Module, *, load_device: torch.device | None = None,
+                 offload_device: torch.device | None = None):
         self.module = module
         self.patcher = None
         with contextlib.suppress(Exception):
             import comfy.model_patcher
 
-            self.patcher = comfy.model_patcher.ModelPatcher(module, load_device=torch_device(), offload_device=offload_device())
+            self.patcher = comfy.model_patcher.ModelPatcher(
+                module, load_device=load_device or torch_device(), offload_device=offload_device or _default_offload_device())
 
     @property
     def device(self) -> torch.device:
-        return next(self.module.parameters()).device
+        """Where the module runs: the device ComfyUI loaded it for (even when part of its weights
+        stayed offloaded), else where its weights are."""
+        from addsr_core.models.operations import compute_device
+
+        return compute_device(self.module)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -151,15 +182,22 @@ class ManagedModule:
 
 
 def load_to_device(managed: list[ManagedModule], memory_required: int = 0) -> torch.device:
-    """Ask ComfyUI to make room and load these modules (respects --lowvram/--cpu)."""
-    device = torch_device()
+    """Ask ComfyUI to make room and load these modules (respects --lowvram/--novram/--cpu); returns
+    the device to run them on.
+
+    ComfyUI decides how much of each module goes to the device: all of it, or (modules built from
+    :func:`operations`) only part, the rest cast from the offload device per forward. Nothing here
+    moves a managed module itself. Without ComfyUI the modules are moved with ``.to(device)``.
+    """
     patchers = [m.patcher for m in managed if m.patcher is not None]
     if patchers:
         import comfy.model_management as mm
 
         mm.load_models_gpu(patchers, memory_required=memory_required)
+    devices = {p.load_device for p in patchers}
+    device = devices.pop() if len(devices) == 1 else torch_device()
     for m in managed:
-        if m.patcher is None or m.device != device:
+        if m.patcher is None:  # no ComfyUI (or its patcher failed): the plain fallback
             m.module.to(device)
     return device
 

@@ -67,7 +67,9 @@ class AddSRModelLoader:
         except ValueError as err:
             raise AddSRInputError(str(err)) from None
         host.log.info("AddSR: %r loads as %s weights (%s)", model, family, why)
-        unet, controlnet = load_addsr(path, dtype=torch_dtype, device=host.offload_device())
+        # Built from ComfyUI's layer classes (host.operations) so its ModelPatcher can load them partially.
+        unet, controlnet = load_addsr(path, dtype=torch_dtype, device=host.offload_device(),
+                                      operations=host.operations(torch_dtype))
         return (AddSRModel(host.ManagedModule(unet), host.ManagedModule(controlnet), model, family),)
 
 
@@ -99,13 +101,14 @@ class AddSRRAMLoader:
     def load(self, ram, dape=NONE, dtype="auto", tag_list=NONE):
         from addsr_core.ram import load_ram
 
+        torch_dtype = host.pick_dtype(dtype)
         if dape == NONE:
             host.log.warning("AddSR: loading RAM without DAPE; AddSR was trained with DAPE tokens, expect weaker results")
         encoder, tagger = load_ram(
             host.resolve_model("ram" if ram in host.list_models("ram") else "addsr", ram),
             None if dape == NONE else host.resolve_model("ram" if dape in host.list_models("ram") else "addsr", dape),
             tag_list=None if tag_list in (None, NONE) else _resolve_text(tag_list),
-            dtype=host.pick_dtype(dtype), device=host.offload_device(),
+            dtype=torch_dtype, device=host.offload_device(), operations=host.operations(torch_dtype),
         )
         return (RAMModel(host.ManagedModule(encoder), tagger, ram),)
 

@@ -117,9 +117,10 @@ class StableSRModelLoader:
         base = comfy_unet_state_dict(base_model) if base_model is not None else None
         if prediction == "auto":
             prediction = (comfy_prediction_type(base_model) if base_model is not None else None) or guess_prediction_type(path)
+        torch_dtype = host.pick_dtype(dtype)
         with _checkpoint_errors(f"could not load StableSR from {model!r}"):
-            loaded = load_stablesr(path, base=base, prediction_type=prediction, dtype=host.pick_dtype(dtype),
-                                   device=host.offload_device())
+            loaded = load_stablesr(path, base=base, prediction_type=prediction, dtype=torch_dtype,
+                                   device=host.offload_device(), operations=host.operations(torch_dtype))
         return (StableSRHandle(host.ManagedModule(loaded), model),)
 
 
@@ -170,9 +171,10 @@ class StableSRCFWLoader:
             path, fusion = fusion, None
         vae_sd = comfy_vae_state_dict(vae) if vae is not None else None
         names = " + ".join(n for n in (cfw_file, fusion_file) if n not in (None, NONE))
+        torch_dtype = host.pick_vae_dtype(dtype)
         with _checkpoint_errors(f"could not load the CFW VAE from {names!r}"):
-            loaded = load_cfw_vae(path, fusion_path=fusion, vae_state_dict=vae_sd, dtype=host.pick_vae_dtype(dtype),
-                                  device=host.offload_device())
+            loaded = load_cfw_vae(path, fusion_path=fusion, vae_state_dict=vae_sd, dtype=torch_dtype,
+                                  device=host.offload_device(), operations=host.operations(torch_dtype))
         return (CFWHandle(host.ManagedModule(loaded), names),)
 
 
