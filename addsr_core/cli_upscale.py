@@ -12,7 +12,7 @@ import torch
 from . import pipeline, seesr
 from .cli import IMAGE_SUFFIXES, CLIError
 from .precision import apply_precision, resolve_precision
-from .pipeline import AddSRModels, UpscaleOptions, condition_from_lr, decode, finish, tile_overlap_px
+from .pipeline import AddSRModels, UpscaleOptions, tile_overlap_px, upscale, upscale_calls
 from .seesr import SeeSROptions
 
 METHODS = {"addsr": pipeline, "seesr": seesr}
@@ -94,8 +94,6 @@ def load_models(args, device, dtype) -> AddSRModels:
 def run_upscale(args) -> int:
     from tqdm import tqdm
 
-    from .imaging.prepare import load_image, save_image
-
     rank, world = rank_shard()
     device = resolve_device(args.device)
     if world > 1 and device.type == "cuda" and device.index is None:  # torchrun: one GPU per rank
@@ -151,13 +149,9 @@ def upscale_file(models, src: Path, dst: Path, options: UpscaleOptions, device, 
 
     loaded = load_image(src)
     lr = loaded.rgb.to(device)
-    cond = condition_from_lr(models, lr, options)
-    prompt_embeds = models.text(method.build_prompts(cond, options))
-    negative = models.text([options.negative_prompt]) if options.guidance_scale > 1 else None
-    total = method.count_network_calls(options, cond.moments.shape[-2:])
+    total = upscale_calls(options, lr.shape[-2:], method=method)
     with tqdm(total=total, desc=src.name, unit="call") as bar:
-        z0 = method.sample(models, cond, prompt_embeds, negative, options, on_tile=lambda: bar.update(1))
-    image = finish(decode(models, z0, options), cond, options)
+        image = upscale(models, lr, options, method=method, on_tile=lambda: bar.update(1))
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + ".partial.png")
     save_image(image, tmp, alpha=loaded.upscaled_alpha(image.shape[-2:]) if loaded.alpha is not None else None)

@@ -1,12 +1,22 @@
-"""The whole AddSR upscale, composed from the library's pieces.
+"""The whole AddSR upscale, as stages that each take only their own options.
 
-Stages, each usable on its own (the ComfyUI nodes call them one by one):
-``condition_from_lr`` -> ``sample`` -> ``decode`` -> ``finish``; ``upscale`` runs them all.
+    condition_from_lr(models, lr, ConditionOptions)          -> LRCondition
+    tag_images(models, lr) + build_prompts(tags, PromptOptions) -> prompts (text: embeddings)
+    sample(models, cond, embeds, negative, AddSRSampling, LatentTiling, seed=, psr_decode=DecodeOptions)
+    decode(models, latent, DecodeOptions)                     -> image in [0,1]
+    finish(image, cond, FinishOptions)                        -> colour fixed, exact output size
+
+``upscale`` runs them in this order for the CLI and the all-in-one node; the modular ComfyUI nodes
+call the same functions in the same order (Encode LR, Tagger + Prompt, Sampler, Tiled VAE Decode,
+Finish), so both give the same image. :class:`UpscaleOptions` is the all-in-one's flat set of
+knobs; its properties split it into the stage options.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Optional
+import dataclasses
+import sys
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -15,14 +25,16 @@ from .sampling.addsr import AddSRSampling, sample_addsr
 from .sampling.denoisers import ControlNetDenoiser, TiledDenoiser, counting
 from .sampling.noise import NoiseSource, SeededNoise
 from .text.conditioning import check_prompt_widths
-
+from .text.prompt import DEFAULT_ADDED_PROMPT
 from .text.prompt import DEFAULT_NEGATIVE_PROMPT as DEFAULT_NEGATIVE
-COLOR_FIXES = ("adain", "wavelet", "none")
+
+COLOR_FIXES = ("adain", "wavelet", "none")  # adain: the official default
 # How the decoded image becomes 8 bits. "float" (ours, default): colour fix in float, one rounding at
 # save time. "official": test_addsr.py's route: the pipeline's 'pil' output rounds the decode to 8
 # bits, the colour fix runs on that and the 8-bit LR, and ToPILImage truncates; it reproduces the
 # official PNG. The two differ by up to 2 levels (ours ~0.4 levels brighter on average).
 ROUNDINGS = ("float", "official")
+DEFAULT_LATENT_OVERLAP_PX = 256
 
 
 @dataclass
@@ -33,9 +45,45 @@ class AddSRModels:
     ram: torch.nn.Module  # has .represent(images01, resize) -> [B,145,512]
     tagger: Optional[object] = None  # has .tags(images01) -> list[str]
     text: Optional[Callable[[list], torch.Tensor]] = None  # prompts -> [B,77,1024]
+    # Where to compute. None: where the weights are. A host that part-loads weights (ComfyUI under
+    # --lowvram keeps some on the offload device and casts them per call) says where.
+    device: Optional[torch.device] = None
+
+    def device_of(self, module: torch.nn.Module) -> torch.device:
+        from .models.operations import compute_device
+
+        return self.device if self.device is not None else compute_device(module)
 
 
-DEFAULT_LATENT_OVERLAP_PX = 256
+# ---------------------------------------------------------------------------------------------
+# Stage options
+
+
+@dataclass(frozen=True)
+class ConditionOptions:
+    """How the LR becomes the condition: the official upscale (``scale``, short side enlarged to
+    ``process_size`` first when smaller) and the tiled VAE encode of the result."""
+
+    scale: int = 4
+    process_size: int = 512
+    vae_tile_px: int = 1024
+    vae_overlap_px: int = 64
+
+    def validate(self) -> None:
+        if self.scale < 1:
+            raise ValueError(f"scale must be >= 1, got {self.scale}")
+        if self.process_size < 8:
+            raise ValueError(f"process_size must be >= 8, got {self.process_size}")
+
+
+@dataclass(frozen=True)
+class PromptOptions:
+    """The official prompt ``f"{tags}, {prompt}," + added_prompt``; tags when ``use_tags``."""
+
+    prompt: str = ""
+    negative_prompt: str = DEFAULT_NEGATIVE
+    use_tags: bool = True
+    added_prompt: str = DEFAULT_ADDED_PROMPT
 
 
 def tile_overlap_px(tile_px: int, overlap_px: int = DEFAULT_LATENT_OVERLAP_PX) -> int:
@@ -46,9 +94,72 @@ def tile_overlap_px(tile_px: int, overlap_px: int = DEFAULT_LATENT_OVERLAP_PX) -
     return max(0, min(int(overlap_px), int(tile_px) // 3 // 8 * 8))
 
 
+@dataclass(frozen=True)
+class LatentTiling:
+    """Diffusion tiles, in output pixels. By default a latent is tiled when a side exceeds the tile,
+    clamped per axis. ``area_rule`` is SeeSR's official rule: tile when the AREA exceeds tile², with
+    square tiles ``min(tile, h, w)``."""
+
+    tile_px: int = 1024  # 128 latents
+    overlap_px: int = DEFAULT_LATENT_OVERLAP_PX  # see tile_overlap_px
+    area_rule: bool = False
+
+    def validate(self) -> None:
+        if self.tile_px < 64 or self.tile_px % 8:
+            raise ValueError(f"latent_tile_px must be a multiple of 8 and >= 64, got {self.tile_px}")
+        if not 0 <= self.overlap_px < self.tile_px:
+            raise ValueError("latent_overlap_px must be >= 0 and smaller than latent_tile_px")
+
+    def plan(self, latent_hw) -> Optional[tuple]:
+        """(tile, overlap) in latents when the latent needs tiles, else None."""
+        h, w = (int(v) for v in latent_hw)
+        tile, overlap = self.tile_px // 8, self.overlap_px // 8
+        needs = h * w > tile * tile if self.area_rule else max(h, w) > tile
+        return (tile, overlap) if needs else None
+
+    def calls_per_step(self, latent_hw) -> int:
+        from .sampling.tiling import tile_count
+
+        plan = self.plan(latent_hw)
+        if plan is None:
+            return 1
+        return tile_count(*latent_hw, plan[0] if self.area_rule else (plan[0], plan[0]), plan[1])
+
+    def wrap(self, denoise, latent_hw, on_tile=None):
+        """``denoise`` run on these tiles (or once, counted by ``on_tile``)."""
+        plan = self.plan(latent_hw)
+        if plan is None:
+            return counting(denoise, on_tile)
+        return TiledDenoiser(denoise, *plan, on_tile=on_tile, square=self.area_rule)
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """The tiled VAE decode (final image and PSR steps); 1792 px is the official decoder tile."""
+
+    tile_px: int = 1792
+    overlap_px: int = 64
+
+
+@dataclass(frozen=True)
+class FinishOptions:
+    """Colour fix against the upscaled LR, then the resize to LR size x scale (official order)."""
+
+    color_fix: str = "adain"
+    rounding: str = "float"  # see ROUNDINGS
+
+    def validate(self) -> None:
+        if self.rounding not in ROUNDINGS:
+            raise ValueError(f"rounding must be one of {ROUNDINGS}, got {self.rounding!r}")
+        if self.color_fix not in COLOR_FIXES:
+            raise ValueError(f"color_fix must be one of {COLOR_FIXES}, got {self.color_fix!r}")
+
+
 @dataclass
 class UpscaleOptions:
-    """Defaults follow the official release (4 steps, PSR 0.4, adain), with tiles for big images."""
+    """Every knob of a whole upscale (the CLI's flags, the all-in-one node's widgets), split into
+    the stage options by its properties. Defaults follow the official release (4 steps, PSR 0.4,
+    adain), with tiles for big images."""
 
     scale: int = 4
     steps: int = 4
@@ -61,24 +172,26 @@ class UpscaleOptions:
     color_fix: str = "adain"
     process_size: int = 512
     recompute_tokens: bool = True
-    latent_tile_px: int = 1024  # diffusion tile in output pixels (128 latents)
-    latent_overlap_px: int = DEFAULT_LATENT_OVERLAP_PX  # see tile_overlap_px
+    latent_tile_px: int = 1024
+    latent_overlap_px: int = DEFAULT_LATENT_OVERLAP_PX
     vae_encode_tile_px: int = 1024
-    vae_decode_tile_px: int = 1792  # the official decoder tile (224 latents)
+    vae_decode_tile_px: int = 1792
     vae_overlap_px: int = 64
-    rounding: str = "float"  # see ROUNDINGS
+    rounding: str = "float"
+    added_prompt: str = DEFAULT_ADDED_PROMPT
 
     def validate(self) -> None:
-        if self.rounding not in ROUNDINGS:
-            raise ValueError(f"rounding must be one of {ROUNDINGS}, got {self.rounding!r}")
-        if self.scale < 1:
-            raise ValueError(f"scale must be >= 1, got {self.scale}")
-        if self.color_fix not in COLOR_FIXES:
-            raise ValueError(f"color_fix must be one of {COLOR_FIXES}, got {self.color_fix!r}")
-        if self.latent_tile_px < 64 or self.latent_tile_px % 8:
-            raise ValueError(f"latent_tile_px must be a multiple of 8 and >= 64, got {self.latent_tile_px}")
-        if not 0 <= self.latent_overlap_px < self.latent_tile_px:
-            raise ValueError("latent_overlap_px must be >= 0 and smaller than latent_tile_px")
+        self.condition.validate()
+        self.tiling.validate()
+        self.finishing.validate()
+
+    @property
+    def condition(self) -> ConditionOptions:
+        return ConditionOptions(self.scale, self.process_size, self.vae_encode_tile_px, self.vae_overlap_px)
+
+    @property
+    def prompts(self) -> PromptOptions:
+        return PromptOptions(self.prompt, self.negative_prompt, self.use_tags, self.added_prompt)
 
     def sampling(self, **extra) -> AddSRSampling:
         return AddSRSampling.with_steps(
@@ -86,24 +199,44 @@ class UpscaleOptions:
             guidance_scale=self.guidance_scale, **extra,
         )
 
+    @property
+    def tiling(self) -> LatentTiling:
+        return LatentTiling(self.latent_tile_px, self.latent_overlap_px)
+
+    @property
+    def decoding(self) -> DecodeOptions:
+        return DecodeOptions(self.vae_decode_tile_px, self.vae_overlap_px)
+
+    @property
+    def finishing(self) -> FinishOptions:
+        return FinishOptions(self.color_fix, self.rounding)
+
 
 @dataclass
 class LRCondition:
-    """What the sampler needs about the LR image (ComfyUI's ``ADDSR_COND``)."""
+    """What the sampler needs about the LR image (ComfyUI's ``ADDSR_COND`` carries one)."""
 
     control_image: torch.Tensor  # [B,3,H,W] upscaled LR in [0,1], H and W multiples of 8
     lr_tokens: torch.Tensor  # [B,145,512] RAM tokens of the original LR
     moments: torch.Tensor  # [B,8,H/8,W/8] VAE posterior of the control image
     lr_size: tuple  # (h, w) of the original LR
     scale: int
-    tags: list = field(default_factory=list)
 
     @property
     def output_size(self) -> tuple:
         return self.lr_size[0] * self.scale, self.lr_size[1] * self.scale
 
+    @property
+    def batch(self) -> int:
+        return self.control_image.shape[0]
+
+    def item(self, i: int) -> "LRCondition":
+        return dataclasses.replace(self, control_image=self.control_image[i : i + 1],
+                                   lr_tokens=self.lr_tokens[i : i + 1], moments=self.moments[i : i + 1])
+
 
 # ---------------------------------------------------------------------------------------------
+# Stages
 
 
 def vae_encode(vae: AutoencoderKL, image_pm1: torch.Tensor, tile_px: int, overlap_px: int) -> torch.Tensor:
@@ -118,7 +251,7 @@ def vae_decode(vae: AutoencoderKL, latent: torch.Tensor, tile_px: int, overlap_p
     return tiled_decode(vae, latent, tile_px, overlap_px)
 
 
-def condition_from_lr(models: AddSRModels, lr: torch.Tensor, options: UpscaleOptions) -> LRCondition:
+def condition_from_lr(models: AddSRModels, lr: torch.Tensor, options: ConditionOptions) -> LRCondition:
     """Upscale the LR as the official script does, then its RAM tokens and VAE posterior.
 
     ``lr`` is [B,3,h,w] RGB in [0,1] (alpha already split off).
@@ -127,27 +260,50 @@ def condition_from_lr(models: AddSRModels, lr: torch.Tensor, options: UpscaleOpt
 
     options.validate()
     vae = models.vae
-    device, dtype = next(vae.parameters()).device, next(vae.parameters()).dtype
+    device, dtype = models.device_of(vae), next(vae.parameters()).dtype
     control = official_condition_image(lr, options.scale, options.process_size).to(device)
     lr_tokens = models.ram.represent(lr.to(device), resize="bilinear")
     with torch.no_grad():
-        moments = vae_encode(vae, (control * 2 - 1).to(dtype), options.vae_encode_tile_px, options.vae_overlap_px)
-    tags = models.tagger.tags(lr.to(device)) if (options.use_tags and models.tagger is not None) else []
-    return LRCondition(control, lr_tokens, moments.float(), tuple(lr.shape[-2:]), options.scale, tags)
+        moments = vae_encode(vae, (control * 2 - 1).to(dtype), options.vae_tile_px, options.vae_overlap_px)
+    return LRCondition(control, lr_tokens, moments.float(), tuple(lr.shape[-2:]), options.scale)
 
 
-def latent_tiling(options: UpscaleOptions, latent_hw) -> Optional[tuple]:
-    """(tile, overlap) in latents when the latent is bigger than one tile, else None."""
-    tile, overlap = options.latent_tile_px // 8, options.latent_overlap_px // 8
-    return (tile, overlap) if max(latent_hw) > tile else None
+def tag_images(models: AddSRModels, lr: torch.Tensor) -> list[str]:
+    """RAM tags of each LR image (``models.tagger``), one comma-separated string per image."""
+    if models.tagger is None:
+        raise ValueError("tagging needs a tagger (RAM loaded with its tag list)")
+    with torch.no_grad():
+        return list(models.tagger.tags(lr.to(models.device_of(models.ram))))
 
 
-def count_network_calls(options: UpscaleOptions, latent_hw) -> int:
-    from .sampling.tiling import tile_count
+def build_prompts(tags: Optional[Sequence[str]], options: PromptOptions, batch: int = 1) -> list[str]:
+    """One official prompt per image (``tags`` one string per image, or None for no tags)."""
+    from .text.prompt import build_prompt
 
-    tiling = latent_tiling(options, latent_hw)
-    per_step = tile_count(*latent_hw, (tiling[0], tiling[0]), tiling[1]) if tiling else 1
-    return per_step * options.steps
+    tags = list(tags) if tags else [""] * batch
+    return [build_prompt(tag, options.prompt, added_prompt=options.added_prompt) for tag in tags]
+
+
+def count_network_calls(sampling: AddSRSampling, tiling: LatentTiling, latent_hw, batch: int = 1) -> int:
+    return tiling.calls_per_step(latent_hw) * len(sampling.timesteps) * batch
+
+
+def upscale_calls(options: UpscaleOptions, lr_hw, batch: int = 1, method=None) -> int:
+    """Network calls a whole :func:`upscale` of a ``lr_hw`` LR makes (for progress bars)."""
+    from .imaging.prepare import condition_sizes
+
+    h, w = condition_sizes(lr_hw, options.scale, options.process_size)[-1]
+    method = method or sys.modules[__name__]
+    return method.count_network_calls(options.sampling(), options.tiling, (h // 8, w // 8), batch)
+
+
+def batch_rows(embeds: Optional[torch.Tensor], batch: int, what: str) -> list:
+    """Per-image rows of a [1 or B, ...] tensor (None stays None)."""
+    if embeds is None:
+        return [None] * batch
+    if embeds.shape[0] not in (1, batch):
+        raise ValueError(f"{what} has {embeds.shape[0]} rows; give 1 (shared) or one per image ({batch})")
+    return [embeds if embeds.shape[0] == 1 else embeds[i : i + 1] for i in range(batch)]
 
 
 def sample(
@@ -155,69 +311,94 @@ def sample(
     cond: LRCondition,
     prompt_embeds: torch.Tensor,
     negative_embeds: Optional[torch.Tensor],
-    options: UpscaleOptions,
+    sampling: AddSRSampling,
+    tiling: LatentTiling = LatentTiling(),
     *,
+    seed: int = 0,
+    psr_decode: DecodeOptions = DecodeOptions(),
     noise: Optional[NoiseSource] = None,
     on_tile: Optional[Callable[[], None]] = None,
     on_step: Optional[Callable] = None,
     trace=None,
 ) -> torch.Tensor:
-    """Run the refining sampler; returns the scaled clean latent z0."""
-    options.validate()
+    """Run the refining sampler; returns the scaled clean latent z0.
+
+    A batch is sampled one image at a time, each from ``seed``: an image gets the same draws alone
+    or in a batch, and memory is that of one image. ``noise`` (replayed draws) replaces the seed.
+    """
+    sampling.validate()
+    tiling.validate()
     unet = models.unet
     check_prompt_widths(prompt_embeds, negative_embeds, unet.config.cross_attention_dim)
-    device = next(unet.parameters()).device
+    device = models.device_of(unet)
     vae_dtype = next(models.vae.parameters()).dtype
-    denoise = ControlNetDenoiser(unet, models.controlnet)
-    latent_hw = cond.moments.shape[-2:]
-    tiling = latent_tiling(options, latent_hw)
-    denoise = TiledDenoiser(denoise, *tiling, on_tile=on_tile) if tiling else counting(denoise, on_tile)
+    sampling = dataclasses.replace(sampling, scaling_factor=models.vae.scaling_factor)
+    denoise = ControlNetDenoiser(unet, models.controlnet, sampling.conditioning_scale)
+    denoise = tiling.wrap(denoise, cond.moments.shape[-2:], on_tile)
 
-    def decode(latent):
-        return vae_decode(models.vae, latent.to(vae_dtype), options.vae_decode_tile_px, options.vae_overlap_px).float()
+    def decode_psr(latent):
+        return vae_decode(models.vae, latent.to(vae_dtype), psr_decode.tile_px, psr_decode.overlap_px).float()
 
     def represent(image01):
         return models.ram.represent(image01, resize="bicubic")
 
+    positives = batch_rows(prompt_embeds, cond.batch, "prompt_embeds")
+    negatives = batch_rows(negative_embeds, cond.batch, "negative_embeds")
+    z0 = []
     with torch.no_grad():
-        result = sample_addsr(
-            denoise=denoise,
-            encode=lambda _: cond.moments.to(device),
-            decode=decode,
-            represent=represent,
-            control_image=cond.control_image.to(device).float(),
-            lr_tokens=cond.lr_tokens.to(device).float(),
-            prompt_embeds=prompt_embeds.to(device).float(),
-            negative_embeds=None if negative_embeds is None else negative_embeds.to(device).float(),
-            options=options.sampling(scaling_factor=models.vae.scaling_factor),
-            noise=noise or SeededNoise(options.seed),
-            trace=trace,
-            on_step=on_step,
-        )
-    return result.z0
+        for i in range(cond.batch):
+            one = cond.item(i)
+            result = sample_addsr(
+                denoise=denoise,
+                encode=lambda _, moments=one.moments: moments.to(device),
+                decode=decode_psr,
+                represent=represent,
+                control_image=one.control_image.to(device).float(),
+                lr_tokens=one.lr_tokens.to(device).float(),
+                prompt_embeds=positives[i].to(device).float(),
+                negative_embeds=None if negatives[i] is None else negatives[i].to(device).float(),
+                options=sampling,
+                noise=noise or SeededNoise(seed),
+                trace=trace,
+                on_step=on_step,
+            )
+            z0.append(result.z0)
+    return torch.cat(z0)
 
 
-def decode(models: AddSRModels, z0: torch.Tensor, options: UpscaleOptions) -> torch.Tensor:
-    """Scaled latent -> image in [0,1] (the official final decode, tiled when large)."""
+def decode(models: AddSRModels, latent: torch.Tensor, options: DecodeOptions = DecodeOptions()) -> torch.Tensor:
+    """Unscaled latent (``z0 / scaling_factor``, ComfyUI's LATENT) -> image in [0,1], tiled when large."""
     vae = models.vae
     with torch.no_grad():
-        raw = vae_decode(vae, (z0 / vae.scaling_factor).to(next(vae.parameters()).dtype), options.vae_decode_tile_px, options.vae_overlap_px)
+        raw = vae_decode(vae, latent.to(models.device_of(vae), next(vae.parameters()).dtype),
+                         options.tile_px, options.overlap_px)
     return (raw.float() / 2 + 0.5).clamp(0, 1)
 
 
-def finish(images: torch.Tensor, cond: LRCondition, options: UpscaleOptions) -> torch.Tensor:
+def unscaled(models: AddSRModels, z0: torch.Tensor) -> torch.Tensor:
+    """The sampler's scaled z0 as the VAE's (and ComfyUI's LATENT) unscaled latent."""
+    return z0 / models.vae.scaling_factor
+
+
+def finish(images: torch.Tensor, cond: LRCondition, options: FinishOptions = FinishOptions()) -> torch.Tensor:
     """Colour fix against the upscaled LR, then resize to exactly LR size x scale (official order)."""
     from .imaging.colorfix import adain_color_fix, wavelet_color_fix
     from .imaging.prepare import resize_to
 
-    source = cond.control_image.to(images.device, images.dtype)
+    options.validate()
+    # One memory layout: the reductions of the colour fix round differently on NHWC (a decode's
+    # output) and NCHW (an IMAGE converted back) tensors, and the node graph must match upscale().
+    images = images.contiguous()
+    source = cond.control_image.to(images.device, images.dtype).contiguous()
+    if source.shape[0] not in (1, images.shape[0]):
+        raise ValueError(f"{images.shape[0]} images but the condition has {source.shape[0]}")
     official = options.rounding == "official"
     if official:  # the 8-bit images test_addsr.py hands to the colour fix
         images, source = to_8bit_grid(images, torch.round), to_8bit_grid(source, torch.round)
     if options.color_fix == "adain":
-        images = adain_color_fix(images, source)
+        images = adain_color_fix(images, source.expand_as(images))
     elif options.color_fix == "wavelet":
-        images = wavelet_color_fix(images, source)
+        images = wavelet_color_fix(images, source.expand_as(images))
     images = images.clamp(0, 1)
     if official and options.color_fix != "none":
         images = to_8bit_grid(images, torch.floor)  # ToPILImage truncates
@@ -231,19 +412,28 @@ def to_8bit_grid(images: torch.Tensor, quantize) -> torch.Tensor:
     return quantize(images.clamp(0, 1) * 255) / 255
 
 
-def build_prompts(cond: LRCondition, options: UpscaleOptions) -> list[str]:
-    from .text.prompt import build_prompt
+def run_sampling(models: AddSRModels, cond: LRCondition, prompt_embeds, negative_embeds, options: UpscaleOptions, *,
+                 method=None, **hooks) -> torch.Tensor:
+    """``method.sample`` (this module's by default) with the sampling, tiling, seed and PSR decode of
+    ``options``; ``hooks``: noise, on_tile, on_step, trace."""
+    method = method or sys.modules[__name__]
+    return method.sample(models, cond, prompt_embeds, negative_embeds, options.sampling(), options.tiling,
+                         seed=options.seed, psr_decode=options.decoding, **hooks)
 
-    tags = cond.tags or [""] * cond.control_image.shape[0]
-    return [build_prompt(tag, options.prompt) for tag in tags]
 
+def upscale(models: AddSRModels, lr: torch.Tensor, options: UpscaleOptions, *, method=None, on_tile=None,
+            on_step=None) -> torch.Tensor:
+    """[B,3,h,w] RGB in [0,1] -> [B,3,h*scale,w*scale] in [0,1]: every stage, in order.
 
-def upscale(models: AddSRModels, lr: torch.Tensor, options: UpscaleOptions, *, on_tile=None, on_step=None) -> torch.Tensor:
-    """[B,3,h,w] RGB in [0,1] -> [B,3,h*scale,w*scale] in [0,1]."""
+    ``method``: the module whose ``sample`` runs (this one; :mod:`addsr_core.seesr` for SeeSR)."""
+    method = method or sys.modules[__name__]
     if models.text is None:
         raise ValueError("the standalone pipeline needs a text encoder (models.text) to turn prompts into embeddings")
-    cond = condition_from_lr(models, lr, options)
-    prompt_embeds = models.text(build_prompts(cond, options))
-    negative = models.text([options.negative_prompt] * lr.shape[0]) if options.guidance_scale > 1 else None
-    z0 = sample(models, cond, prompt_embeds, negative, options, on_tile=on_tile, on_step=on_step)
-    return finish(decode(models, z0, options), cond, options)
+    options.validate()
+    prompts = options.prompts
+    cond = condition_from_lr(models, lr, options.condition)
+    tags = tag_images(models, lr) if (prompts.use_tags and models.tagger is not None) else None
+    prompt_embeds = models.text(build_prompts(tags, prompts, lr.shape[0]))
+    negative = models.text([prompts.negative_prompt]) if options.guidance_scale > 1 else None
+    z0 = run_sampling(models, cond, prompt_embeds, negative, options, method=method, on_tile=on_tile, on_step=on_step)
+    return finish(decode(models, unscaled(models, z0), options.decoding), cond, options.finishing)

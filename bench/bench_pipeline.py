@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from addsr_core.models import SD2_UNET, SD2_VAE, AutoencoderKL, ControlNetModel, UNet2DConditionModel, UNetConfig  # noqa: E402
 from addsr_core import seesr  # noqa: E402
-from addsr_core.pipeline import AddSRModels, UpscaleOptions, condition_from_lr, decode, sample  # noqa: E402
+from addsr_core.pipeline import AddSRModels, UpscaleOptions, condition_from_lr, decode, run_sampling, unscaled  # noqa: E402
 from addsr_core.ram import RAM, RAMConfig  # noqa: E402
 
 SCENARIOS = {
@@ -115,7 +115,6 @@ def timed_upscale(models: AddSRModels, lr: torch.Tensor, options: UpscaleOptions
     g = torch.Generator().manual_seed(2)
     embeds = torch.randn(1, 77, 1024, generator=g)
     negative = torch.randn(1, 77, 1024, generator=g) if options.guidance_scale > 1 else None
-    run_sample = sample if method is None else method.sample
     decode_fn = pipeline.vae_decode
     with ExitStack() as patches, torch.no_grad():
         def patch(obj, name, stage):
@@ -124,14 +123,14 @@ def timed_upscale(models: AddSRModels, lr: torch.Tensor, options: UpscaleOptions
         patch(pipeline, "vae_encode", "vae_encode")
         patch(models.ram, "represent", "ram")
         start = time.perf_counter()
-        cond = condition_from_lr(models, lr, options)
+        cond = condition_from_lr(models, lr, options.condition)
         patch(models.unet, "forward", "unet")
         patch(models.controlnet, "forward", "controlnet")
         pipeline.vae_decode = clock.wrap("psr_decode", decode_fn)
         try:
-            z0 = run_sample(models, cond, embeds, negative, options)
+            z0 = run_sampling(models, cond, embeds, negative, options, method=method)
             pipeline.vae_decode = clock.wrap("final_decode", decode_fn)
-            image = decode(models, z0, options)
+            image = decode(models, unscaled(models, z0), options.decoding)
         finally:
             pipeline.vae_decode = decode_fn
         total = time.perf_counter() - start

@@ -2,7 +2,7 @@
 from . import host
 from .encode import AddSREncodeLR
 from .loaders import AddSRModelLoader, AddSRRAMLoader
-from .postprocess import AddSRColorFix, AddSRTagger
+from .postprocess import AddSRColorFix, AddSRFinish, AddSRPrompt, AddSRTagger
 from .sampler import AddSRSampler
 from .seesr_sampler import SeeSRSampler
 from .stablesr_loaders import StableSRCFWLoader, StableSRModelLoader
@@ -20,7 +20,9 @@ NODE_CLASS_MAPPINGS = {
     "SeeSRSampler": SeeSRSampler,
     "AddSRTiledVAEDecode": AddSRTiledVAEDecode,
     "AddSRTiledVAEEncode": AddSRTiledVAEEncode,
+    "AddSRFinish": AddSRFinish,
     "AddSRColorFix": AddSRColorFix,
+    "AddSRPrompt": AddSRPrompt,
     "AddSRTagger": AddSRTagger,
     "AddSRUpscale": AddSRUpscale,
     "StableSRModelLoader": StableSRModelLoader,
@@ -37,7 +39,9 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "SeeSRSampler": "SeeSR Sampler",
     "AddSRTiledVAEDecode": "AddSR Tiled VAE Decode",
     "AddSRTiledVAEEncode": "AddSR Tiled VAE Encode",
+    "AddSRFinish": "AddSR Finish (colour fix + size)",
     "AddSRColorFix": "AddSR Colour Fix",
+    "AddSRPrompt": "AddSR Prompt (tags + quality words)",
     "AddSRTagger": "AddSR Tagger (RAM)",
     "AddSRUpscale": "AddSR Upscale (all-in-one)",
     "StableSRModelLoader": "StableSR Model Loader",

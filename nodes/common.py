@@ -47,6 +47,16 @@ def alpha_of(image: torch.Tensor) -> torch.Tensor | None:
     return image[..., 3] if image.ndim == 4 and image.shape[-1] == 4 else None
 
 
+def with_alpha(rgb: torch.Tensor, alpha: torch.Tensor | None) -> torch.Tensor:
+    """[B,3,H,W] result -> ComfyUI IMAGE, with the LR's alpha [B,h,w] upscaled to match (if any)."""
+    if alpha is None:
+        return bchw_to_image(rgb)
+    from addsr_core.imaging.prepare import upscale_alpha
+
+    resized = upscale_alpha(alpha[:, None].float(), tuple(rgb.shape[-2:]))
+    return torch.cat([bchw_to_image(rgb), bchw_to_image(resized)], dim=-1)
+
+
 # What to connect when the text width is wrong; {base}: the SD 2.x checkpoint(s) the sampler's model needs.
 SD2_CLIP_FIX = "connect the CLIP output of Load Checkpoint (an SD 2.x checkpoint, 1024 wide: {base}) to {target}"
 ADDSR_BASE = "v2-1_512-ema-pruned.safetensors"
@@ -82,6 +92,11 @@ def encode_text(clip, text: str) -> torch.Tensor:
     if hasattr(clip, "tokenize"):
         return clip.encode_from_tokens(clip.tokenize(text))
     return clip([text])
+
+
+def encode_prompts(clip, prompts: list[str]) -> torch.Tensor:
+    """One embedding row per prompt, [N,77,C]: the text stage of AddSR Prompt and the all-in-one node."""
+    return torch.cat([encode_text(clip, p) for p in prompts])
 
 
 @dataclass

@@ -1,15 +1,79 @@
-"""Colour fix and tagging."""
+"""The stages around the sampler: tags and prompt before it, Finish and the colour fix after it."""
 from __future__ import annotations
 
 import torch
 
+from addsr_core.pipeline import COLOR_FIXES, AddSRModels, FinishOptions, PromptOptions, build_prompts, finish, tag_images
+from addsr_core.text.prompt import DEFAULT_ADDED_PROMPT
+
 from . import host
-from .common import CATEGORY, AddSRInputError, bchw_to_image, image_to_bchw
+from .common import CATEGORY, AddSRInputError, bchw_to_image, encode_prompts, image_to_bchw, with_alpha
+from .encode import AddSRCond
 from .loaders import RAMModel
+
+COLOR_FIX_TOOLTIP = ("adain (official default): match mean and contrast per channel. wavelet: keep the upscale's "
+                     "detail, take the reference's low frequencies.")
+
+
+class AddSRFinish:
+    DESCRIPTION = ("The last AddSR step: colour fix against the upscaled input, then the exact size (input x scale) "
+                   "and the input's alpha, in the official order.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE",)
+    OUTPUT_TOOLTIPS = ("The finished image, as AddSR Upscale (all-in-one) gives it.",)
+    FUNCTION = "finish"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "image": ("IMAGE", {"tooltip": "The decoded image, from AddSR Tiled VAE Decode."}),
+            "addsr_cond": ("ADDSR_COND", {"tooltip": "From AddSR Encode LR: the colour reference, size and alpha."}),
+            "color_fix": (list(COLOR_FIXES), {"default": "adain", "tooltip": COLOR_FIX_TOOLTIP}),
+        }}
+
+    def finish(self, image, addsr_cond, color_fix="adain"):
+        if not isinstance(addsr_cond, AddSRCond):
+            raise AddSRInputError("addsr_cond must come from AddSR Encode LR")
+        images = image_to_bchw(image)
+        if images.shape[0] != addsr_cond.cond.batch:
+            raise AddSRInputError(f"image has {images.shape[0]} images but addsr_cond {addsr_cond.cond.batch}: "
+                                  "connect the AddSR Encode LR that fed this image's sampler")
+        out = finish(images, addsr_cond.cond, FinishOptions(color_fix))
+        return (with_alpha(out, addsr_cond.alpha),)
+
+
+class AddSRPrompt:
+    DESCRIPTION = ("The official AddSR prompt, one per image: the RAM tags, your text and the quality words, "
+                   "encoded with the SD2 CLIP.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("CONDITIONING",)
+    OUTPUT_TOOLTIPS = ("The prompt for AddSR Sampler (one row per line of tags).",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "clip": ("CLIP", {"tooltip": "SD2 base CLIP, from Load Checkpoint."}),
+                "prompt": ("STRING", {"default": "", "multiline": True,
+                    "tooltip": "Optional description of the image, placed between the tags and the quality words."}),
+                "quality_words": ("STRING", {"default": DEFAULT_ADDED_PROMPT,
+                    "tooltip": "Added at the end (official AddSR words; SeeSR's: clean, high-resolution, 8k)."}),
+            },
+            "optional": {
+                "tags": ("STRING", {"forceInput": True,
+                    "tooltip": "From AddSR Tagger: one line of tags per image (a batch gets one prompt per image)."}),
+            },
+        }
+
+    def encode(self, clip, prompt="", quality_words=DEFAULT_ADDED_PROMPT, tags=None):
+        lines = tags.split("\n") if tags else None
+        prompts = build_prompts(lines, PromptOptions(prompt=prompt, added_prompt=quality_words))
+        return ([[encode_prompts(clip, prompts), {}]],)
 
 
 class AddSRColorFix:
-    DESCRIPTION = "Restores the colours of the input after super-resolution (diffusion tends to shift them)."
+    DESCRIPTION = "Restores the colours of any reference image after super-resolution (diffusion tends to shift them)."
     CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE",)
     OUTPUT_TOOLTIPS = ("The image with the reference's colours.",)
@@ -20,10 +84,8 @@ class AddSRColorFix:
         return {
             "required": {
                 "image": ("IMAGE", {"tooltip": "The upscaled image."}),
-                "reference": ("IMAGE", {"tooltip": "The original low-resolution image (any size)."}),
-                "method": (["adain", "wavelet", "none"], {"default": "adain",
-                    "tooltip": "adain (official default): match mean and contrast per channel. wavelet: keep the "
-                               "upscale's detail, take the reference's low frequencies."}),
+                "reference": ("IMAGE", {"tooltip": "The image whose colours to take (any size)."}),
+                "method": (list(COLOR_FIXES), {"default": "adain", "tooltip": COLOR_FIX_TOOLTIP}),
             }
         }
 
@@ -64,6 +126,5 @@ class AddSRTagger:
         if ram.tagger is None:
             raise AddSRInputError("this RAM was loaded without a tag list: select ram_tag_list.txt in AddSR Load RAM")
         device = host.load_to_device([ram.encoder])
-        with torch.no_grad():
-            tags = ram.tagger.tags(image_to_bchw(image).to(device))
-        return ("\n".join(tags),)
+        models = AddSRModels(None, None, None, ram.encoder.module, tagger=ram.tagger, device=device)
+        return ("\n".join(tag_images(models, image_to_bchw(image))),)

@@ -3,14 +3,21 @@ from __future__ import annotations
 
 import dataclasses
 
-from addsr_core.pipeline import AddSRModels, UpscaleOptions, count_network_calls, sample, tile_overlap_px
+from addsr_core import pipeline
+from addsr_core.pipeline import AddSRModels, DecodeOptions, LatentTiling, tile_overlap_px
+from addsr_core.sampling.addsr import AddSRSampling
 
 from . import host
-from .common import CATEGORY, AddSRInputError, conditioning_tensor
+from .common import CATEGORY, AddSRInputError, as_addsr_vae, conditioning_tensor
 from .encode import AddSRCond
-from .loaders import AddSRModel
+from .loaders import AddSRModel, RAMModel
 
 MIN_TILE_PX = 256
+
+PSR_INPUTS = {
+    "vae": ("VAE", {"tooltip": "VAE for the refinement decodes between steps. Default: the one AddSR Encode LR used."}),
+    "ram": ("ADDSR_RAM", {"tooltip": "RAM for the refined image tokens between steps. Default: the one AddSR Encode LR used."}),
+}
 
 
 class AddSRSampler:
@@ -18,7 +25,7 @@ class AddSRSampler:
     CATEGORY = CATEGORY
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("latent",)
-    OUTPUT_TOOLTIPS = ("The restored latent; decode with AddSR Tiled VAE Decode (or VAE Decode).",)
+    OUTPUT_TOOLTIPS = ("The restored latent; decode with AddSR Tiled VAE Decode, then AddSR Finish.",)
     FUNCTION = "sample"
 
     @classmethod
@@ -27,10 +34,11 @@ class AddSRSampler:
             "required": {
                 "addsr_model": ("ADDSR_MODEL", {"tooltip": "From AddSR Load Model."}),
                 "addsr_cond": ("ADDSR_COND", {"tooltip": "From AddSR Encode LR."}),
-                "positive": ("CONDITIONING", {"tooltip": "Prompt from CLIP Text Encode (SD2 CLIP). Tags + "
-                    "'clean, high-resolution, 8k, extremely detailed, best quality, sharp' work well."}),
+                "positive": ("CONDITIONING", {"tooltip": "Prompt from AddSR Prompt (RAM tags + the official quality "
+                    "words, one per image) or CLIP Text Encode (SD2 CLIP)."}),
                 "negative": ("CONDITIONING", {"tooltip": "Negative prompt; only used when cfg > 1."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "Random seed."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                    "tooltip": "Random seed (each image of a batch starts from it)."}),
                 "steps": ("INT", {"default": 4, "min": 1, "max": 4,
                     "tooltip": "1-4. AddSR was distilled for 4; 1 is fastest, 4 most detailed."}),
                 "psr_weight": ("FLOAT", {"default": 0.4, "min": 0.0, "max": 1.0, "step": 0.05,
@@ -48,72 +56,69 @@ class AddSRSampler:
             "optional": {
                 "recompute_tokens": ("BOOLEAN", {"default": True,
                     "tooltip": "Recompute RAM tokens from each step's refined image (official). Off: reuse the LR's tokens, faster."}),
+                **PSR_INPUTS,
             },
         }
 
     def sample(self, addsr_model, addsr_cond, positive, negative, seed=0, steps=4, psr_weight=0.4, cfg=0.0,
-               tile_size=1024, tile_overlap=256, recompute_tokens=True):
-        if not isinstance(addsr_model, AddSRModel):
-            raise AddSRInputError("addsr_model must come from AddSR Load Model")
-        if not isinstance(addsr_cond, AddSRCond):
-            raise AddSRInputError("addsr_cond must come from AddSR Encode LR")
-        options = UpscaleOptions(
-            scale=addsr_cond.cond.scale, steps=steps, psr_weight=psr_weight, seed=seed, guidance_scale=cfg,
-            latent_tile_px=tile_size, latent_overlap_px=tile_overlap_px(tile_size, tile_overlap),
-            recompute_tokens=recompute_tokens,
-        )
+               tile_size=1024, tile_overlap=256, recompute_tokens=True, vae=None, ram=None):
+        check_inputs(addsr_model, addsr_cond)
+        try:
+            sampling = AddSRSampling.with_steps(steps, psr_weight=psr_weight, recompute_tokens=recompute_tokens,
+                                                guidance_scale=cfg)
+        except ValueError as err:
+            raise AddSRInputError(str(err)) from None
+        tiling = LatentTiling(tile_size, tile_overlap_px(tile_size, tile_overlap))
         width = addsr_model.unet.module.config.cross_attention_dim
         z0 = run_sampler(addsr_model, addsr_cond, conditioning_tensor(positive, width=width),
-                         conditioning_tensor(negative, "negative", width=width) if cfg > 1 else None, options)
+                         conditioning_tensor(negative, "negative", width=width) if cfg > 1 else None,
+                         sampling, tiling, seed=seed, vae=vae, ram=ram)
         return (latent_output(addsr_cond, z0),)
 
 
+def check_inputs(addsr_model, addsr_cond) -> None:
+    if not isinstance(addsr_model, AddSRModel):
+        raise AddSRInputError("addsr_model must come from AddSR Load Model")
+    if not isinstance(addsr_cond, AddSRCond):
+        raise AddSRInputError("addsr_cond must come from AddSR Encode LR")
+
+
 def latent_output(addsr_cond: AddSRCond, z0):
-    """ComfyUI's LATENT (unscaled, as VAE Decode wants it) for a sampled z0, with the output size."""
+    """ComfyUI's LATENT (unscaled, as VAE Decode wants it) for a sampled z0."""
     vae = addsr_cond.vae.vae
-    return {"samples": (z0 / vae.scaling_factor).float().cpu(), "addsr_output_size": addsr_cond.cond.output_size}
+    return {"samples": pipeline.unscaled(AddSRModels(None, None, vae, None), z0).float().cpu()}
 
 
-def run_sampler(addsr_model: AddSRModel, addsr_cond: AddSRCond, positive, negative, options: UpscaleOptions,
-                method=None):
-    """Sample, halving the tile on out-of-memory down to MIN_TILE_PX, then a clear error.
-
-    ``method``: a pipeline module with ``sample``/``count_network_calls`` (``addsr_core.seesr``);
-    None is AddSR's.
-    """
-    managed = [addsr_model.unet, addsr_model.controlnet, addsr_cond.vae.managed, addsr_cond.ram.encoder]
-    current = options
+def run_sampler(addsr_model: AddSRModel, addsr_cond: AddSRCond, positive, negative, sampling, tiling: LatentTiling,
+                *, seed: int, vae=None, ram=None, method=pipeline):
+    """``method.sample`` (this pipeline's, or ``addsr_core.seesr``'s) on the node's inputs, halving the
+    tile on out-of-memory down to MIN_TILE_PX, then a clear error. ``vae``/``ram``: the PSR models
+    when connected, else the ones Encode LR used."""
+    handle = as_addsr_vae(vae) if vae is not None else addsr_cond.vae
+    if ram is not None and not isinstance(ram, RAMModel):
+        raise AddSRInputError("ram must come from AddSR Load RAM")
+    ram = ram or addsr_cond.ram
+    managed = [addsr_model.unet, addsr_model.controlnet, handle.managed, ram.encoder]
+    psr_decode = DecodeOptions(addsr_cond.vae_tile_px)
+    cond = addsr_cond.cond
 
     def attempt(tile):
-        nonlocal current
-        if tile != current.latent_tile_px:
-            current = dataclasses.replace(
-                current, latent_tile_px=tile, latent_overlap_px=tile_overlap_px(tile, current.latent_overlap_px),
-                vae_decode_tile_px=max(256, current.vae_decode_tile_px // 2),
-            )
-        return _sample_once(addsr_model, addsr_cond, positive, negative, current, managed, method)
+        nonlocal tiling, psr_decode
+        if tile != tiling.tile_px:
+            tiling = dataclasses.replace(tiling, tile_px=tile, overlap_px=tile_overlap_px(tile, tiling.overlap_px))
+            psr_decode = DecodeOptions(max(256, psr_decode.tile_px // 2), psr_decode.overlap_px)
+        device = host.load_to_device(managed)
+        models = AddSRModels(unet=addsr_model.unet.module, controlnet=addsr_model.controlnet.module,
+                             vae=handle.vae, ram=ram.encoder.module, device=device)
+        progress = host.Progress(method.count_network_calls(sampling, tiling, cond.moments.shape[-2:], cond.batch))
+        host.check_interrupt()
+        return method.sample(models, cond, positive.to(device), None if negative is None else negative.to(device),
+                             sampling, tiling, seed=seed, psr_decode=psr_decode, on_tile=lambda: progress.update(1),
+                             on_step=lambda k, total, pred_z0: progress.update(0, host.latent_preview(pred_z0)))
 
     def exhausted(tile):
         return AddSRInputError(f"out of memory even with {tile}px tiles. Lower the VAE tile size, use fp16, "
                                "or start ComfyUI with --lowvram.")
 
-    return host.retry_smaller_on_oom(attempt, options.latent_tile_px, floor=MIN_TILE_PX, what="AddSR:",
+    return host.retry_smaller_on_oom(attempt, tiling.tile_px, floor=MIN_TILE_PX, what="AddSR:",
                                      shrink=lambda tile: tile // 2 // 64 * 64, exhausted=exhausted)
-
-
-def _sample_once(addsr_model, addsr_cond, positive, negative, options, managed, method):
-    device = host.load_to_device(managed)
-    cond = addsr_cond.cond
-    count, run = (count_network_calls, sample) if method is None else (method.count_network_calls, method.sample)
-    progress = host.Progress(count(options, cond.moments.shape[-2:]))
-
-    def on_step(k, total, pred_z0):
-        progress.update(0, host.latent_preview(pred_z0))
-
-    models = AddSRModels(
-        unet=addsr_model.unet.module, controlnet=addsr_model.controlnet.module, vae=addsr_cond.vae.vae,
-        ram=addsr_cond.ram.encoder.module,
-    )
-    host.check_interrupt()
-    return run(models, cond, positive.to(device), None if negative is None else negative.to(device), options,
-               on_tile=lambda: progress.update(1), on_step=on_step)

@@ -3,12 +3,12 @@ previews, Cancel and out-of-memory tile halving)."""
 from __future__ import annotations
 
 from addsr_core import seesr
+from addsr_core.pipeline import LatentTiling
+from addsr_core.sampling.seesr import SeeSRSampling
 
 from . import host
 from .common import CATEGORY, AddSRInputError, conditioning_tensor
-from .encode import AddSRCond
-from .loaders import AddSRModel
-from .sampler import MIN_TILE_PX, latent_output, run_sampler
+from .sampler import MIN_TILE_PX, check_inputs, latent_output, run_sampler
 
 
 class SeeSRSampler:
@@ -17,7 +17,7 @@ class SeeSRSampler:
     CATEGORY = CATEGORY
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("latent",)
-    OUTPUT_TOOLTIPS = ("The restored latent; decode with AddSR Tiled VAE Decode (or VAE Decode).",)
+    OUTPUT_TOOLTIPS = ("The restored latent; decode with AddSR Tiled VAE Decode, then AddSR Finish.",)
     FUNCTION = "sample"
 
     @classmethod
@@ -26,8 +26,8 @@ class SeeSRSampler:
             "required": {
                 "addsr_model": ("ADDSR_MODEL", {"tooltip": "SeeSR weights from AddSR Load Model (family seesr)."}),
                 "addsr_cond": ("ADDSR_COND", {"tooltip": "From AddSR Encode LR."}),
-                "positive": ("CONDITIONING", {"tooltip": "Prompt from CLIP Text Encode (SD2 CLIP). Official: RAM tags + "
-                    "'clean, high-resolution, 8k'."}),
+                "positive": ("CONDITIONING", {"tooltip": "Prompt from AddSR Prompt or CLIP Text Encode (SD2 CLIP). "
+                    "Official: RAM tags + 'clean, high-resolution, 8k'."}),
                 "negative": ("CONDITIONING", {"tooltip": "Negative prompt (official: 'dotted, noise, blur, lowres, "
                     "smooth'); used when cfg > 1."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "Random seed."}),
@@ -52,24 +52,19 @@ class SeeSRSampler:
     def sample(self, addsr_model, addsr_cond, positive, negative, seed=0, steps=seesr.DEFAULT_STEPS,
                cfg=seesr.DEFAULT_GUIDANCE, tile_size=seesr.OFFICIAL_TILE, tile_overlap=seesr.OFFICIAL_OVERLAP,
                start_point="lr", official_tiles=True):
-        if not isinstance(addsr_model, AddSRModel):
-            raise AddSRInputError("addsr_model must come from AddSR Load Model")
-        if not isinstance(addsr_cond, AddSRCond):
-            raise AddSRInputError("addsr_cond must come from AddSR Encode LR")
+        check_inputs(addsr_model, addsr_cond)
         if getattr(addsr_model, "family", "seesr") != "seesr":
             host.log.warning("AddSR: SeeSR Sampler got %s weights (%r); load SeeSR weights, or set the loader's "
                              "family to seesr if these are SeeSR", addsr_model.family, addsr_model.name)
-        options = seesr.SeeSROptions(
-            scale=addsr_cond.cond.scale, steps=steps, seed=seed, guidance_scale=cfg, latent_tile_px=tile_size * 8,
-            latent_overlap_px=min(tile_overlap, tile_size // 2) * 8, start_point=start_point,
-            official_tiles=official_tiles,
-        )
+        sampling = SeeSRSampling(steps=steps, guidance_scale=cfg, start_point=start_point)
+        tiling = LatentTiling(tile_size * 8, min(tile_overlap, tile_size // 2) * 8, area_rule=official_tiles)
         try:
-            options.validate()
+            sampling.validate()
+            tiling.validate()
         except ValueError as err:
             raise AddSRInputError(str(err)) from None
         width = addsr_model.unet.module.config.cross_attention_dim
         z0 = run_sampler(addsr_model, addsr_cond, conditioning_tensor(positive, width=width),
-                         conditioning_tensor(negative, "negative", width=width) if cfg > 1 else None, options,
-                         method=seesr)
+                         conditioning_tensor(negative, "negative", width=width) if cfg > 1 else None,
+                         sampling, tiling, seed=seed, method=seesr)
         return (latent_output(addsr_cond, z0),)

@@ -1,9 +1,9 @@
-"""AddSR Upscale: IMAGE in, IMAGE out, for people who just want the result."""
+"""AddSR Upscale: IMAGE in, IMAGE out, for people who just want the result (the library's ``upscale``)."""
 from __future__ import annotations
 
-import torch
+import dataclasses
 
-from addsr_core.pipeline import UpscaleOptions, build_prompts, decode, finish, tile_overlap_px
+from addsr_core.pipeline import COLOR_FIXES, DEFAULT_NEGATIVE, AddSRModels, UpscaleOptions, tile_overlap_px, upscale, upscale_calls
 
 from . import host
 from .common import (
@@ -13,14 +13,13 @@ from .common import (
     AddSRInputError,
     alpha_of,
     as_addsr_vae,
-    bchw_to_image,
     check_width,
-    encode_text,
+    encode_prompts,
     image_to_bchw,
+    with_alpha,
 )
-from .encode import AddSRCond, encode_condition
 from .loaders import AddSRModel, RAMModel
-from .sampler import MIN_TILE_PX, run_sampler
+from .sampler import MIN_TILE_PX
 
 
 class AddSRUpscale:
@@ -47,7 +46,7 @@ class AddSRUpscale:
                 "scale": ("INT", {"default": 4, "min": 1, "max": 8, "tooltip": "Upscale factor (trained for 4)."}),
                 "psr_weight": ("FLOAT", {"default": 0.4, "min": 0.0, "max": 1.0, "step": 0.05,
                     "tooltip": "Self-refinement strength (official 0.4)."}),
-                "color_fix": (["adain", "wavelet", "none"], {"default": "adain", "tooltip": "Colour correction against the input."}),
+                "color_fix": (list(COLOR_FIXES), {"default": "adain", "tooltip": "Colour correction against the input."}),
                 "tile_size": ("INT", {"default": 1024, "min": MIN_TILE_PX, "max": 4096, "step": 64,
                     "tooltip": "Diffusion tile in output pixels; larger images are tiled automatically."}),
             },
@@ -55,52 +54,59 @@ class AddSRUpscale:
                 "use_tags": ("BOOLEAN", {"default": True, "tooltip": "Add RAM tags to the prompt (needs a tag list in Load RAM)."}),
                 "cfg": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 20.0, "step": 0.1,
                     "tooltip": "Guidance; above 1 uses the negative prompt and doubles the cost."}),
-                "negative_prompt": ("STRING", {"default": "dotted, noise, blur, lowres, smooth", "multiline": True,
+                "negative_prompt": ("STRING", {"default": DEFAULT_NEGATIVE, "multiline": True,
                     "tooltip": "Used when cfg > 1."}),
                 "min_size": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 8,
                     "tooltip": "Small inputs are first enlarged so the upscaled short side reaches this (official: 512)."}),
+                "vae_tile_size": ("INT", {"default": 1024, "min": 256, "max": 4096, "step": 64,
+                    "tooltip": "VAE tiles in pixels (encode, refinement and final decodes); lower it if you run out of memory."}),
             },
         }
 
     def upscale(self, image, addsr_model, ram, vae, clip, prompt="", seed=0, steps=4, scale=4, psr_weight=0.4,
-                color_fix="adain", tile_size=1024, use_tags=True, cfg=0.0,
-                negative_prompt="dotted, noise, blur, lowres, smooth", min_size=512):
+                color_fix="adain", tile_size=1024, use_tags=True, cfg=0.0, negative_prompt=DEFAULT_NEGATIVE,
+                min_size=512, vae_tile_size=1024):
         if not isinstance(addsr_model, AddSRModel) or not isinstance(ram, RAMModel):
             raise AddSRInputError("connect AddSR Load Model and AddSR Load RAM")
         options = UpscaleOptions(
             scale=scale, steps=steps, psr_weight=psr_weight, seed=seed, guidance_scale=cfg, prompt=prompt,
             negative_prompt=negative_prompt, color_fix=color_fix, latent_tile_px=tile_size,
             latent_overlap_px=tile_overlap_px(tile_size), use_tags=use_tags and ram.tagger is not None,
-            process_size=min_size, vae_encode_tile_px=max(256, tile_size), vae_decode_tile_px=max(256, tile_size),
+            process_size=min_size, vae_encode_tile_px=vae_tile_size, vae_decode_tile_px=vae_tile_size,
         )
-        lr, alpha = image_to_bchw(image), alpha_of(image)
+        try:
+            options.validate()
+            options.sampling().validate()
+        except ValueError as err:
+            raise AddSRInputError(str(err)) from None
+        lr = image_to_bchw(image)
         handle = as_addsr_vae(vae)
-        outputs = []
-        for i in range(lr.shape[0]):  # one at a time: each image may need its own tiling and prompt
-            outputs.append(self._one(lr[i : i + 1], handle, ram, addsr_model, clip, options))
-        out = torch.cat(outputs)
-        if alpha is not None:
-            from addsr_core.imaging.prepare import resize_to
+        managed = [addsr_model.unet, addsr_model.controlnet, handle.managed, ram.encoder]
+        width = addsr_model.unet.module.config.cross_attention_dim
 
-            a = resize_to(alpha[:, None].float(), tuple(out.shape[-2:])).clamp(0, 1)
-            return (torch.cat([bchw_to_image(out), bchw_to_image(a)], dim=-1),)
-        return (bchw_to_image(out),)
+        def text(prompts):
+            embeds = encode_prompts(clip, prompts)
+            check_width(embeds, width, "clip input's", SD2_CLIP_FIX.format(base=ADDSR_BASE, target="its clip input"))
+            return embeds
 
-    def _one(self, lr, handle, ram, addsr_model, clip, options):
-        tagged = options.use_tags
-        cond = encode_condition(lr, handle, ram, options)
-        if tagged:
-            device = host.load_to_device([ram.encoder])
-            with torch.no_grad():
-                cond.tags = ram.tagger.tags(lr.to(device))
-        prompt = build_prompts(cond, options)[0]
-        positive = encode_text(clip, prompt)
-        check_width(positive, addsr_model.unet.module.config.cross_attention_dim, "clip input's",
-                    SD2_CLIP_FIX.format(base=ADDSR_BASE, target="its clip input"))
-        negative = encode_text(clip, options.negative_prompt) if options.guidance_scale > 1 else None
-        z0 = run_sampler(addsr_model, AddSRCond(cond, handle, ram), positive, negative, options)
-        host.load_to_device([handle.managed])
-        from addsr_core.pipeline import AddSRModels
+        def attempt(tile):
+            nonlocal options
+            if tile != options.latent_tile_px:
+                options = dataclasses.replace(
+                    options, latent_tile_px=tile, latent_overlap_px=tile_overlap_px(tile),
+                    vae_decode_tile_px=max(256, options.vae_decode_tile_px // 2))
+            device = host.load_to_device(managed)
+            models = AddSRModels(addsr_model.unet.module, addsr_model.controlnet.module, handle.vae,
+                                 ram.encoder.module, tagger=ram.tagger, text=text, device=device)
+            progress = host.Progress(upscale_calls(options, lr.shape[-2:], lr.shape[0]))
+            host.check_interrupt()
+            return upscale(models, lr, options, on_tile=lambda: progress.update(1),
+                           on_step=lambda k, total, pred_z0: progress.update(0, host.latent_preview(pred_z0)))
 
-        models = AddSRModels(None, None, handle.vae, None)
-        return finish(decode(models, z0.to(handle.managed.device), options), cond, options).cpu()
+        def exhausted(tile):
+            return AddSRInputError(f"out of memory even with {tile}px tiles. Lower vae_tile_size, use fp16, "
+                                   "or start ComfyUI with --lowvram.")
+
+        out = host.retry_smaller_on_oom(attempt, options.latent_tile_px, floor=MIN_TILE_PX, what="AddSR:",
+                                        shrink=lambda tile: tile // 2 // 64 * 64, exhausted=exhausted)
+        return (with_alpha(out.cpu(), alpha_of(image)),)

@@ -17,7 +17,7 @@ class AddSRTiledVAEDecode:
     DESCRIPTION = "Decodes a latent in overlapping tiles with shared normalisation statistics: no seams, bounded memory."
     CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE",)
-    OUTPUT_TOOLTIPS = ("The decoded image, resized to the exact upscaled size when the latent came from AddSR Sampler.",)
+    OUTPUT_TOOLTIPS = ("The decoded image (sides a multiple of 8); AddSR Finish colour-fixes it and gives it the exact upscaled size.",)
     FUNCTION = "decode"
 
     @classmethod
@@ -33,22 +33,16 @@ class AddSRTiledVAEDecode:
         }
 
     def decode(self, samples, vae, tile_size=1024, overlap=64):
-        from addsr_core.imaging.prepare import resize_to
-        from addsr_core.imaging.tiled_vae import tiled_decode
+        from addsr_core.pipeline import AddSRModels, DecodeOptions, decode
 
         handle = as_addsr_vae(vae)
         device = host.load_to_device([handle.managed])
-        latent = samples["samples"].to(device, handle.managed.dtype)
+        models = AddSRModels(None, None, handle.vae, None, device=device)
 
         def run(tile):
-            with torch.no_grad():
-                return tiled_decode(handle.vae, latent, tile, min(overlap, tile // 4))
+            return decode(models, samples["samples"], DecodeOptions(tile, min(overlap, tile // 4)))
 
-        images = (_with_oom_retry(run, tile_size).float() / 2 + 0.5).clamp(0, 1)
-        size = samples.get("addsr_output_size")
-        if size is not None and tuple(images.shape[-2:]) != tuple(size):
-            images = resize_to(images, tuple(size))
-        return (bchw_to_image(images),)
+        return (bchw_to_image(_with_oom_retry(run, tile_size)),)
 
 
 class AddSRTiledVAEEncode:

@@ -173,7 +173,7 @@ def addsr_loaded(kit):
     (ram,) = nodes.AddSRRAMLoader().load("ram_base.pth", "DAPE.pth", "fp32")
     vae = FakeComfyVAE(kit["sd2"])
     image = torch.rand(1, 24, 32, 3, generator=torch.Generator().manual_seed(0))
-    cond, _ = nodes.AddSREncodeLR().encode(image, vae, ram, scale=2, min_size=64)
+    (cond,) = nodes.AddSREncodeLR().encode(image, vae, ram, scale=2, min_size=64)
     return model, ram, vae, cond
 
 
@@ -199,7 +199,7 @@ def test_sd15_conditioning_into_the_addsr_sampler(kit, addsr_loaded):
     # The library refuses it too (CLI, scripts), before any network call.
     models = AddSRModels(model.unet.module, model.controlnet.module, cond.vae.vae, ram.encoder.module)
     with pytest.raises(TextWidthError, match="prompt conditioning is 768 wide.*SD 2.x text encoder"):
-        sample(models, cond.cond, sd15_conditioning()[0][0], None, UpscaleOptions(steps=1))
+        sample(models, cond.cond, sd15_conditioning()[0][0], None, UpscaleOptions(steps=1).sampling())
 
 
 class _SD15Clip:

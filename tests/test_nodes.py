@@ -1,5 +1,4 @@
 """Node contracts and every node run on tiny checkpoints, without ComfyUI installed."""
-import numbers
 
 import pytest
 import torch
@@ -74,11 +73,11 @@ def test_modular_graph(loaded):
     model, ram, vae, clip = loaded
     assert isinstance(model, AddSRModel) and isinstance(ram, RAMModel)
     image = lr_image(batch=2, h=36, w=150)
-    cond, lr_latent = nodes.AddSREncodeLR().encode(image, vae, ram, scale=2, vae_tile_size=256, min_size=80)
+    (cond,) = nodes.AddSREncodeLR().encode(image, vae, ram, scale=2, vae_tile_size=256, min_size=80)
     assert isinstance(cond, AddSRCond)
     # 36 is below min_size//2 = 40: official upsizing to a 40 short side (int() truncation), then x2, then //8*8.
     assert tuple(cond.cond.control_image.shape) == (2, 3, 80, 328)
-    assert lr_latent["samples"].shape == (2, 4, 10, 41)
+    assert tuple(cond.cond.moments.shape) == (2, 8, 10, 41)
     assert cond.cond.output_size == (72, 300)
     positive, negative = clip.conditioning("a dog"), clip.conditioning("blur")
     (latent,) = nodes.AddSRSampler().sample(model, cond, positive, negative, seed=3, steps=2, psr_weight=0.4,
@@ -88,7 +87,9 @@ def test_modular_graph(loaded):
                                            cfg=0.0, tile_size=256, tile_overlap=64)
     assert torch.equal(latent["samples"], again["samples"]), "same seed, same result"
     (decoded,) = nodes.AddSRTiledVAEDecode().decode(latent, vae, tile_size=256, overlap=32)
-    assert decoded.shape == (2, 72, 300, 3) and 0 <= decoded.min() and decoded.max() <= 1
+    assert decoded.shape == (2, 80, 328, 3) and 0 <= decoded.min() and decoded.max() <= 1
+    (finished,) = nodes.AddSRFinish().finish(decoded, cond, "adain")
+    assert finished.shape == (2, 72, 300, 3), "Finish gives the exact size, LR x scale"
     (fixed,) = nodes.AddSRColorFix().fix(decoded, image, "adain")
     assert fixed.shape == decoded.shape
     # AdaIN: the per-channel means now follow the reference.
@@ -98,12 +99,12 @@ def test_modular_graph(loaded):
     (tags,) = nodes.AddSRTagger().tag(image, ram)
     assert len(tags.split("\n")) == 2 and all(t for t in tags.split("\n"))
     (encoded,) = nodes.AddSRTiledVAEEncode().encode(decoded, vae, tile_size=256, overlap=32)
-    assert encoded["samples"].shape == (2, 4, 9, 37)
+    assert encoded["samples"].shape == (2, 4, 10, 41)
 
 
 def test_cfg_uses_negative_and_changes_result(loaded):
     model, ram, vae, clip = loaded
-    cond, _ = nodes.AddSREncodeLR().encode(lr_image(), vae, ram, scale=2, vae_tile_size=1024, min_size=64)
+    (cond,) = nodes.AddSREncodeLR().encode(lr_image(), vae, ram, scale=2, vae_tile_size=1024, min_size=64)
     pos, neg = clip.conditioning("a dog"), clip.conditioning("blur")
     run = lambda cfg: nodes.AddSRSampler().sample(model, cond, pos, neg, seed=1, steps=1, cfg=cfg)[0]["samples"]
     assert not torch.allclose(run(0.0), run(4.0))
@@ -130,8 +131,8 @@ def test_all_in_one_tags_every_image_of_a_batch(loaded, monkeypatch):
 
     model, ram, vae, clip = loaded
     prompts = []
-    real = nodes.upscale.encode_text
-    monkeypatch.setattr(nodes.upscale, "encode_text", lambda c, text: prompts.append(text) or real(c, text))
+    real = nodes.upscale.encode_prompts
+    monkeypatch.setattr(nodes.upscale, "encode_prompts", lambda c, texts: prompts.extend(texts) or real(c, texts))
     batch = lr_image(batch=2, h=20, w=20)
     nodes.AddSRUpscale().upscale(batch, model, ram, vae, clip, prompt="a cat", seed=0, steps=1, scale=2,
                                  tile_size=256, min_size=64)
@@ -150,7 +151,7 @@ def test_bad_inputs_give_readable_errors(loaded):
         nodes.AddSREncodeLR().encode(lr_image(), object(), ram)
     with pytest.raises(AddSRInputError, match="AddSR Load Model"):
         nodes.AddSRSampler().sample(ram, None, None, None)
-    cond, _ = nodes.AddSREncodeLR().encode(lr_image(), vae, ram, min_size=64)
+    (cond,) = nodes.AddSREncodeLR().encode(lr_image(), vae, ram, min_size=64)
     with pytest.raises(AddSRInputError, match="CLIP Text Encode"):
         nodes.AddSRSampler().sample(model, cond, "not conditioning", None)
     nan = lr_image()
@@ -166,7 +167,7 @@ def test_bad_inputs_give_readable_errors(loaded):
 
 def test_cancel_stops_within_one_network_call(loaded, monkeypatch):
     model, ram, vae, clip = loaded
-    cond, _ = nodes.AddSREncodeLR().encode(lr_image(h=40, w=80), vae, ram, scale=4, min_size=64)
+    (cond,) = nodes.AddSREncodeLR().encode(lr_image(h=40, w=80), vae, ram, scale=4, min_size=64)
     calls = []
 
     class Interrupted(Exception):
@@ -185,17 +186,17 @@ def test_cancel_stops_within_one_network_call(loaded, monkeypatch):
 
 
 def test_oom_halves_the_tile_then_gives_up(loaded, monkeypatch):
-    import nodes.sampler as sampler_mod
+    from addsr_core import pipeline
 
     model, ram, vae, clip = loaded
-    cond, _ = nodes.AddSREncodeLR().encode(lr_image(), vae, ram, min_size=64)
+    (cond,) = nodes.AddSREncodeLR().encode(lr_image(), vae, ram, min_size=64)
     tiles = []
 
-    def fake_sample(models, c, pos, neg, options, **kw):
-        tiles.append(options.latent_tile_px)
+    def fake_sample(models, c, pos, neg, sampling, tiling, **kw):
+        tiles.append(tiling.tile_px)
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(sampler_mod, "sample", fake_sample)
+    monkeypatch.setattr(pipeline, "sample", fake_sample)
     with pytest.raises(AddSRInputError, match="out of memory even with 256px tiles"):
         nodes.AddSRSampler().sample(model, cond, clip.conditioning("x"), clip.conditioning("y"), tile_size=1024)
     assert tiles == [1024, 512, 256]
@@ -241,27 +242,26 @@ def test_upscale_and_sampler_nodes_use_one_overlap_rule(monkeypatch, tile):
 
     seen = {}
 
-    def capture(name):
-        def run_sampler(addsr_model, addsr_cond, positive, negative, options, method=None):
-            seen[name] = options.latent_overlap_px
-            raise Stop
+    def upscale(models, lr, options, **kw):
+        seen["upscale"] = options.tiling.overlap_px
+        raise Stop
 
-        return run_sampler
+    def run_sampler(addsr_model, addsr_cond, positive, negative, sampling, tiling, **kw):
+        seen["sampler"] = tiling.overlap_px
+        raise Stop
 
-    monkeypatch.setattr(upscale_mod, "run_sampler", capture("upscale"))
-    monkeypatch.setattr(sampler_mod, "run_sampler", capture("sampler"))
-    monkeypatch.setattr(upscale_mod, "encode_condition", lambda *a: types.SimpleNamespace(tags=None))
-    monkeypatch.setattr(upscale_mod, "build_prompts", lambda cond, options: [""])
-    monkeypatch.setattr(upscale_mod, "encode_text", lambda clip, text: torch.zeros(1, 77, 8))
-    monkeypatch.setattr(upscale_mod, "check_width", lambda *a: None)
+    monkeypatch.setattr(upscale_mod, "upscale", upscale)
+    monkeypatch.setattr(sampler_mod, "run_sampler", run_sampler)
+    monkeypatch.setattr(upscale_mod.host, "load_to_device", lambda managed: torch.device("cpu"))
     monkeypatch.setattr(sampler_mod, "conditioning_tensor", lambda *a, **k: torch.zeros(1, 77, 8))
+    module = types.SimpleNamespace(module=None)
     model = object.__new__(AddSRModel)
     model.unet = types.SimpleNamespace(module=types.SimpleNamespace(config=types.SimpleNamespace(cross_attention_dim=8)))
+    model.controlnet = module
     ram = object.__new__(RAMModel)
-    ram.tagger = None
+    ram.tagger, ram.encoder = None, module
     cond = object.__new__(AddSRCond)
-    cond.cond = types.SimpleNamespace(scale=4)
-    monkeypatch.setattr(upscale_mod, "as_addsr_vae", lambda vae: vae)
+    monkeypatch.setattr(upscale_mod, "as_addsr_vae", lambda vae: types.SimpleNamespace(managed=None, vae=None))
     with pytest.raises(Stop):
         nodes.AddSRUpscale().upscale(torch.rand(1, 16, 16, 3), model, ram, None, None, tile_size=tile)
     with pytest.raises(Stop):

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from addsr_core.imaging.colorfix import color_fix_uint8, uint8_hwc_to_tensor
 from addsr_core.imaging.prepare import to_uint8_round
-from addsr_core.pipeline import LRCondition, UpscaleOptions, finish
+from addsr_core.pipeline import FinishOptions, LRCondition, UpscaleOptions, finish
 from conftest import PARITY
 
 CASES = ["pipeline_small_1step", "pipeline_small_4step"]
@@ -35,14 +35,14 @@ def _as_png(image: torch.Tensor) -> np.ndarray:
 def test_official_rounding_reproduces_the_official_png(name, method):
     inputs, expected, cond, decoded = _case(name)
     official_png = color_fix_uint8(expected["image_uint8"].numpy(), inputs["cond_image_uint8"].numpy(), method)
-    ours = finish(decoded, cond, UpscaleOptions(color_fix=method, rounding="official"))
+    ours = finish(decoded, cond, FinishOptions(color_fix=method, rounding="official"))
     assert np.array_equal(_as_png(ours), official_png)
 
 
 @pytest.mark.parametrize("name", CASES)
 def test_the_official_decode_rounds_to_the_official_pil_output(name):
     _, expected, cond, decoded = _case(name)
-    ours = finish(decoded, cond, UpscaleOptions(color_fix="none", rounding="official"))
+    ours = finish(decoded, cond, FinishOptions(color_fix="none", rounding="official"))
     assert np.array_equal(_as_png(ours), expected["image_uint8"].numpy())
 
 
@@ -50,7 +50,7 @@ def test_the_official_decode_rounds_to_the_official_pil_output(name):
 def test_the_default_float_route_differs_by_at_most_a_few_levels(name):
     inputs, expected, cond, decoded = _case(name)
     official_png = color_fix_uint8(expected["image_uint8"].numpy(), inputs["cond_image_uint8"].numpy(), "adain")
-    ours = _as_png(finish(decoded, cond, UpscaleOptions(color_fix="adain")))
+    ours = _as_png(finish(decoded, cond, FinishOptions(color_fix="adain")))
     diff = ours.astype(int) - official_png.astype(int)
     assert 0 < np.abs(diff).max() <= 2  # a different route, documented in README
     assert diff.mean() > 0  # truncation makes the official PNG darker

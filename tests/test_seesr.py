@@ -14,8 +14,17 @@ from addsr_core.sampling.ddpm import ddpm_schedule, ddpm_step, ddpm_timesteps
 from addsr_core.sampling.noise import ReplayNoise, SeededNoise
 from addsr_core.sampling.schedule import add_noise
 from addsr_core.sampling.seesr import SeeSRSampling, sample_seesr, seesr_noise
-from addsr_core.seesr import SeeSROptions, count_network_calls, latent_tiling, make_denoiser
-from addsr_core.seesr import sample as seesr_sample
+from addsr_core import seesr
+from addsr_core.pipeline import run_sampling
+from addsr_core.seesr import SeeSROptions, count_network_calls
+
+
+def seesr_sample(networks, cond, prompt, negative, options, **hooks):
+    return run_sampling(networks, cond, prompt, negative, options, method=seesr, **hooks)
+
+
+def _calls(options, latent_hw):
+    return count_network_calls(options.sampling(), options.tiling, latent_hw)
 from addsr_core.tiny import write_tiny_addsr, write_tiny_sd2
 from conftest import assert_matches
 
@@ -228,12 +237,12 @@ def test_batches_start_from_their_own_lr_latent_unless_official():
 
 def test_official_tile_rule_is_by_area_with_square_tiles():
     opts = SeeSROptions()  # 96 latents, overlap 4
-    assert latent_tiling(opts, (50, 150)) is None  # 7500 <= 96^2: one call, as the official pipeline
-    assert latent_tiling(opts, (100, 100)) == (96, 4)
-    assert count_network_calls(opts, (100, 100)) == 4 * 50
+    assert opts.tiling.plan((50, 150)) is None  # 7500 <= 96^2: one call, as the official pipeline
+    assert opts.tiling.plan((100, 100)) == (96, 4)
+    assert _calls(opts, (100, 100)) == 4 * 50
     per_axis = SeeSROptions(official_tiles=False)
-    assert latent_tiling(per_axis, (50, 150)) == (96, 4)
-    assert count_network_calls(per_axis, (50, 150)) == 2 * 50
+    assert per_axis.tiling.plan((50, 150)) == (96, 4)
+    assert _calls(per_axis, (50, 150)) == 2 * 50
 
 
 def test_one_tile_is_exactly_untiled(networks, tensors):
@@ -241,11 +250,12 @@ def test_one_tile_is_exactly_untiled(networks, tensors):
     prompt, negative = tensors["inputs.prompt_embeds"], tensors["inputs.negative_prompt_embeds"]
     base = SeeSROptions(steps=2, seed=3)
     one_tile = SeeSROptions(steps=2, seed=3, official_tiles=False, latent_tile_px=8 * max(cond.moments.shape[-2:]))
-    from addsr_core.sampling.denoisers import TiledDenoiser
+    from addsr_core.sampling.denoisers import ControlNetDenoiser, TiledDenoiser
 
     latent_hw = cond.moments.shape[-2:]
-    assert not isinstance(make_denoiser(networks, base, latent_hw), TiledDenoiser)
-    forced = TiledDenoiser(make_denoiser(networks, base, latent_hw), max(latent_hw), 4)  # one tile covers it
+    denoise = ControlNetDenoiser(networks.unet, networks.controlnet)
+    assert not isinstance(base.tiling.wrap(denoise, latent_hw), TiledDenoiser)
+    forced = TiledDenoiser(denoise, max(latent_hw), 4)  # one tile covers it
     untiled = seesr_sample(networks, cond, prompt, negative, base)
     with torch.no_grad():
         tiled = sample_seesr(
@@ -259,7 +269,7 @@ def test_one_tile_is_exactly_untiled(networks, tensors):
 def test_on_tile_and_on_step_report_progress():
     ticks, steps = [], []
     opts = SeeSRSampling(steps=3)
-    from addsr_core.sampling.denoisers import TiledDenoiser
+    from addsr_core.sampling.denoisers import ControlNetDenoiser, TiledDenoiser
 
     denoise = TiledDenoiser(_stub(), 3, 1, on_tile=lambda: ticks.append(1), square=True)
     sample_seesr(denoise=denoise, options=opts, noise=seesr_noise(0), on_step=lambda i, n, x0: steps.append((i, n)),

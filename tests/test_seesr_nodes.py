@@ -31,7 +31,7 @@ def loaded(kit):
     (ram,) = nodes.AddSRRAMLoader().load("ram_base.pth", "DAPE.pth", "fp32")
     vae, clip = FakeComfyVAE(kit["sd2"]), FakeComfyCLIP(kit["sd2"])
     lr = torch.rand(1, 20, 24, 3, generator=torch.Generator().manual_seed(0))
-    cond, _ = nodes.AddSREncodeLR().encode(lr, vae, ram, scale=4, min_size=64)
+    (cond,) = nodes.AddSREncodeLR().encode(lr, vae, ram, scale=4, min_size=64)
     return model, cond, clip
 
 
@@ -59,7 +59,6 @@ def test_seesr_sampler_runs_with_progress_and_previews(loaded, monkeypatch):
                                             clip.conditioning("dotted, noise"), seed=1, steps=3, cfg=5.5)
     h, w = cond.cond.control_image.shape[-2:]
     assert latent["samples"].shape == (1, 4, h // 8, w // 8) and torch.isfinite(latent["samples"]).all()
-    assert latent["addsr_output_size"] == (80, 96)
     assert [n for n, _ in updates].count(1) == 3 and [n for n, _ in updates].count(0) == 3  # calls + previews
     assert {total for _, total in updates} == {3}
     again = nodes.SeeSRSampler().sample(model, cond, clip.conditioning("a, clean, high-resolution, 8k"),
@@ -91,8 +90,8 @@ def test_seesr_sampler_halves_the_tile_on_oom_then_gives_up(loaded, monkeypatch)
     model, cond, clip = loaded
     tiles = []
 
-    def fake_sample(models, c, pos, neg, options, **kw):
-        tiles.append(options.latent_tile_px)
+    def fake_sample(models, c, pos, neg, sampling, tiling, **kw):
+        tiles.append(tiling.tile_px)
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
 
     monkeypatch.setattr(seesr, "sample", fake_sample)

@@ -29,6 +29,7 @@ for _path in (REPO, REPO / "tests"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+from addsr_core.text.prompt import DEFAULT_ADDED_PROMPT, DEFAULT_NEGATIVE_PROMPT  # noqa: E402
 from comfy_host.workflow_graph import UIWorkflowBuilder, as_node_specs  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
@@ -64,10 +65,7 @@ LOADER_MODELS = {
 }
 
 INPUT_IMAGE = "example.png"  # ships in ComfyUI/input
-ADDED_PROMPT = "clean, high-resolution, 8k, extremely detailed, best quality, sharp"  # official
-NEGATIVE_PROMPT = "dotted, noise, blur, lowres, smooth"  # official
-# Official prompt: f"{tags}, {user_prompt}," + added, with an empty user prompt -> "tags, ,clean, ...".
-OFFICIAL_DELIMITER = ", ,"
+ADDED_PROMPT, NEGATIVE_PROMPT = DEFAULT_ADDED_PROMPT, DEFAULT_NEGATIVE_PROMPT  # official
 
 SEESR_FOLDER = "seesr"  # the official SeeSR release folder (same layout), in models/addsr/
 URLS[SEESR_FOLDER] = URLS[DAPE_FILE]  # SeeSR's Google Drive folder holds seesr/ and DAPE.pth
@@ -276,26 +274,26 @@ def _place_loaders(layout: Layout, loaded: Loaded, note: int, *extra: int) -> No
 @dataclass
 class Prompts:
     tagger: int
-    concat: int
     positive: int
     negative: int
+
+    @property
+    def nodes(self) -> list[int]:
+        return [self.tagger, self.positive, self.negative]
 
 
 def _prompt_nodes(b: WorkflowBuilder, loaded: Loaded, *, added: str = ADDED_PROMPT,
                   negative_title: str = "Negative prompt (used when cfg > 1)") -> Prompts:
-    """RAM tags -> Concatenate with the quality words (official delimiter) -> CLIP Text Encode, + negative."""
+    """RAM tags -> AddSR Prompt (official prompt per image, SD2 CLIP), + the negative (CLIP Text Encode)."""
     prompts = Prompts(
         tagger=b.add("AddSRTagger"),
-        concat=b.add("StringConcatenate", title="Prompt: tags + official quality words",
-                     string_a="", string_b=added, delimiter=OFFICIAL_DELIMITER),
-        positive=b.add("CLIPTextEncode", title="Positive prompt", text=""),
+        positive=b.add("AddSRPrompt", title="Prompt: tags + official quality words", prompt="", quality_words=added),
         negative=b.add("CLIPTextEncode", title=negative_title, text=NEGATIVE_PROMPT),
     )
     c = b.connect
     c(loaded.image, "IMAGE", prompts.tagger, "image")
     c(loaded.ram, "ram", prompts.tagger, "ram")
-    c(prompts.tagger, "tags", prompts.concat, "string_a")
-    c(prompts.concat, "STRING", prompts.positive, "text")
+    c(prompts.tagger, "tags", prompts.positive, "tags")
     c(loaded.checkpoint, "CLIP", prompts.positive, "clip")
     c(loaded.checkpoint, "CLIP", prompts.negative, "clip")
     return prompts
@@ -309,27 +307,32 @@ def _encode_lr(b: WorkflowBuilder, loaded: Loaded, vae_tile: int) -> int:
     return encode
 
 
-def _sampler(b: WorkflowBuilder, method: "Method", model: int, encode: int, prompts: Prompts,
+def _sampler(b: WorkflowBuilder, method: "Method", model: int, encode: int, prompts: Prompts, loaded: Loaded,
              title: str | None = None) -> int:
-    """AddSR Sampler or SeeSR Sampler (same sockets) on the Encode LR bundle and the prompts."""
+    """AddSR Sampler or SeeSR Sampler on the Encode LR bundle and the prompts; the AddSR Sampler's
+    refinement VAE and RAM are wired visibly (the ones Encode LR used)."""
     sampler = b.add(method.sampler, title=title, **method.values)
     b.connect(model, "addsr_model", sampler, "addsr_model")
     b.connect(encode, "addsr_cond", sampler, "addsr_cond")
     b.connect(prompts.positive, "CONDITIONING", sampler, "positive")
     b.connect(prompts.negative, "CONDITIONING", sampler, "negative")
+    if method.sampler == "AddSRSampler":
+        b.connect(loaded.checkpoint, "VAE", sampler, "vae")
+        b.connect(loaded.ram, "ram", sampler, "ram")
     return sampler
 
 
-def _decode_and_fix(b: WorkflowBuilder, loaded: Loaded, sampler: int, decode_tile: int, *,
-                    titles: tuple = (None, None)) -> tuple[int, int]:
-    """Tiled VAE Decode of the sampler's latent, then the adain colour fix against the LR."""
+def _decode_and_finish(b: WorkflowBuilder, loaded: Loaded, sampler: int, encode: int, decode_tile: int, *,
+                       titles: tuple = (None, None)) -> tuple[int, int]:
+    """Tiled VAE Decode of the sampler's latent, then AddSR Finish (adain colour fix against the
+    upscaled LR, exact size, alpha) with the Encode LR bundle: the all-in-one node's last stages."""
     decode = b.add("AddSRTiledVAEDecode", title=titles[0], tile_size=decode_tile, overlap=64)
-    colorfix = b.add("AddSRColorFix", title=titles[1], method="adain")
+    finish = b.add("AddSRFinish", title=titles[1], color_fix="adain")
     b.connect(sampler, "latent", decode, "samples")
     b.connect(loaded.checkpoint, "VAE", decode, "vae")
-    b.connect(decode, "IMAGE", colorfix, "image")
-    b.connect(loaded.image, "IMAGE", colorfix, "reference")
-    return decode, colorfix
+    b.connect(decode, "IMAGE", finish, "image")
+    b.connect(encode, "addsr_cond", finish, "addsr_cond")
+    return decode, finish
 
 
 @dataclass(frozen=True)
@@ -354,7 +357,7 @@ def _addsr_method(*, steps: int = 4, tile: int = 1024, overlap: int = 256) -> Me
 
 def _modular(name: str, *, steps: int = 4, sampler_tile: int = 1024, sampler_overlap: int = 256, vae_tile: int,
              decode_tile: int, about: str, method: Method | None = None) -> dict:
-    """LoadImage -> tags -> prompt -> Encode LR -> Sampler -> Tiled Decode -> Colour Fix -> Save."""
+    """LoadImage -> tags -> prompt -> Encode LR -> Sampler -> Tiled Decode -> Finish -> Save."""
     method = method or _addsr_method(steps=steps, tile=sampler_tile, overlap=sampler_overlap)
     b = WorkflowBuilder(definitions(), _stable_id(name))
     layout = Layout(b)
@@ -363,17 +366,17 @@ def _modular(name: str, *, steps: int = 4, sampler_tile: int = 1024, sampler_ove
     loaded = _load_nodes(b, method.release, method.family, method.model_title)
     prompts = _prompt_nodes(b, loaded, added=method.added_prompt, negative_title=method.negative_title)
     encode = _encode_lr(b, loaded, vae_tile)
-    sampler = _sampler(b, method, loaded.addsr, encode, prompts)
-    decode, colorfix = _decode_and_fix(b, loaded, sampler, decode_tile)
+    sampler = _sampler(b, method, loaded.addsr, encode, prompts, loaded)
+    decode, colorfix = _decode_and_finish(b, loaded, sampler, encode, decode_tile)
     save = b.add("SaveImage", filename_prefix=f"AddSR/{name}")
-    preview = b.add("PreviewImage", title="Preview: before colour fix")
+    preview = b.add("PreviewImage", title="Preview: before the colour fix")
     about_note = b.note(about, title="About this workflow")
     b.connect(colorfix, "IMAGE", save, "images")
     b.connect(decode, "IMAGE", preview, "images")
 
     _place_loaders(layout, loaded, files)
     layout.place(about_note, 0, width=420, height=260)
-    for node_id in (prompts.tagger, prompts.concat, prompts.positive, prompts.negative):
+    for node_id in prompts.nodes:
         layout.place(node_id, 2)
     for node_id in (encode, sampler):
         layout.place(node_id, 3)
@@ -382,10 +385,9 @@ def _modular(name: str, *, steps: int = 4, sampler_tile: int = 1024, sampler_ove
     layout.place(save, 5, width=420, height=420)
     layout.place(preview, 5, width=420, height=420)
     layout.group("1. Input and models", [loaded.image, loaded.checkpoint, loaded.addsr, loaded.ram])
-    layout.group("2. Prompt from RAM tags", [prompts.tagger, prompts.concat, prompts.positive, prompts.negative],
-                 color="#8a8")
+    layout.group("2. Prompt from RAM tags", prompts.nodes, color="#8a8")
     layout.group(f"3. {method.section}", [encode, sampler], color="#b58b2a")
-    layout.group("4. Decode and colour fix", [decode, colorfix], color="#a1309b")
+    layout.group("4. Decode and finish", [decode, colorfix], color="#a1309b")
     layout.group("5. Output", [save, preview], color="#444")
     return b.build_with(layout)
 
@@ -434,7 +436,8 @@ def addsr_all_in_one() -> dict:
     files = b.note(FILES_NOTE, title="Model files")
     loaded = _load_nodes(b)
     upscale = b.add("AddSRUpscale", prompt="", seed=0, steps=4, scale=4, psr_weight=0.4, color_fix="adain",
-                    tile_size=1024, use_tags=True, cfg=0.0, negative_prompt=NEGATIVE_PROMPT, min_size=512)
+                    tile_size=1024, use_tags=True, cfg=0.0, negative_prompt=NEGATIVE_PROMPT, min_size=512,
+                    vae_tile_size=1024)
     nearest = b.add("ImageScaleBy", title="Input, 4x nearest (for comparison)", upscale_method="nearest-exact",
                     scale_by=4.0)
     save = b.add("SaveImage", filename_prefix=f"AddSR/{name}")

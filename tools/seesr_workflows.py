@@ -46,12 +46,12 @@ def addsr_vs_seesr(bw) -> dict:
     seesr_model = bw._model_loader(b, bw.SEESR_RELEASE, "seesr", "SeeSR weights (family seesr)")
     prompts = bw._prompt_nodes(b, loaded, negative_title="Negative prompt (SeeSR's cfg 5.5 uses it)")
     encode = bw._encode_lr(b, loaded, 1024)
-    addsr = bw._sampler(b, bw._addsr_method(), loaded.addsr, encode, prompts, title="AddSR Sampler (4 steps)")
-    seesr = bw._sampler(b, _seesr_method(bw), seesr_model, encode, prompts, title="SeeSR Sampler (50 steps)")
-    addsr_decode, addsr_fix = bw._decode_and_fix(b, loaded, addsr, 1024, titles=("AddSR: Tiled VAE Decode",
-                                                                               "AddSR: Colour Fix"))
-    seesr_decode, seesr_fix = bw._decode_and_fix(b, loaded, seesr, 1024, titles=("SeeSR: Tiled VAE Decode",
-                                                                               "SeeSR: Colour Fix"))
+    addsr = bw._sampler(b, bw._addsr_method(), loaded.addsr, encode, prompts, loaded, title="AddSR Sampler (4 steps)")
+    seesr = bw._sampler(b, _seesr_method(bw), seesr_model, encode, prompts, loaded, title="SeeSR Sampler (50 steps)")
+    addsr_decode, addsr_fix = bw._decode_and_finish(b, loaded, addsr, encode, 1024,
+                                                    titles=("AddSR: Tiled VAE Decode", "AddSR: Finish"))
+    seesr_decode, seesr_fix = bw._decode_and_finish(b, loaded, seesr, encode, 1024,
+                                                    titles=("SeeSR: Tiled VAE Decode", "SeeSR: Finish"))
     addsr_preview = b.add("PreviewImage", title="AddSR, 4 steps")
     seesr_preview = b.add("PreviewImage", title="SeeSR, 50 steps")
     batch = b.add("ImageBatch", title="Both results (AddSR first)")
@@ -61,7 +61,7 @@ def addsr_vs_seesr(bw) -> dict:
         "(RAM tags + AddSR's quality words, which start with SeeSR's 'clean, high-resolution, 8k') go to "
         "**AddSR** (4 steps, PSR 0.4, no CFG: the official setting) and to its 50-step teacher **SeeSR** "
         "(50 steps, CFG 5.5 with the negative prompt: the official setting). Each result is decoded and "
-        "colour-fixed against the input.\n\nThe two previews sit side by side; *Save Image* writes both "
+        "finished (colour fix against the upscaled input, exact size).\n\nThe two previews sit side by side; *Save Image* writes both "
         "(AddSR first). SeeSR makes 100 network calls per tile against AddSR's 4.",
         title="About this workflow")
     c = b.connect
@@ -73,7 +73,7 @@ def addsr_vs_seesr(bw) -> dict:
 
     bw._place_loaders(layout, loaded, files, seesr_model)
     layout.place(about, 0, width=420, height=260)
-    for node_id in (prompts.tagger, prompts.concat, prompts.positive, prompts.negative):
+    for node_id in prompts.nodes:
         layout.place(node_id, 2)
     for node_id in (encode, addsr, seesr):
         layout.place(node_id, 3)
@@ -84,10 +84,9 @@ def addsr_vs_seesr(bw) -> dict:
     layout.place(batch, 5, width=420)
     layout.place(save, 6, width=420, height=420)
     layout.group("1. Input and models", [loaded.image, loaded.checkpoint, loaded.addsr, seesr_model, loaded.ram])
-    layout.group("2. Prompt from RAM tags", [prompts.tagger, prompts.concat, prompts.positive, prompts.negative],
-                 color="#8a8")
+    layout.group("2. Prompt from RAM tags", prompts.nodes, color="#8a8")
     layout.group("3. AddSR (4 steps) and SeeSR (50 steps)", [encode, addsr, seesr], color="#b58b2a")
-    layout.group("4. Decode and colour fix", [addsr_decode, addsr_fix, seesr_decode, seesr_fix], color="#a1309b")
+    layout.group("4. Decode and finish", [addsr_decode, addsr_fix, seesr_decode, seesr_fix], color="#a1309b")
     layout.group("5. Side by side, and output", [addsr_preview, seesr_preview, batch, save], color="#444")
     return b.build_with(layout)
 

@@ -51,9 +51,7 @@ class LoadedImage:
 
     def upscaled_alpha(self, size_hw: Sequence[int]) -> Optional[torch.Tensor]:
         """The alpha resized to ``size_hw`` with plain bicubic, clamped to [0,1]; None without alpha."""
-        if self.alpha is None:
-            return None
-        return resize_to(self.alpha, size_hw).clamp(0.0, 1.0)
+        return None if self.alpha is None else upscale_alpha(self.alpha, size_hw)
 
     def reattach_alpha(self, rgb_out: torch.Tensor) -> torch.Tensor:
         """[B,3,H',W'] -> [B,4,H',W'] with this image's alpha resized to match (unchanged without alpha)."""
@@ -222,6 +220,12 @@ def resize_to(images: torch.Tensor, size_hw: Sequence[int]) -> torch.Tensor:
     except (RuntimeError, NotImplementedError):  # backends without antialiased bicubic (e.g. some MPS builds)
         out = F.interpolate(x.cpu(), size=(h, w), mode="bicubic", align_corners=False, antialias=True).to(x.device)
     return out.to(images.dtype)
+
+
+def upscale_alpha(alpha: torch.Tensor, size_hw: Sequence[int]) -> torch.Tensor:
+    """An alpha [B,1,h,w] resized to ``size_hw`` with plain bicubic, clamped to [0,1] (AddSR only
+    restores the RGB; the CLI and the nodes treat the alpha alike)."""
+    return resize_to(alpha, size_hw).clamp(0.0, 1.0)
 
 
 def resize_pil(images: torch.Tensor, size_hw: Sequence[int], rounding: str = "round") -> torch.Tensor:

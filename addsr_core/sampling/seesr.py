@@ -53,6 +53,7 @@ class SeeSRSampling:
     start_steps: int = 999
     timestep_spacing: str = "leading"  # SD2's config; "trailing" is SD-Turbo's (SeeSR-Turbo)
     steps_offset: int = SD2_STEPS_OFFSET
+    conditioning_scale: float = 1.0  # ControlNet residual scale (test_seesr.py: 1.0)
     per_item_lr_latent: bool = True
     alphas_cumprod: Optional[torch.Tensor] = None
 

@@ -1,0 +1,133 @@
+"""Issue 10: one upscale path. The modular node graph, AddSR Upscale (all-in-one) and the CLI call
+the same library stages in the same order, so for the same seed and inputs they give the same
+image, bit for bit, on the tiny models (no ComfyUI needed)."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import nodes
+from addsr_core.imaging.prepare import to_uint8_round
+from addsr_core.pipeline import AddSRModels, UpscaleOptions, tile_overlap_px
+from nodekit import FakeComfyCLIP, FakeComfyVAE, make_kit
+from nodes.common import as_addsr_vae, encode_prompts, image_to_bchw
+
+NEGATIVE = "dotted, noise, blur, lowres, smooth"
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory):
+    root = tmp_path_factory.mktemp("one_path")
+    paths = make_kit(root)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ADDSR_ADDSR_DIR", str(root / "addsr"))
+    mp.setenv("ADDSR_RAM_DIR", str(root / "ram"))
+    (model,) = nodes.AddSRModelLoader().load("AddSR-tiny", "fp32")
+    (ram,) = nodes.AddSRRAMLoader().load("ram_base.pth", "DAPE.pth", "fp32", tag_list="ram_tag_list.txt")
+    yield model, ram, FakeComfyVAE(paths["sd2"]), FakeComfyCLIP(paths["sd2"])
+    mp.undo()
+
+
+def lr_batch(batch, h, w, channels=3, seed=0):
+    """8-bit levels, as a PNG holds them (so the CLI reads back exactly this)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (batch, h, w, channels), generator=g).float() / 255
+
+
+def modular(image, model, ram, vae, clip, *, seed, steps, psr_weight, cfg, tile, vae_tile, prompt, scale=4,
+            min_size=64, color_fix="adain"):
+    """The shipped workflows' graph: Encode LR, Tagger, Prompt (+ CLIP Text Encode for the negative),
+    Sampler, Tiled VAE Decode, Finish."""
+    (cond,) = nodes.AddSREncodeLR().encode(image, vae, ram, scale=scale, vae_tile_size=vae_tile, min_size=min_size)
+    (tags,) = nodes.AddSRTagger().tag(image, ram)
+    (positive,) = nodes.AddSRPrompt().encode(clip, prompt=prompt, tags=tags)
+    negative = clip.conditioning(NEGATIVE)  # core CLIP Text Encode
+    (latent,) = nodes.AddSRSampler().sample(model, cond, positive, negative, seed=seed, steps=steps,
+                                            psr_weight=psr_weight, cfg=cfg, tile_size=tile, tile_overlap=256)
+    (decoded,) = nodes.AddSRTiledVAEDecode().decode(latent, vae, tile_size=vae_tile, overlap=64)
+    (finished,) = nodes.AddSRFinish().finish(decoded, cond, color_fix)
+    return finished, tags
+
+
+def all_in_one(image, model, ram, vae, clip, *, seed, steps, psr_weight, cfg, tile, vae_tile, prompt, scale=4,
+               min_size=64, color_fix="adain"):
+    (out,) = nodes.AddSRUpscale().upscale(
+        image, model, ram, vae, clip, prompt=prompt, seed=seed, steps=steps, scale=scale, psr_weight=psr_weight,
+        color_fix=color_fix, tile_size=tile, use_tags=True, cfg=cfg, negative_prompt=NEGATIVE, min_size=min_size,
+        vae_tile_size=vae_tile)
+    return out
+
+
+CASES = {
+    # 20x36 LR -> 80x144: one diffusion tile of 1024 px covers it.
+    "untiled": dict(shape=(20, 36), steps=2, cfg=0.0, tile=1024, vae_tile=1024),
+    # 40x72 LR -> 160x288 with 256 px tiles (32 latents, overlap 8): 3 diffusion tiles per step and
+    # tiled VAE encode / PSR decodes / final decode; CFG on, so the negative path is the same too.
+    "tiled_cfg": dict(shape=(40, 72), steps=2, cfg=3.0, tile=256, vae_tile=256),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_modular_graph_equals_all_in_one_bit_for_bit(loaded, name):
+    case = CASES[name]
+    model, ram, vae, clip = loaded
+    image = lr_batch(2, *case["shape"], channels=4)  # a batch of 2, with alpha
+    knobs = dict(seed=7, steps=case["steps"], psr_weight=0.4, cfg=case["cfg"], tile=case["tile"],
+                 vae_tile=case["vae_tile"], prompt="a photo")
+    ours, tags = modular(image, model, ram, vae, clip, **knobs)
+    one = all_in_one(image, model, ram, vae, clip, **knobs)
+    lines = tags.split("\n")
+    assert len(lines) == 2 and all(lines), "each image of the batch is tagged"
+    h, w = case["shape"]
+    assert ours.shape == one.shape == (2, 4 * h, 4 * w, 4)
+    assert torch.equal(ours, one), f"max |diff| {(ours - one).abs().max().item():.3e}"
+    assert not torch.equal(ours[0], ours[1]), "two different images stay different"
+
+
+def test_tiled_case_really_tiles():
+    from addsr_core.pipeline import LatentTiling
+
+    h, w = CASES["tiled_cfg"]["shape"]
+    tiling = LatentTiling(256, tile_overlap_px(256, 256))
+    assert tiling.calls_per_step((4 * h // 8, 4 * w // 8)) > 1
+    assert LatentTiling(1024, 256).calls_per_step((4 * 20 // 8, 4 * 36 // 8)) == 1
+
+
+def test_batch_items_come_out_as_when_alone(loaded):
+    """Each image of a batch is sampled from the seed on its own (the same draws as alone), so
+    batching changes it only by the float rounding of batched convolutions, not by other noise."""
+    model, ram, vae, clip = loaded
+    image = lr_batch(2, 20, 36, seed=3)
+    knobs = dict(seed=5, steps=1, psr_weight=0.4, cfg=0.0, tile=1024, vae_tile=1024, prompt="")
+    both = all_in_one(image, model, ram, vae, clip, **knobs)
+    second = all_in_one(image[1:], model, ram, vae, clip, **knobs)
+    diff = (both[1:] - second).abs().max().item()
+    assert diff < 1e-4, diff  # a different seed or draw order moves values by ~0.1
+    other = all_in_one(image[1:], model, ram, vae, clip, **{**knobs, "seed": 6})
+    assert (other - second).abs().max().item() > 100 * diff
+
+
+def test_cli_gives_the_all_in_one_image_given_the_same_embeddings(loaded, tmp_path):
+    """``addsr upscale`` (upscale_file -> pipeline.upscale -> PNG) with the node's networks and the
+    same text embeddings writes the all-in-one node's image, rounded to 8 bits."""
+    from tqdm import tqdm
+
+    from addsr_core import pipeline
+    from addsr_core.cli_upscale import upscale_file
+
+    model, ram, vae, clip = loaded
+    image = lr_batch(1, 40, 72, seed=11)
+    knobs = dict(seed=2, steps=2, psr_weight=0.4, cfg=0.0, tile=256, vae_tile=256, prompt="a photo")
+    one = all_in_one(image, model, ram, vae, clip, **knobs)
+    src, dst = tmp_path / "lr.png", tmp_path / "out.png"
+    Image.fromarray(to_uint8_round(image_to_bchw(image))[0].numpy()).save(src)
+    models = AddSRModels(model.unet.module, model.controlnet.module, as_addsr_vae(vae).vae, ram.encoder.module,
+                         tagger=ram.tagger, text=lambda prompts: encode_prompts(clip, prompts))
+    options = UpscaleOptions(seed=2, steps=2, prompt="a photo", latent_tile_px=256,
+                             latent_overlap_px=tile_overlap_px(256), vae_encode_tile_px=256, vae_decode_tile_px=256,
+                             process_size=64)
+    upscale_file(models, src, dst, options, torch.device("cpu"), tqdm, pipeline)
+    written = np.asarray(Image.open(dst))
+    expected = to_uint8_round(image_to_bchw(one))[0].numpy()
+    assert written.shape == expected.shape == (160, 288, 3)
+    assert np.array_equal(written, expected), f"{(written != expected).mean():.1%} of the values differ"
