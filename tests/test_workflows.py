@@ -277,7 +277,7 @@ def test_workflow_runs_in_process(path, tmp_path, models_root, monkeypatch):
     workflow = load_ui_workflow(path)
     models = tiny_models_for(workflow, models_root)
     inputs, outputs = tmp_path / "input", tmp_path / "output"
-    for folder in models.iterdir():  # models/<kind> -> ADDSR_<KIND>_DIR, which nodes/host.py reads
+    for folder in models.iterdir():  # models/<kind> -> ADDSR_<KIND>_DIR, which nodes/comfy_bridge.py reads
         monkeypatch.setenv(f"ADDSR_{folder.name.upper()}_DIR", str(folder))
     tiled = "tiled" in path.stem
     # The tiled workflow: 4x is 264 x 160, two 256 px tiles across; the others stay small.
@@ -347,3 +347,32 @@ def test_workflow_runs_on_the_live_server(path, comfy, comfy_server):
     with Image.open(files[save][0]) as png:
         embedded = json.loads(png.text["workflow"])  # the UI workflow travels inside the PNG
     assert embedded["id"] == workflow["id"] and len(embedded["nodes"]) == len(workflow["nodes"])
+
+
+def _run_in_process(path: Path, lr: Image.Image, tmp_path: Path, models_root: Path, monkeypatch) -> dict:
+    workflow = load_ui_workflow(path)
+    models = tiny_models_for(workflow, models_root)
+    inputs, outputs = tmp_path / "input", tmp_path / "output"
+    for folder in models.iterdir():
+        monkeypatch.setenv(f"ADDSR_{folder.name.upper()}_DIR", str(folder))
+    inputs.mkdir(parents=True)
+    for node in workflow["nodes"]:
+        if node["type"] == "LoadImage":
+            lr.save(inputs / node["widgets_values"][0])
+    definitions = {**core_standins(models, inputs, outputs), **load_pack().NODE_CLASS_MAPPINGS}
+    prompt = shrink_for_cpu(ui_to_api_prompt(workflow, definitions), min_tile=False)
+    result = execute_api_prompt(prompt, definitions, extra_pnginfo={"workflow": workflow})
+    saves = [str(n["id"]) for n in workflow["nodes"] if n["type"] == "SaveImage"]
+    (save,) = saves
+    (png,) = saved_files(result.ui[save], outputs)
+    with Image.open(png) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def test_node_by_node_workflow_saves_the_all_in_one_image(tmp_path, models_root, monkeypatch):
+    """The shipped basic graph and the shipped all-in-one graph, same widgets, same LR: the same PNG."""
+    lr = lr_photo(40, 32)
+    modular = _run_in_process(REPO / "workflows" / "addsr_basic_4x.json", lr, tmp_path / "modular", models_root, monkeypatch)
+    one = _run_in_process(REPO / "workflows" / "addsr_all_in_one.json", lr, tmp_path / "one", models_root, monkeypatch)
+    assert modular.shape == one.shape == (128, 160, 3)
+    assert np.array_equal(modular, one), f"{(modular != one).mean():.1%} of the values differ"
