@@ -1,5 +1,5 @@
-"""ComfyUI nodes for AddSR. Thin adapters over addsr_core; see host.py for everything ComfyUI-specific."""
-from . import host
+"""ComfyUI nodes for AddSR. Thin adapters over addsr_core; see comfy_bridge.py for everything ComfyUI-specific."""
+from . import comfy_bridge
 from .encode import AddSREncodeLR
 from .loaders import AddSRModelLoader, AddSRRAMLoader
 from .postprocess import AddSRColorFix, AddSRFinish, AddSRPrompt, AddSRTagger
@@ -10,7 +10,7 @@ from .stablesr_sampler import StableSRCFWDecode, StableSRSampler
 from .upscale import AddSRUpscale
 from .vae import AddSRTiledVAEDecode, AddSRTiledVAEEncode
 
-host.register_model_folders()
+comfy_bridge.register_model_folders()
 
 NODE_CLASS_MAPPINGS = {
     "AddSRModelLoader": AddSRModelLoader,

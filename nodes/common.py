@@ -8,7 +8,7 @@ import torch
 from addsr_core.loading.keymaps import ldm_vae_to_diffusers, looks_like_ldm_vae, rename_legacy_vae_keys
 from addsr_core.models import AutoencoderKL
 
-from .host import ManagedModule
+from .comfy_bridge import ManagedModule
 
 CATEGORY = "AddSR"
 MIN_LR_SIDE = 8
@@ -129,7 +129,7 @@ def as_addsr_vae(vae) -> VAEHandle:
     from addsr_core.loading import CheckpointError, assign_state_dict
     from addsr_core.loading.models import infer_vae_config
 
-    from . import host
+    from . import comfy_bridge
 
     sd = model.state_dict()
     sd = ldm_vae_to_diffusers(sd) if looks_like_ldm_vae(sd) else rename_legacy_vae_keys(sd)
@@ -140,7 +140,7 @@ def as_addsr_vae(vae) -> VAEHandle:
         )
     groups = next((m.num_groups for m in model.modules() if isinstance(m, torch.nn.GroupNorm)), 32)
     with torch.device("meta"):
-        ours = AutoencoderKL(infer_vae_config(sd, norm_num_groups=groups), operations=host.operations(latent.dtype))
+        ours = AutoencoderKL(infer_vae_config(sd, norm_num_groups=groups), operations=comfy_bridge.operations(latent.dtype))
     try:
         # assign=True shares storage with ComfyUI's weights: no second copy when this is built.
         assign_state_dict(ours, sd, family="SD2 VAE", source="the connected VAE")
@@ -148,7 +148,7 @@ def as_addsr_vae(vae) -> VAEHandle:
         raise AddSRInputError(f"the connected VAE does not fit AddSR: {err}") from None
     # Memory management: our AutoencoderKL gets its OWN ModelPatcher (ComfyUI accounts for it as a
     # model of its own, can offload it, and can load it partially: it is built from
-    # host.operations). We do not reuse ComfyUI's ``vae.patcher``: that patcher moves and flags
+    # comfy_bridge.operations). We do not reuse ComfyUI's ``vae.patcher``: that patcher moves and flags
     # (comfy_cast_weights, lowvram) the layers of ComfyUI's first_stage_model, not ours: our
     # parameters are separate Parameter objects over the same storage (the attention projections
     # even reshaped views, [C,C,1,1] -> [C,C]), which its moves would not reach, so our module

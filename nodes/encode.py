@@ -8,7 +8,7 @@ import torch
 
 from addsr_core.pipeline import AddSRModels, ConditionOptions, LRCondition, condition_from_lr
 
-from . import host
+from . import comfy_bridge
 from .common import CATEGORY, VAEHandle, alpha_of, as_addsr_vae, image_to_bchw
 from .loaders import RAMModel
 
@@ -61,7 +61,7 @@ def encode_lr(image, vae, ram: RAMModel, options: ConditionOptions) -> AddSRCond
     """The Encode LR stage on a ComfyUI IMAGE (also the all-in-one node's first stage)."""
     lr = image_to_bchw(image)
     handle = as_addsr_vae(vae)
-    device = host.load_to_device([handle.managed, ram.encoder])
+    device = comfy_bridge.load_to_device([handle.managed, ram.encoder])
     models = AddSRModels(unet=None, controlnet=None, vae=handle.vae, ram=ram.encoder.module, device=device)
     cond = condition_from_lr(models, lr, options)
     alpha = alpha_of(image)

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from addsr_core.loading.family import CHOICES as FAMILY_CHOICES
 
-from . import host
+from . import comfy_bridge
 from .common import CATEGORY, AddSRInputError
 
 DTYPE_CHOICES = ["auto", "fp16", "bf16", "fp32"]
@@ -16,8 +16,8 @@ NONE = "none"
 class AddSRModel:
     """ComfyUI's ``ADDSR_MODEL``: the UNet and ControlNet, each managed by ComfyUI."""
 
-    unet: host.ManagedModule
-    controlnet: host.ManagedModule
+    unet: comfy_bridge.ManagedModule
+    controlnet: comfy_bridge.ManagedModule
     name: str
     family: str = "addsr"  # or "seesr": the same networks, sampled differently (addsr_core.loading.family)
 
@@ -26,7 +26,7 @@ class AddSRModel:
 class RAMModel:
     """ComfyUI's ``ADDSR_RAM``: the RAM/DAPE encoder (and tagger when a tag list was given)."""
 
-    encoder: host.ManagedModule
+    encoder: comfy_bridge.ManagedModule
     tagger: object | None
     name: str
 
@@ -44,7 +44,7 @@ class AddSRModelLoader:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": (host.list_models("addsr", folders_with="unet"), {
+                "model": (comfy_bridge.list_models("addsr", folders_with="unet"), {
                     "tooltip": "An AddSR release folder (with unet/ and controlnet/) or a packed .safetensors in models/addsr."}),
                 "dtype": (DTYPE_CHOICES, {"default": "auto",
                     "tooltip": "Weight precision. auto: what ComfyUI picks for your GPU (fp16/bf16), fp32 on CPU."}),
@@ -60,17 +60,17 @@ class AddSRModelLoader:
         from addsr_core.loading.family import resolve_family
         from addsr_core.loading.pack import load_addsr
 
-        path = host.resolve_model("addsr", model)
-        torch_dtype = host.pick_dtype(dtype)
+        path = comfy_bridge.resolve_model("addsr", model)
+        torch_dtype = comfy_bridge.pick_dtype(dtype)
         try:
             family, why = resolve_family(path, family)
         except ValueError as err:
             raise AddSRInputError(str(err)) from None
-        host.log.info("AddSR: %r loads as %s weights (%s)", model, family, why)
-        # Built from ComfyUI's layer classes (host.operations) so its ModelPatcher can load them partially.
-        unet, controlnet = load_addsr(path, dtype=torch_dtype, device=host.offload_device(),
-                                      operations=host.operations(torch_dtype))
-        return (AddSRModel(host.ManagedModule(unet), host.ManagedModule(controlnet), model, family),)
+        comfy_bridge.log.info("AddSR: %r loads as %s weights (%s)", model, family, why)
+        # Built from ComfyUI's layer classes (comfy_bridge.operations) so its ModelPatcher can load them partially.
+        unet, controlnet = load_addsr(path, dtype=torch_dtype, device=comfy_bridge.offload_device(),
+                                      operations=comfy_bridge.operations(torch_dtype))
+        return (AddSRModel(comfy_bridge.ManagedModule(unet), comfy_bridge.ManagedModule(controlnet), model, family),)
 
 
 class AddSRRAMLoader:
@@ -83,7 +83,7 @@ class AddSRRAMLoader:
 
     @classmethod
     def INPUT_TYPES(cls):
-        files = sorted(set(host.list_models("ram") + _ram_files_in_addsr()))
+        files = sorted(set(comfy_bridge.list_models("ram") + _ram_files_in_addsr()))
         return {
             "required": {
                 "ram": (files, {"tooltip": "ram_swin_large_14m.pth or its .safetensors copy (from models/ram or models/addsr)."}),
@@ -101,16 +101,16 @@ class AddSRRAMLoader:
     def load(self, ram, dape=NONE, dtype="auto", tag_list=NONE):
         from addsr_core.ram import load_ram
 
-        torch_dtype = host.pick_dtype(dtype)
+        torch_dtype = comfy_bridge.pick_dtype(dtype)
         if dape == NONE:
-            host.log.warning("AddSR: loading RAM without DAPE; AddSR was trained with DAPE tokens, expect weaker results")
+            comfy_bridge.log.warning("AddSR: loading RAM without DAPE; AddSR was trained with DAPE tokens, expect weaker results")
         encoder, tagger = load_ram(
-            host.resolve_model("ram" if ram in host.list_models("ram") else "addsr", ram),
-            None if dape == NONE else host.resolve_model("ram" if dape in host.list_models("ram") else "addsr", dape),
+            comfy_bridge.resolve_model("ram" if ram in comfy_bridge.list_models("ram") else "addsr", ram),
+            None if dape == NONE else comfy_bridge.resolve_model("ram" if dape in comfy_bridge.list_models("ram") else "addsr", dape),
             tag_list=None if tag_list in (None, NONE) else _resolve_text(tag_list),
-            dtype=torch_dtype, device=host.offload_device(), operations=host.operations(torch_dtype),
+            dtype=torch_dtype, device=comfy_bridge.offload_device(), operations=comfy_bridge.operations(torch_dtype),
         )
-        return (RAMModel(host.ManagedModule(encoder), tagger, ram),)
+        return (RAMModel(comfy_bridge.ManagedModule(encoder), tagger, ram),)
 
 
 def _ram_files_in_addsr() -> list[str]:
@@ -123,22 +123,22 @@ def _ram_files_in_addsr() -> list[str]:
         lower = name.lower()
         if lower.endswith(".pth"):
             return True
-        return lower.endswith(SAFETENSORS_SUFFIXES) and not is_packed_file(host.resolve_model("addsr", name))
+        return lower.endswith(SAFETENSORS_SUFFIXES) and not is_packed_file(comfy_bridge.resolve_model("addsr", name))
 
-    return [f for f in host.list_models("addsr") if is_ram(f)]
+    return [f for f in comfy_bridge.list_models("addsr") if is_ram(f)]
 
 
 def _text_files() -> list[str]:
     names = set()
     for kind in ("ram", "addsr"):
-        for root in host.model_dirs(kind):
+        for root in comfy_bridge.model_dirs(kind):
             names.update(p.relative_to(root).as_posix() for p in root.rglob("*.txt"))
     return sorted(names)
 
 
 def _resolve_text(name: str):
     for kind in ("ram", "addsr"):
-        for root in host.model_dirs(kind):
+        for root in comfy_bridge.model_dirs(kind):
             if (root / name).is_file():
                 return root / name
     raise AddSRInputError(f"tag list {name!r} not found in models/ram or models/addsr")

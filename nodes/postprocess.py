@@ -6,7 +6,7 @@ import torch
 from addsr_core.pipeline import COLOR_FIXES, AddSRModels, FinishOptions, PromptOptions, build_prompts, finish, tag_images
 from addsr_core.text.prompt import DEFAULT_ADDED_PROMPT
 
-from . import host
+from . import comfy_bridge
 from .common import CATEGORY, AddSRInputError, bchw_to_image, encode_prompts, image_to_bchw, with_alpha
 from .encode import AddSRCond
 from .loaders import RAMModel
@@ -125,6 +125,6 @@ class AddSRTagger:
             raise AddSRInputError("ram must come from AddSR Load RAM")
         if ram.tagger is None:
             raise AddSRInputError("this RAM was loaded without a tag list: select ram_tag_list.txt in AddSR Load RAM")
-        device = host.load_to_device([ram.encoder])
+        device = comfy_bridge.load_to_device([ram.encoder])
         models = AddSRModels(None, None, None, ram.encoder.module, tagger=ram.tagger, device=device)
         return ("\n".join(tag_images(models, image_to_bchw(image))),)

@@ -7,7 +7,7 @@ from addsr_core import pipeline
 from addsr_core.pipeline import AddSRModels, DecodeOptions, LatentTiling, tile_overlap_px
 from addsr_core.sampling.addsr import AddSRSampling
 
-from . import host
+from . import comfy_bridge
 from .common import CATEGORY, AddSRInputError, as_addsr_vae, conditioning_tensor
 from .encode import AddSRCond
 from .loaders import AddSRModel, RAMModel
@@ -107,18 +107,18 @@ def run_sampler(addsr_model: AddSRModel, addsr_cond: AddSRCond, positive, negati
         if tile != tiling.tile_px:
             tiling = dataclasses.replace(tiling, tile_px=tile, overlap_px=tile_overlap_px(tile, tiling.overlap_px))
             psr_decode = DecodeOptions(max(256, psr_decode.tile_px // 2), psr_decode.overlap_px)
-        device = host.load_to_device(managed)
+        device = comfy_bridge.load_to_device(managed)
         models = AddSRModels(unet=addsr_model.unet.module, controlnet=addsr_model.controlnet.module,
                              vae=handle.vae, ram=ram.encoder.module, device=device)
-        progress = host.Progress(method.count_network_calls(sampling, tiling, cond.moments.shape[-2:], cond.batch))
-        host.check_interrupt()
+        progress = comfy_bridge.Progress(method.count_network_calls(sampling, tiling, cond.moments.shape[-2:], cond.batch))
+        comfy_bridge.check_interrupt()
         return method.sample(models, cond, positive.to(device), None if negative is None else negative.to(device),
                              sampling, tiling, seed=seed, psr_decode=psr_decode, on_tile=lambda: progress.update(1),
-                             on_step=lambda k, total, pred_z0: progress.update(0, host.latent_preview(pred_z0)))
+                             on_step=lambda k, total, pred_z0: progress.update(0, comfy_bridge.latent_preview(pred_z0)))
 
     def exhausted(tile):
         return AddSRInputError(f"out of memory even with {tile}px tiles. Lower the VAE tile size, use fp16, "
                                "or start ComfyUI with --lowvram.")
 
-    return host.retry_smaller_on_oom(attempt, tiling.tile_px, floor=MIN_TILE_PX, what="AddSR:",
+    return comfy_bridge.retry_smaller_on_oom(attempt, tiling.tile_px, floor=MIN_TILE_PX, what="AddSR:",
                                      shrink=lambda tile: tile // 2 // 64 * 64, exhausted=exhausted)

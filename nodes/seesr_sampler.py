@@ -6,7 +6,7 @@ from addsr_core import seesr
 from addsr_core.pipeline import LatentTiling
 from addsr_core.sampling.seesr import SeeSRSampling
 
-from . import host
+from . import comfy_bridge
 from .common import CATEGORY, AddSRInputError, conditioning_tensor
 from .sampler import MIN_TILE_PX, check_inputs, latent_output, run_sampler
 
@@ -54,7 +54,7 @@ class SeeSRSampler:
                start_point="lr", official_tiles=True):
         check_inputs(addsr_model, addsr_cond)
         if getattr(addsr_model, "family", "seesr") != "seesr":
-            host.log.warning("AddSR: SeeSR Sampler got %s weights (%r); load SeeSR weights, or set the loader's "
+            comfy_bridge.log.warning("AddSR: SeeSR Sampler got %s weights (%r); load SeeSR weights, or set the loader's "
                              "family to seesr if these are SeeSR", addsr_model.family, addsr_model.name)
         sampling = SeeSRSampling(steps=steps, guidance_scale=cfg, start_point=start_point)
         tiling = LatentTiling(tile_size * 8, min(tile_overlap, tile_size // 2) * 8, area_rule=official_tiles)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import host
+from . import comfy_bridge
 from .common import AddSRInputError
 
 STABLESR_CATEGORY = "AddSR/StableSR"
@@ -20,7 +20,7 @@ NONE = "none"
 class StableSRHandle:
     """ComfyUI's ``ADDSR_STABLESR_MODEL``: a StableSRModel managed by ComfyUI."""
 
-    managed: host.ManagedModule
+    managed: comfy_bridge.ManagedModule
     name: str
 
     @property
@@ -32,7 +32,7 @@ class StableSRHandle:
 class CFWHandle:
     """ComfyUI's ``ADDSR_STABLESR_VAE``: the CFW autoencoder (SD2 VAE + fusion layers), managed by ComfyUI."""
 
-    managed: host.ManagedModule
+    managed: comfy_bridge.ManagedModule
     name: str
 
     @property
@@ -42,8 +42,8 @@ class CFWHandle:
 
 def _resolve(kinds: tuple[str, ...], name: str):
     for kind in kinds:
-        if name in host.list_models(kind):
-            return host.resolve_model(kind, name)
+        if name in comfy_bridge.list_models(kind):
+            return comfy_bridge.resolve_model(kind, name)
     folders = " or ".join(f"models/{k}" for k in kinds)
     raise AddSRInputError(f"{name!r} not found in {folders}. Put the file there (then press R in ComfyUI), or pick another one.")
 
@@ -90,7 +90,7 @@ class StableSRModelLoader:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": (host.list_models(STABLESR_FOLDER), {
+                "model": (comfy_bridge.list_models(STABLESR_FOLDER), {
                     "tooltip": "A StableSR file in models/stablesr: stablesr_000117.ckpt (SD 2.1-512), "
                                "stablesr_768v_000139.ckpt (SD 2.1-768-v), stablesr_turbo.ckpt (SD-Turbo), "
                                "their .safetensors copies (convert safetensors), "
@@ -117,11 +117,11 @@ class StableSRModelLoader:
         base = comfy_unet_state_dict(base_model) if base_model is not None else None
         if prediction == "auto":
             prediction = (comfy_prediction_type(base_model) if base_model is not None else None) or guess_prediction_type(path)
-        torch_dtype = host.pick_dtype(dtype)
+        torch_dtype = comfy_bridge.pick_dtype(dtype)
         with _checkpoint_errors(f"could not load StableSR from {model!r}"):
             loaded = load_stablesr(path, base=base, prediction_type=prediction, dtype=torch_dtype,
-                                   device=host.offload_device(), operations=host.operations(torch_dtype))
-        return (StableSRHandle(host.ManagedModule(loaded), model),)
+                                   device=comfy_bridge.offload_device(), operations=comfy_bridge.operations(torch_dtype))
+        return (StableSRHandle(comfy_bridge.ManagedModule(loaded), model),)
 
 
 class StableSRCFWLoader:
@@ -135,7 +135,7 @@ class StableSRCFWLoader:
 
     @classmethod
     def files(cls) -> list[str]:
-        return sorted(set(host.list_models(STABLESR_FOLDER)) | set(host.list_models("vae")))
+        return sorted(set(comfy_bridge.list_models(STABLESR_FOLDER)) | set(comfy_bridge.list_models("vae")))
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -171,11 +171,11 @@ class StableSRCFWLoader:
             path, fusion = fusion, None
         vae_sd = comfy_vae_state_dict(vae) if vae is not None else None
         names = " + ".join(n for n in (cfw_file, fusion_file) if n not in (None, NONE))
-        torch_dtype = host.pick_vae_dtype(dtype)
+        torch_dtype = comfy_bridge.pick_vae_dtype(dtype)
         with _checkpoint_errors(f"could not load the CFW VAE from {names!r}"):
             loaded = load_cfw_vae(path, fusion_path=fusion, vae_state_dict=vae_sd, dtype=torch_dtype,
-                                  device=host.offload_device(), operations=host.operations(torch_dtype))
-        return (CFWHandle(host.ManagedModule(loaded), names),)
+                                  device=comfy_bridge.offload_device(), operations=comfy_bridge.operations(torch_dtype))
+        return (CFWHandle(comfy_bridge.ManagedModule(loaded), names),)
 
 
 def comfy_vae_state_dict(vae) -> dict:

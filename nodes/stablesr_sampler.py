@@ -20,7 +20,7 @@ from addsr_core.stablesr.pipeline import (
     sample_latent,
 )
 
-from . import host
+from . import comfy_bridge
 from .common import AddSRInputError, bchw_to_image, conditioning_tensor, image_to_bchw
 from .stablesr_loaders import STABLESR_CATEGORY, CFWHandle, StableSRHandle
 
@@ -128,21 +128,21 @@ def run_sampler(handle: StableSRHandle, cfw: CFWHandle, prepared: PreparedLR, co
         return AddSRInputError(f"out of memory even with {tile}-latent ({tile * 8}px) tiles. Use fp16, a smaller "
                                "scale, or start ComfyUI with --lowvram.")
 
-    return host.retry_smaller_on_oom(attempt, options.tile, floor=MIN_LATENT_TILE, what="StableSR:", unit="-latent",
+    return comfy_bridge.retry_smaller_on_oom(attempt, options.tile, floor=MIN_LATENT_TILE, what="StableSR:", unit="-latent",
                                      exhausted=exhausted)
 
 
 def _sample_once(handle, cfw, prepared, context, negative_context, options):
-    device = host.load_to_device([handle.managed, cfw.managed])
+    device = comfy_bridge.load_to_device([handle.managed, cfw.managed])
     noise = SeededNoise(options.seed)  # fresh for every attempt: a retry gives the same image
     height, width = (s // 8 for s in prepared.image.shape[-2:])
     per_step = tile_count(height, width, options.tile, options.tile_overlap)
-    progress = host.Progress(options.steps * per_step)
+    progress = comfy_bridge.Progress(options.steps * per_step)
 
     def on_step(index, total, x0):
-        progress.update(0, host.latent_preview(x0))
+        progress.update(0, comfy_bridge.latent_preview(x0))
 
-    host.check_interrupt()
+    comfy_bridge.check_interrupt()
     lr_latent = encode_lr(cfw.vae, prepared.image, noise)
     return sample_latent(handle.model, lr_latent.to(device), context.to(device), options, noise=noise,
                          negative_context=None if negative_context is None else negative_context.to(device),
@@ -192,10 +192,10 @@ class StableSRCFWDecode:
         if latent.ndim != 4 or tuple(latent.shape[-2:]) != tuple(s // 8 for s in image.shape[-2:]) or latent.shape[0] != image.shape[0]:
             raise AddSRInputError(f"the latent {tuple(latent.shape)} does not match the LR image {tuple(image.shape)} "
                                   "it came with; do not resize or batch StableSR latents between the nodes")
-        device = host.load_to_device([cfw_vae.managed])
+        device = comfy_bridge.load_to_device([cfw_vae.managed])
         z0 = latent.float().to(device) * cfw_vae.vae.scaling_factor
         tile = max(8, tile_size // 8 * 8)
-        result = host.retry_smaller_on_oom(
+        result = comfy_bridge.retry_smaller_on_oom(
             lambda tile: _decode_tiles(cfw_vae.vae, z0, image.to(device), fidelity, color_fix, tile, tile_overlap),
             tile, floor=MIN_DECODE_TILE_PX, what="StableSR: CFW decode", shrink=lambda tile: tile // 2 // 8 * 8)
         prepared = PreparedLR(image, tuple(info["upscaled_hw"]), tuple(info["output_hw"]))
@@ -208,10 +208,10 @@ def _decode_tiles(vae, z0, image, fidelity, color_fix, tile, overlap):
     height, width = image.shape[-2:]
     stride = max(8, (tile - min(overlap, tile - 8)) // 8 * 8)
     plan = pixel_tile_plan(height, width, tile, stride)
-    progress = None if plan.single else host.Progress(plan.count)
+    progress = None if plan.single else comfy_bridge.Progress(plan.count)
 
     def one(y0, x0, th, tw):
-        host.check_interrupt()
+        comfy_bridge.check_interrupt()
         crop = (..., slice(y0, y0 + th), slice(x0, x0 + tw))
         latent_crop = (..., slice(y0 // 8, (y0 + th) // 8), slice(x0 // 8, (x0 + tw) // 8))
         return decode_cfw(vae, z0[latent_crop], image[crop], fidelity, color_fix)

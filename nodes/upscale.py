@@ -5,7 +5,7 @@ import dataclasses
 
 from addsr_core.pipeline import COLOR_FIXES, DEFAULT_NEGATIVE, AddSRModels, UpscaleOptions, tile_overlap_px, upscale, upscale_calls
 
-from . import host
+from . import comfy_bridge
 from .common import (
     ADDSR_BASE,
     CATEGORY,
@@ -95,18 +95,18 @@ class AddSRUpscale:
                 options = dataclasses.replace(
                     options, latent_tile_px=tile, latent_overlap_px=tile_overlap_px(tile),
                     vae_decode_tile_px=max(256, options.vae_decode_tile_px // 2))
-            device = host.load_to_device(managed)
+            device = comfy_bridge.load_to_device(managed)
             models = AddSRModels(addsr_model.unet.module, addsr_model.controlnet.module, handle.vae,
                                  ram.encoder.module, tagger=ram.tagger, text=text, device=device)
-            progress = host.Progress(upscale_calls(options, lr.shape[-2:], lr.shape[0]))
-            host.check_interrupt()
+            progress = comfy_bridge.Progress(upscale_calls(options, lr.shape[-2:], lr.shape[0]))
+            comfy_bridge.check_interrupt()
             return upscale(models, lr, options, on_tile=lambda: progress.update(1),
-                           on_step=lambda k, total, pred_z0: progress.update(0, host.latent_preview(pred_z0)))
+                           on_step=lambda k, total, pred_z0: progress.update(0, comfy_bridge.latent_preview(pred_z0)))
 
         def exhausted(tile):
             return AddSRInputError(f"out of memory even with {tile}px tiles. Lower vae_tile_size, use fp16, "
                                    "or start ComfyUI with --lowvram.")
 
-        out = host.retry_smaller_on_oom(attempt, options.latent_tile_px, floor=MIN_TILE_PX, what="AddSR:",
+        out = comfy_bridge.retry_smaller_on_oom(attempt, options.latent_tile_px, floor=MIN_TILE_PX, what="AddSR:",
                                         shrink=lambda tile: tile // 2 // 64 * 64, exhausted=exhausted)
         return (with_alpha(out.cpu(), alpha_of(image)),)

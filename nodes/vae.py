@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import torch
 
-from . import host
+from . import comfy_bridge
 from .common import CATEGORY, as_addsr_vae, bchw_to_image, image_to_bchw
 
 MIN_VAE_TILE = 256
 
 
 def _with_oom_retry(run, tile: int):
-    return host.retry_smaller_on_oom(run, tile, floor=MIN_VAE_TILE, what="AddSR: VAE")
+    return comfy_bridge.retry_smaller_on_oom(run, tile, floor=MIN_VAE_TILE, what="AddSR: VAE")
 
 
 class AddSRTiledVAEDecode:
@@ -36,7 +36,7 @@ class AddSRTiledVAEDecode:
         from addsr_core.pipeline import AddSRModels, DecodeOptions, decode
 
         handle = as_addsr_vae(vae)
-        device = host.load_to_device([handle.managed])
+        device = comfy_bridge.load_to_device([handle.managed])
         models = AddSRModels(None, None, handle.vae, None, device=device)
 
         def run(tile):
@@ -68,7 +68,7 @@ class AddSRTiledVAEEncode:
         from addsr_core.imaging.tiled_vae import tiled_encode
 
         handle = as_addsr_vae(vae)
-        device = host.load_to_device([handle.managed])
+        device = comfy_bridge.load_to_device([handle.managed])
         image = image_to_bchw(pixels)
         h, w = image.shape[-2:]
         if h % 8 or w % 8:  # the VAE needs multiples of 8: crop like ComfyUI's VAE Encode

@@ -1,7 +1,7 @@
 """ComfyUI's memory management really manages the pack's networks (issue 10 §5), with the real ``comfy``.
 
 The loader nodes build the UNet, ControlNet, RAM/DAPE and (over a ComfyUI-style VAE) our VAE
-from ``comfy.ops``; a ModelPatcher per network; ``host.load_to_device`` only asks
+from ``comfy.ops``; a ModelPatcher per network; ``comfy_bridge.load_to_device`` only asks
 ``load_models_gpu``. A run where ComfyUI loads everything partially (every layer flagged
 ``comfy_cast_weights``, weights left on the offload device and cast per forward) gives the same
 encode and sampler outputs as a full load, bit for bit: on one device the casting is the identity

@@ -178,7 +178,7 @@ def test_cancel_stops_within_one_network_call(loaded, monkeypatch):
         if len(calls) >= 2:
             raise Interrupted()
 
-    monkeypatch.setattr(nodes.host, "check_interrupt", interrupt)
+    monkeypatch.setattr(nodes.comfy_bridge, "check_interrupt", interrupt)
     with pytest.raises(Interrupted):
         nodes.AddSRSampler().sample(model, cond, clip.conditioning("x"), clip.conditioning("y"), steps=4, tile_size=256,
                                     tile_overlap=64)
@@ -203,7 +203,7 @@ def test_oom_halves_the_tile_then_gives_up(loaded, monkeypatch):
 
 
 def test_retry_smaller_on_oom_shrinks_to_the_floor_then_raises():
-    from nodes import host
+    from nodes import comfy_bridge
 
     tried = []
 
@@ -213,16 +213,16 @@ def test_retry_smaller_on_oom_shrinks_to_the_floor_then_raises():
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return tile
 
-    assert host.retry_smaller_on_oom(run, 1024, floor=256, what="test") == 256 and tried == [1024, 512, 256]
+    assert comfy_bridge.retry_smaller_on_oom(run, 1024, floor=256, what="test") == 256 and tried == [1024, 512, 256]
     tried.clear()
     with pytest.raises(torch.OutOfMemoryError):  # 1280 -> 640 -> 320; 160 is below the floor
-        host.retry_smaller_on_oom(run, 1280, floor=256, what="test", shrink=lambda t: t // 2 // 8 * 8)
+        comfy_bridge.retry_smaller_on_oom(run, 1280, floor=256, what="test", shrink=lambda t: t // 2 // 8 * 8)
     assert tried == [1280, 640, 320]
     with pytest.raises(ValueError, match="gave up at 320") as info:
-        host.retry_smaller_on_oom(run, 640, floor=256, what="test", exhausted=lambda t: ValueError(f"gave up at {t}"))
+        comfy_bridge.retry_smaller_on_oom(run, 640, floor=256, what="test", exhausted=lambda t: ValueError(f"gave up at {t}"))
     assert isinstance(info.value.__cause__, torch.OutOfMemoryError)
     with pytest.raises(KeyError):  # anything but an OOM passes straight through, untried again
-        host.retry_smaller_on_oom(lambda t: {}["x"], 1024, floor=256, what="test")
+        comfy_bridge.retry_smaller_on_oom(lambda t: {}["x"], 1024, floor=256, what="test")
 
 
 @pytest.mark.parametrize("tile", [256, 512, 768, 1024, 2048])
@@ -252,7 +252,7 @@ def test_upscale_and_sampler_nodes_use_one_overlap_rule(monkeypatch, tile):
 
     monkeypatch.setattr(upscale_mod, "upscale", upscale)
     monkeypatch.setattr(sampler_mod, "run_sampler", run_sampler)
-    monkeypatch.setattr(upscale_mod.host, "load_to_device", lambda managed: torch.device("cpu"))
+    monkeypatch.setattr(upscale_mod.comfy_bridge, "load_to_device", lambda managed: torch.device("cpu"))
     monkeypatch.setattr(sampler_mod, "conditioning_tensor", lambda *a, **k: torch.zeros(1, 77, 8))
     module = types.SimpleNamespace(module=None)
     model = object.__new__(AddSRModel)

@@ -54,7 +54,7 @@ def test_loader_tells_the_family_by_metadata_choice_or_name(kit, tmp_path):
 def test_seesr_sampler_runs_with_progress_and_previews(loaded, monkeypatch):
     model, cond, clip = loaded
     updates = []
-    monkeypatch.setattr(nodes.host.Progress, "update", lambda self, n=1, preview=None: updates.append((n, self.total)))
+    monkeypatch.setattr(nodes.comfy_bridge.Progress, "update", lambda self, n=1, preview=None: updates.append((n, self.total)))
     (latent,) = nodes.SeeSRSampler().sample(model, cond, clip.conditioning("a, clean, high-resolution, 8k"),
                                             clip.conditioning("dotted, noise"), seed=1, steps=3, cfg=5.5)
     h, w = cond.cond.control_image.shape[-2:]
@@ -78,7 +78,7 @@ def test_seesr_sampler_cancels(loaded, monkeypatch):
         if len(calls) > 2:
             raise Interrupted
 
-    monkeypatch.setattr(nodes.host, "check_interrupt", interrupt)
+    monkeypatch.setattr(nodes.comfy_bridge, "check_interrupt", interrupt)
     with pytest.raises(Interrupted):  # Cancel is checked before sampling and at every network call
         nodes.SeeSRSampler().sample(model, cond, clip.conditioning("x"), clip.conditioning("y"), steps=2, cfg=1.0,
                                     official_tiles=False)

@@ -228,7 +228,7 @@ def test_cancel_stops_within_one_network_call(loaded, monkeypatch):
         if len(calls) >= 3:
             raise Interrupted()
 
-    monkeypatch.setattr(nodes.host, "check_interrupt", interrupt)
+    monkeypatch.setattr(nodes.comfy_bridge, "check_interrupt", interrupt)
     monkeypatch.setattr(mod, "encode_lr", lambda vae, image, noise: torch.zeros(image.shape[0], 4, *(s // 8 for s in image.shape[-2:])))
     with pytest.raises(Interrupted):
         StableSRSampler().sample(model, cfw, lr_image(h=16, w=20), conditioning(), steps=200, tile_size=16, tile_overlap=4,

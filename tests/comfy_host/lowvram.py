@@ -71,7 +71,7 @@ def main(comfyui: str, workdir: str) -> dict:
     os.environ["ADDSR_ADDSR_DIR"] = str(root / "addsr")
     os.environ["ADDSR_RAM_DIR"] = str(root / "ram")
     import nodes
-    from nodes import host
+    from nodes import comfy_bridge
     from nodes.common import as_addsr_vae
 
     (model,) = nodes.AddSRModelLoader().load("AddSR-tiny", "fp32")
@@ -105,7 +105,7 @@ def main(comfyui: str, workdir: str) -> dict:
         "tokens": torch.equal(cond_full.cond.lr_tokens, cond_low.cond.lr_tokens),
     }
     result["max_abs_diff"] = float((z_full - z_low).abs().max())
-    result["load_device"] = str(host.load_to_device(list(managed.values())))
+    result["load_device"] = str(comfy_bridge.load_to_device(list(managed.values())))
     return result
 
 
