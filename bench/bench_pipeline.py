@@ -5,6 +5,7 @@
     python bench/bench_pipeline.py --scenario thin --tiny-unet   # 8x1000 LR vs a square one, s per output MP
     python bench/bench_pipeline.py --scenario seesr_vs_addsr     # one LR: SeeSR-50, AddSR-4, AddSR-1 and ratios
     python bench/bench_pipeline.py --scenario seesr_vs_addsr --tiny   # smoke run: every network tiny
+    python bench/bench_pipeline.py --precision               # 4 and 1 step: fp32 vs auto (vs bf16), ratios
 
 Reports wall time per stage (VAE encode, RAM, ControlNet+UNet per step, PSR decodes, final decode)
 and the peak RSS of each scenario. Random weights: the timings and memory are real, the image is not.
@@ -146,11 +147,16 @@ def _peak_rss_gib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
 
 
-def run_scenario(name: str) -> dict:
+def run_scenario(name: str, dtype: str = "fp32") -> dict:
+    from addsr_core.precision import apply_precision, resolve_precision
+
     lr_side, steps, tiled = SCENARIOS[name]
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.perf_counter()
     models = build_models()
+    precision = resolve_precision(dtype, torch.device("cpu"))
+    for network in (models.unet, models.controlnet, models.vae, models.ram):
+        apply_precision(network, precision)
     build_s = time.perf_counter() - t0
     big = 10**6
     options = UpscaleOptions(
@@ -161,8 +167,8 @@ def run_scenario(name: str) -> dict:
     lr = torch.rand(1, 3, lr_side, lr_side, generator=torch.Generator().manual_seed(1))
     run = timed_upscale(models, lr, options)
     return {
-        "scenario": name, "lr": lr_side, "output": run["output"], "steps": steps, "tiled": tiled,
-        "build_s": round(build_s, 1), "total_s": run["total_s"], "peak_rss_gib": _peak_rss_gib(),
+        "scenario": name, "dtype": dtype, "precision": precision.name, "lr": lr_side, "output": run["output"],
+        "steps": steps, "tiled": tiled, "build_s": round(build_s, 1), "total_s": run["total_s"], "peak_rss_gib": _peak_rss_gib(),
         "stages_s": run["stages_s"], "calls": run["calls"], "threads": torch.get_num_threads(),
     }
 
@@ -200,6 +206,31 @@ def run_seesr_vs_addsr(tiny_unet: bool, tiny: bool, lr_side: int = SEESR_VS_ADDS
     }
 
 
+def _scenario_process(name: str, dtype: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--scenario", name, "--dtype", dtype], capture_output=True, text=True)
+    try:
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        raise SystemExit(f"{name} {dtype} failed:\n{out.stderr[-2000:]}") from None
+
+
+def run_precision() -> None:
+    """fp32 vs auto (the device policy) vs forced bf16 at 512 px, 4 and 1 step, side by side in one
+    invocation (one process per run, alternating, so peak RSS belongs to one run)."""
+    from addsr_core.precision import auto_precision
+
+    print(f"auto on this machine: {auto_precision(torch.device('cpu')).name}", flush=True)
+    for name in ("4step", "1step"):
+        runs = {}
+        for dtype in ("fp32", "auto", "bf16"):
+            runs[dtype] = _scenario_process(name, dtype)
+            print(json.dumps(runs[dtype]), flush=True)
+        fp32 = runs["fp32"]["total_s"]
+        summary = {dtype: {"precision": r["precision"], "total_s": r["total_s"], "peak_rss_gib": r["peak_rss_gib"],
+                           "vs_fp32": round(r["total_s"] / fp32, 3)} for dtype, r in runs.items()}
+        print(json.dumps({"scenario": name, "summary": summary}), flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--scenario", choices=sorted(SCENARIOS) + ["thin", "seesr_vs_addsr"])
@@ -208,7 +239,14 @@ def main():
                         help="thin, seesr_vs_addsr: tiny UNet and ControlNet (full-size VAE and RAM)")
     parser.add_argument("--tiny", action="store_true", help="seesr_vs_addsr: every network tiny (smoke run only)")
     parser.add_argument("--lr", type=int, default=SEESR_VS_ADDSR_LR, help="seesr_vs_addsr: LR side in pixels")
+    parser.add_argument("--dtype", choices=("fp32", "auto", "bf16", "fp16"), default="fp32",
+                        help="a scenario's precision (addsr_core.precision; auto = the device policy)")
+    parser.add_argument("--precision", action="store_true",
+                        help="4 and 1 step at 512 px in fp32, auto and bf16, each in its own process, with ratios")
     args = parser.parse_args()
+    if args.precision:
+        run_precision()
+        return
     if args.scenario == "thin":
         print(json.dumps(run_thin(args.tiny_unet)))
         return
@@ -219,7 +257,7 @@ def main():
         print(f"{walls}; SeeSR-50 : AddSR-4 : AddSR-1 = {result['ratio_seesr50_addsr4_addsr1']}", file=sys.stderr)
         return
     if args.scenario:
-        print(json.dumps(run_scenario(args.scenario)))
+        print(json.dumps(run_scenario(args.scenario, args.dtype)))
         return
     names = list(SCENARIOS) if args.all else ["4step", "1step"]
     for name in names:  # a fresh process each, so peak RSS belongs to one scenario

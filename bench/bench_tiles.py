@@ -1,0 +1,106 @@
+"""Which tile sizes keep the cost per output pixel flat: the table the default tiles are chosen from.
+
+    python bench/bench_tiles.py                 # full-size UNet+ControlNet and VAE, random weights, fp32
+    python bench/bench_tiles.py --dtype bf16    # the same in bf16 + channels_last (fast only with AMX/AVX512-BF16)
+    python bench/bench_tiles.py --quick         # fewer sizes (a few minutes)
+
+For each diffusion tile (output pixels) it times one ControlNet+UNet call on that tile and divides by
+the NEW pixels a tile adds in a large image (its stride squared, with the overlap the library's one
+rule gives: ``addsr_core.pipeline.tile_overlap_px``), so the numbers are seconds per output megapixel
+per step. For each VAE tile it times a tiled decode of the same latent and reports seconds per output
+megapixel. Not a test: timings are only compared within one run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_pipeline import build_models  # noqa: E402
+
+from addsr_core.pipeline import tile_overlap_px  # noqa: E402
+from addsr_core.sampling.denoisers import ControlNetDenoiser  # noqa: E402
+
+DIFFUSION_TILES = (256, 384, 512, 768, 1024)  # output pixels (latent tile x 8)
+VAE_TILES = (256, 512, 768, 1024)
+DECODE_LATENT = 128  # a 1024 px image: big enough that the VAE tiles are really used
+
+
+def best_of(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def diffusion_table(models, tiles, dtype, repeats: int) -> list[dict]:
+    denoise = ControlNetDenoiser(models.unet, models.controlnet)
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randn(1, 77, 1024, generator=g).to(dtype)
+    tokens = torch.randn(1, 145, 512, generator=g).to(dtype)
+    rows = []
+    for tile in tiles:
+        n = tile // 8
+        z = torch.randn(1, 4, n, n, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+        control = torch.rand(1, 3, tile, tile, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+        t = torch.tensor([999])
+        with torch.no_grad():
+            denoise(z, t, control, tokens, prompt)  # warm-up (oneDNN primitives for this shape)
+            seconds = best_of(lambda: denoise(z, t, control, tokens, prompt), repeats)
+        overlap = tile_overlap_px(tile)
+        stride = tile - overlap
+        rows.append({"tile_px": tile, "overlap_px": overlap, "call_s": round(seconds, 2),
+                     "s_per_tile_mp": round(seconds / (tile * tile / 1e6), 2),
+                     "s_per_output_mp": round(seconds / (stride * stride / 1e6), 2)})
+        print(json.dumps({"diffusion": rows[-1]}), flush=True)
+    return rows
+
+
+def vae_table(models, tiles, dtype, repeats: int) -> list[dict]:
+    from addsr_core.imaging.tiled_vae import tiled_decode
+
+    g = torch.Generator().manual_seed(1)
+    latent = torch.randn(1, 4, DECODE_LATENT, DECODE_LATENT, generator=g).to(dtype)
+    rows = []
+    mp = (DECODE_LATENT * 8) ** 2 / 1e6
+    for tile in tiles:
+        with torch.no_grad():
+            seconds = best_of(lambda: tiled_decode(models.vae, latent, tile, 64), repeats)
+        rows.append({"tile_px": tile, "decode_s": round(seconds, 2), "s_per_output_mp": round(seconds / mp, 2)})
+        print(json.dumps({"vae_decode": rows[-1]}), flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--quick", action="store_true", help="256/512/1024 diffusion tiles, 512/1024 VAE tiles")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--skip-vae", action="store_true")
+    args = parser.parse_args()
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    models = build_models()
+    for net in (models.unet, models.controlnet, models.vae):
+        net.to(dtype=dtype, memory_format=torch.channels_last)
+    tiles = (256, 512, 1024) if args.quick else DIFFUSION_TILES
+    result = {"dtype": args.dtype, "threads": torch.get_num_threads(),
+              "diffusion": diffusion_table(models, tiles, dtype, args.repeats)}
+    if not args.skip_vae:
+        result["vae_decode"] = vae_table(models, (512, 1024) if args.quick else VAE_TILES, dtype, args.repeats)
+    base = min(r["s_per_output_mp"] for r in result["diffusion"])
+    for row in result["diffusion"]:
+        row["vs_best"] = round(row["s_per_output_mp"] / base, 2)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
