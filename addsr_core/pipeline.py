@@ -262,18 +262,28 @@ def condition_from_lr(models: AddSRModels, lr: torch.Tensor, options: ConditionO
     vae = models.vae
     device, dtype = models.device_of(vae), next(vae.parameters()).dtype
     control = official_condition_image(lr, options.scale, options.process_size).to(device)
-    lr_tokens = models.ram.represent(lr.to(device), resize="bilinear")
+    lr_tokens = models.ram.represent(lr.to(device), resize=LR_TOKEN_RESIZE)
     with torch.no_grad():
         moments = vae_encode(vae, (control * 2 - 1).to(dtype), options.vae_tile_px, options.vae_overlap_px)
     return LRCondition(control, lr_tokens, moments.float(), tuple(lr.shape[-2:]), options.scale)
 
 
-def tag_images(models: AddSRModels, lr: torch.Tensor) -> list[str]:
-    """RAM tags of each LR image (``models.tagger``), one comma-separated string per image."""
-    if models.tagger is None:
+LR_TOKEN_RESIZE = "bilinear"  # the official step 1: the LR's RAM tokens (and its tags) from a bilinear 384
+
+
+def tag_images(models: AddSRModels, lr: torch.Tensor, cond: Optional[LRCondition] = None) -> list[str]:
+    """RAM tags of each LR image (``models.tagger``), one comma-separated string per image.
+
+    With ``cond`` (the condition of this ``lr``), a tagger over the same RAM reads the tags off the
+    LR tokens the condition already holds: the same numbers as a second Swin pass, without it."""
+    tagger = models.tagger
+    if tagger is None:
         raise ValueError("tagging needs a tagger (RAM loaded with its tag list)")
     with torch.no_grad():
-        return list(models.tagger.tags(lr.to(models.device_of(models.ram))))
+        if cond is not None and getattr(tagger, "model", None) is models.ram and \
+                getattr(tagger, "resize", None) == LR_TOKEN_RESIZE:
+            return list(tagger.tags_from_tokens(cond.lr_tokens))
+        return list(tagger.tags(lr.to(models.device_of(models.ram))))
 
 
 def build_prompts(tags: Optional[Sequence[str]], options: PromptOptions, batch: int = 1) -> list[str]:
@@ -432,7 +442,7 @@ def upscale(models: AddSRModels, lr: torch.Tensor, options: UpscaleOptions, *, m
     options.validate()
     prompts = options.prompts
     cond = condition_from_lr(models, lr, options.condition)
-    tags = tag_images(models, lr) if (prompts.use_tags and models.tagger is not None) else None
+    tags = tag_images(models, lr, cond) if (prompts.use_tags and models.tagger is not None) else None
     prompt_embeds = models.text(build_prompts(tags, prompts, lr.shape[0]))
     negative = models.text([prompts.negative_prompt]) if options.guidance_scale > 1 else None
     z0 = run_sampling(models, cond, prompt_embeds, negative, options, method=method, on_tile=on_tile, on_step=on_step)

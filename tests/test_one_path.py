@@ -131,3 +131,22 @@ def test_cli_gives_the_all_in_one_image_given_the_same_embeddings(loaded, tmp_pa
     expected = to_uint8_round(image_to_bchw(one))[0].numpy()
     assert written.shape == expected.shape == (160, 288, 3)
     assert np.array_equal(written, expected), f"{(written != expected).mean():.1%} of the values differ"
+
+
+def test_upscale_tags_from_the_condition_tokens_without_a_second_ram_pass(loaded):
+    """The LR's RAM tokens (official step 1) already hold what the tagger needs: one Swin pass, same tags."""
+    from addsr_core.pipeline import ConditionOptions, condition_from_lr, tag_images
+
+    model, ram, vae, clip = loaded
+    lr = image_to_bchw(lr_batch(2, 20, 36, seed=4))
+    models = AddSRModels(None, None, as_addsr_vae(vae).vae, ram.encoder.module, tagger=ram.tagger)
+    cond = condition_from_lr(models, lr, ConditionOptions(scale=4, process_size=64))
+    calls = []
+    real = models.ram.forward
+    models.ram.forward = lambda *a, **k: calls.append(1) or real(*a, **k)
+    try:
+        reused = tag_images(models, lr, cond)
+        assert calls == [], "no second RAM pass"
+        assert reused == tag_images(models, lr) == ram.tagger.tags(lr) and len(calls) == 2
+    finally:
+        del models.ram.forward
