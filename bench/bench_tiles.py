@@ -1,7 +1,7 @@
 """Which tile sizes keep the cost per output pixel flat: the table the default tiles are chosen from.
 
     python bench/bench_tiles.py                 # full-size UNet+ControlNet and VAE, random weights, fp32
-    python bench/bench_tiles.py --dtype bf16    # the same in bf16 + channels_last (fast only with AMX/AVX512-BF16)
+    python bench/bench_tiles.py --dtype auto    # the device's precision policy (bf16 + channels_last with AMX/AVX512-BF16)
     python bench/bench_tiles.py --quick         # fewer sizes (a few minutes)
 
 For each diffusion tile (output pixels) it times one ControlNet+UNet call on that tile and divides by
@@ -50,8 +50,8 @@ def diffusion_table(models, tiles, dtype, repeats: int) -> list[dict]:
     rows = []
     for tile in tiles:
         n = tile // 8
-        z = torch.randn(1, 4, n, n, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
-        control = torch.rand(1, 3, tile, tile, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+        z = torch.randn(1, 4, n, n, generator=g).to(dtype)
+        control = torch.rand(1, 3, tile, tile, generator=g).to(dtype)
         t = torch.tensor([999])
         with torch.no_grad():
             denoise(z, t, control, tokens, prompt)  # warm-up (oneDNN primitives for this shape)
@@ -82,17 +82,21 @@ def vae_table(models, tiles, dtype, repeats: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--dtype", choices=("fp32", "auto", "bf16"), default="fp32",
+                        help="addsr_core.precision (channels_last with low precision only, as the policy does)")
     parser.add_argument("--quick", action="store_true", help="256/512/1024 diffusion tiles, 512/1024 VAE tiles")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--skip-vae", action="store_true")
     args = parser.parse_args()
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    from addsr_core.precision import apply_precision, resolve_precision
+
+    precision = resolve_precision(args.dtype, torch.device("cpu"))
+    dtype = precision.dtype
     models = build_models()
     for net in (models.unet, models.controlnet, models.vae):
-        net.to(dtype=dtype, memory_format=torch.channels_last)
+        apply_precision(net, precision)
     tiles = (256, 512, 1024) if args.quick else DIFFUSION_TILES
-    result = {"dtype": args.dtype, "threads": torch.get_num_threads(),
+    result = {"precision": precision.name, "threads": torch.get_num_threads(),
               "diffusion": diffusion_table(models, tiles, dtype, args.repeats)}
     if not args.skip_vae:
         result["vae_decode"] = vae_table(models, (512, 1024) if args.quick else VAE_TILES, dtype, args.repeats)
