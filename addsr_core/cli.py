@@ -6,11 +6,13 @@ import logging
 import sys
 from pathlib import Path
 
+from .errors import AddSRError
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 
 
-class CLIError(Exception):
+class CLIError(AddSRError):
     """A user-facing problem: printed without a traceback, exit code 2."""
 
 

@@ -30,6 +30,10 @@ NODE_CLASS_MAPPINGS = {
     "StableSRSampler": StableSRSampler,
     "StableSRCFWDecode": StableSRCFWDecode,
 }
+# The one place library errors become ComfyUI's: every node's FUNCTION turns an AddSRError into
+# the AddSRInputError ComfyUI shows (same message, no library traceback); nothing else is caught.
+for _node_class in NODE_CLASS_MAPPINGS.values():
+    comfy_bridge.with_node_errors(_node_class)
 
 NODE_DISPLAY_NAME_MAPPINGS = {
     "AddSRModelLoader": "AddSR Load Model",

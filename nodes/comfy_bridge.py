@@ -1,21 +1,67 @@
-"""Everything that touches ComfyUI lives here, each import inside a function.
+"""The ComfyUI bridge: everything that touches ComfyUI lives here, each import inside a function.
 
-Without ComfyUI (tests, the CLI) every function falls back to plain behaviour: CPU devices, a
-no-op progress bar, no interruption.
+Model folders, devices and dtypes, memory management, progress and Cancel, and the one place where
+the library's errors become the errors ComfyUI shows (:func:`node_errors`). Without ComfyUI (tests,
+the CLI) every function falls back to plain behaviour: CPU devices, a no-op progress bar, no
+interruption.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from pathlib import Path
 
 import torch
 
+from addsr_core.errors import AddSRError
+
 log = logging.getLogger("addsr")
 
 MODEL_FOLDERS = ("addsr", "ram", "stablesr")
 WEIGHT_EXTENSIONS = {".safetensors", ".sft", ".pth", ".pt", ".bin", ".ckpt"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors the user can fix
+
+
+class AddSRInputError(AddSRError):
+    """A problem with what the user wired, typed or picked; ComfyUI shows the message in the UI."""
+
+
+class ModelFileNotFoundError(AddSRInputError, FileNotFoundError):
+    """A picked model file that is not (or no longer) in its model folders."""
+
+
+def node_errors(fn):
+    """``fn`` (a node's FUNCTION) with every :class:`~addsr_core.errors.AddSRError` it raises
+    turned into the error ComfyUI shows for the node: an :class:`AddSRInputError` with the same
+    message, raised ``from None`` so no library traceback hangs under it. An AddSRInputError is
+    re-raised as it is. Everything else (ComfyUI's InterruptProcessingException, out of memory,
+    bugs) passes through untouched."""
+    if getattr(fn, "_addsr_node_errors", False):
+        return fn
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except AddSRInputError:
+            raise
+        except AddSRError as err:
+            raise AddSRInputError(str(err)) from None
+
+    run._addsr_node_errors = True
+    return run
+
+
+def with_node_errors(node_class: type) -> type:
+    """Wraps ``node_class``'s FUNCTION in :func:`node_errors` (in place, once); returns the class."""
+    name = node_class.FUNCTION
+    setattr(node_class, name, node_errors(getattr(node_class, name)))
+    return node_class
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,7 +121,7 @@ def resolve_model(kind: str, name: str) -> Path:
         if candidate.exists():
             return candidate
     searched = ", ".join(str(d) for d in model_dirs(kind)) or f"models/{kind} (missing)"
-    raise FileNotFoundError(f"{name!r} not found in {searched}. Put the file there, or pick another one.")
+    raise ModelFileNotFoundError(f"{name!r} not found in {searched}. Put the file there, or pick another one.")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,14 +8,10 @@ import torch
 from addsr_core.loading.keymaps import ldm_vae_to_diffusers, looks_like_ldm_vae, rename_legacy_vae_keys
 from addsr_core.models import AutoencoderKL
 
-from .comfy_bridge import ManagedModule
+from .comfy_bridge import AddSRInputError, ManagedModule
 
 CATEGORY = "AddSR"
 MIN_LR_SIDE = 8
-
-
-class AddSRInputError(ValueError):
-    """A problem with what the user wired or typed; ComfyUI shows the message in the UI."""
 
 
 def image_to_bchw(image: torch.Tensor) -> torch.Tensor:
@@ -78,13 +74,11 @@ def conditioning_tensor(conditioning, what: str = "positive", *, width: int | No
 
 
 def check_width(embeds: torch.Tensor, width: int, what: str, fix: str) -> None:
-    """The library's text-width check, as the error ComfyUI shows for a wrongly wired input."""
-    from addsr_core.text.conditioning import TextWidthError, check_text_width
+    """The library's text-width check, with ``fix`` saying what to connect in ComfyUI (its
+    TextWidthError reaches the UI through comfy_bridge.node_errors)."""
+    from addsr_core.text.conditioning import check_text_width
 
-    try:
-        check_text_width(embeds, width, what=what, fix=fix)
-    except TextWidthError as err:
-        raise AddSRInputError(str(err)) from None
+    check_text_width(embeds, width, what=what, fix=fix)
 
 
 def encode_text(clip, text: str) -> torch.Tensor:

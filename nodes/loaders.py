@@ -62,10 +62,7 @@ class AddSRModelLoader:
 
         path = comfy_bridge.resolve_model("addsr", model)
         torch_dtype = comfy_bridge.pick_dtype(dtype)
-        try:
-            family, why = resolve_family(path, family)
-        except ValueError as err:
-            raise AddSRInputError(str(err)) from None
+        family, why = resolve_family(path, family)
         comfy_bridge.log.info("AddSR: %r loads as %s weights (%s)", model, family, why)
         # Built from ComfyUI's layer classes (comfy_bridge.operations) so its ModelPatcher can load them partially.
         unet, controlnet = load_addsr(path, dtype=torch_dtype, device=comfy_bridge.offload_device(),

@@ -63,11 +63,8 @@ class AddSRSampler:
     def sample(self, addsr_model, addsr_cond, positive, negative, seed=0, steps=4, psr_weight=0.4, cfg=0.0,
                tile_size=1024, tile_overlap=256, recompute_tokens=True, vae=None, ram=None):
         check_inputs(addsr_model, addsr_cond)
-        try:
-            sampling = AddSRSampling.with_steps(steps, psr_weight=psr_weight, recompute_tokens=recompute_tokens,
-                                                guidance_scale=cfg)
-        except ValueError as err:
-            raise AddSRInputError(str(err)) from None
+        sampling = AddSRSampling.with_steps(steps, psr_weight=psr_weight, recompute_tokens=recompute_tokens,
+                                            guidance_scale=cfg)
         tiling = LatentTiling(tile_size, tile_overlap_px(tile_size, tile_overlap))
         width = addsr_model.unet.module.config.cross_attention_dim
         z0 = run_sampler(addsr_model, addsr_cond, conditioning_tensor(positive, width=width),

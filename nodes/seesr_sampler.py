@@ -58,10 +58,10 @@ class SeeSRSampler:
                              "family to seesr if these are SeeSR", addsr_model.family, addsr_model.name)
         sampling = SeeSRSampling(steps=steps, guidance_scale=cfg, start_point=start_point)
         tiling = LatentTiling(tile_size * 8, min(tile_overlap, tile_size // 2) * 8, area_rule=official_tiles)
+        sampling.validate()
         try:
-            sampling.validate()
             tiling.validate()
-        except ValueError as err:
+        except ValueError as err:  # LatentTiling (addsr_core/pipeline.py) still raises a plain ValueError
             raise AddSRInputError(str(err)) from None
         width = addsr_model.unet.module.config.cross_attention_dim
         z0 = run_sampler(addsr_model, addsr_cond, conditioning_tensor(positive, width=width),

@@ -1,7 +1,6 @@
 """StableSR loaders: the diffusion model (SD2 UNet + SFT + time-aware encoder) and the CFW VAE."""
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -46,17 +45,6 @@ def _resolve(kinds: tuple[str, ...], name: str):
             return comfy_bridge.resolve_model(kind, name)
     folders = " or ".join(f"models/{k}" for k in kinds)
     raise AddSRInputError(f"{name!r} not found in {folders}. Put the file there (then press R in ComfyUI), or pick another one.")
-
-
-@contextlib.contextmanager
-def _checkpoint_errors(what: str):
-    """CheckpointError / missing file -> AddSRInputError carrying the loader's message."""
-    from addsr_core.loading.io import CheckpointError
-
-    try:
-        yield
-    except (CheckpointError, FileNotFoundError) as err:
-        raise AddSRInputError(f"{what}: {err}") from None
 
 
 def comfy_unet_state_dict(model) -> dict:
@@ -118,9 +106,8 @@ class StableSRModelLoader:
         if prediction == "auto":
             prediction = (comfy_prediction_type(base_model) if base_model is not None else None) or guess_prediction_type(path)
         torch_dtype = comfy_bridge.pick_dtype(dtype)
-        with _checkpoint_errors(f"could not load StableSR from {model!r}"):
-            loaded = load_stablesr(path, base=base, prediction_type=prediction, dtype=torch_dtype,
-                                   device=comfy_bridge.offload_device(), operations=comfy_bridge.operations(torch_dtype))
+        loaded = load_stablesr(path, base=base, prediction_type=prediction, dtype=torch_dtype,
+                               device=comfy_bridge.offload_device(), operations=comfy_bridge.operations(torch_dtype))
         return (StableSRHandle(comfy_bridge.ManagedModule(loaded), model),)
 
 
@@ -172,9 +159,8 @@ class StableSRCFWLoader:
         vae_sd = comfy_vae_state_dict(vae) if vae is not None else None
         names = " + ".join(n for n in (cfw_file, fusion_file) if n not in (None, NONE))
         torch_dtype = comfy_bridge.pick_vae_dtype(dtype)
-        with _checkpoint_errors(f"could not load the CFW VAE from {names!r}"):
-            loaded = load_cfw_vae(path, fusion_path=fusion, vae_state_dict=vae_sd, dtype=torch_dtype,
-                                  device=comfy_bridge.offload_device(), operations=comfy_bridge.operations(torch_dtype))
+        loaded = load_cfw_vae(path, fusion_path=fusion, vae_state_dict=vae_sd, dtype=torch_dtype,
+                              device=comfy_bridge.offload_device(), operations=comfy_bridge.operations(torch_dtype))
         return (CFWHandle(comfy_bridge.ManagedModule(loaded), names),)
 
 

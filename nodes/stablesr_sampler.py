@@ -98,16 +98,13 @@ class StableSRSampler:
             if negative is None:
                 raise AddSRInputError("cfg > 1 needs a negative prompt: connect negative (CLIP Text Encode)")
             negative_context = _context(negative, "negative", width)
-        try:
-            prediction = model.config.prediction_type
-            options = StableSROptions(scale=float(scale), steps=int(steps), seed=int(seed), start=start,
-                                      input_size=int(min_size) or native_input_size(prediction),
-                                      latent_tile=int(tile_size) or native_latent_tile(prediction),
-                                      tile_overlap=int(tile_overlap), guidance_scale=float(cfg))
-            options.validate()
-            options.sampling(model.config.prediction_type).validate()
-        except ValueError as err:
-            raise AddSRInputError(str(err)) from None
+        prediction = model.config.prediction_type
+        options = StableSROptions(scale=float(scale), steps=int(steps), seed=int(seed), start=start,
+                                  input_size=int(min_size) or native_input_size(prediction),
+                                  latent_tile=int(tile_size) or native_latent_tile(prediction),
+                                  tile_overlap=int(tile_overlap), guidance_scale=float(cfg))
+        options.validate()
+        options.sampling(model.config.prediction_type).validate()
         prepared = prepare_lr(lr, options)
         z0 = run_sampler(stablesr_model, cfw_vae, prepared, context, negative_context, options)
         vae = cfw_vae.vae

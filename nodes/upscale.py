@@ -77,7 +77,7 @@ class AddSRUpscale:
         try:
             options.validate()
             options.sampling().validate()
-        except ValueError as err:
+        except ValueError as err:  # UpscaleOptions (addsr_core/pipeline.py) still raises plain ValueErrors
             raise AddSRInputError(str(err)) from None
         lr = image_to_bchw(image)
         handle = as_addsr_vae(vae)

@@ -251,6 +251,10 @@ def test_a_torn_model_file_is_a_clear_error_and_the_server_keeps_serving(comfy, 
         assert name in message and "is not a valid .safetensors file (truncated" in message, message
         assert "Re-download it; a partial download is the usual cause" in message, message
         assert "Error while deserializing header" not in message, message
+        # The library's CheckpointError reaches ComfyUI once converted (comfy_bridge.node_errors):
+        # the node error, with no library frames in the traceback the UI shows.
+        assert error["exception_type"].endswith("comfy_bridge.AddSRInputError"), error
+        assert not any("addsr_core" in frame for frame in error["traceback"]), error["traceback"]
         assert set(comfy.get_json("/queue")) >= {"queue_running", "queue_pending"}  # still serving
     finally:
         torn.unlink()

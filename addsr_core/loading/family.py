@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import OptionsError
+
 FAMILIES = ("addsr", "seesr")
 CHOICES = ("auto",) + FAMILIES
 METADATA_KEY = "family"
@@ -31,7 +33,7 @@ def family_from_metadata(path) -> str | None:
 def resolve_family(path, choice: str = "auto") -> tuple[str, str]:
     """(family, why). Metadata wins over ``auto``; an explicit choice wins over everything."""
     if choice not in CHOICES:
-        raise ValueError(f"family must be one of {CHOICES}, got {choice!r}")
+        raise OptionsError(f"family must be one of {CHOICES}, got {choice!r}")
     if choice != "auto":
         return choice, "chosen"
     recorded = family_from_metadata(path)

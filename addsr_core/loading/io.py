@@ -15,11 +15,13 @@ from typing import Iterable, Mapping
 import torch
 from torch import nn
 
+from ..errors import AddSRError
+
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(AddSRError, RuntimeError):
     """A checkpoint that cannot be used, with a message that says what to do about it."""
 
 

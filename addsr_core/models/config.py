@@ -4,11 +4,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+from ..errors import AddSRError
+
 # The RAM/DAPE token width is a hard-coded block default in the official code, not a config field.
 IMAGE_CROSS_ATTENTION_DIM = 512
 
 
-class ConfigError(ValueError):
+class ConfigError(AddSRError):
     pass
 
 

@@ -18,13 +18,15 @@ from typing import Mapping
 
 import torch
 
+from ..errors import AddSRError
+
 LORA_RANK = 8
 LORA_ALPHA = 1
 LORA_SCALING = LORA_ALPHA / LORA_RANK
 LORA_SUFFIXES = (".lora_A", ".lora_B")
 
 
-class LoRAShapeError(ValueError):
+class LoRAShapeError(AddSRError):
     pass
 
 

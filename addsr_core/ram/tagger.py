@@ -21,6 +21,7 @@ from typing import Iterable, Optional, Sequence
 
 import torch
 
+from ..errors import AddSRError
 from .model import RAM
 
 DEFAULT_THRESHOLD = 0.68
@@ -28,7 +29,7 @@ TAG_SEPARATOR = ", "
 THRESHOLD_SUFFIX = "_threshold"
 
 
-class TagListError(ValueError):
+class TagListError(AddSRError):
     """A tag-list or threshold file that cannot be used with this RAM, and what to do about it."""
 
 

@@ -16,6 +16,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from ..errors import OptionsError
 from ..models.vae import sample_posterior
 from .denoisers import CFGDenoiser
 from .noise import NoiseSource, SeededNoise
@@ -53,18 +54,18 @@ class AddSRSampling:
     def validate(self) -> None:
         ts = list(self.timesteps)
         if not ts or len(ts) > 4:
-            raise ValueError(f"AddSR samples with 1 to 4 steps, got {len(ts)}")
+            raise OptionsError(f"AddSR samples with 1 to 4 steps, got {len(ts)}")
         if any(t not in TRAINED_TIMESTEPS for t in ts):
-            raise ValueError(f"timesteps must come from the trained set {TRAINED_TIMESTEPS}, got {ts}")
+            raise OptionsError(f"timesteps must come from the trained set {TRAINED_TIMESTEPS}, got {ts}")
         if ts != sorted(ts, reverse=True) or len(set(ts)) != len(ts):
-            raise ValueError(f"timesteps must be strictly decreasing, got {ts}")
+            raise OptionsError(f"timesteps must be strictly decreasing, got {ts}")
         if not 0.0 <= self.psr_weight <= 1.0:
-            raise ValueError(f"psr_weight must be in [0, 1], got {self.psr_weight}")
+            raise OptionsError(f"psr_weight must be in [0, 1], got {self.psr_weight}")
 
     @classmethod
     def with_steps(cls, steps: int, **kwargs) -> "AddSRSampling":
         if steps not in STEP_SUBSETS:
-            raise ValueError(f"steps must be 1, 2, 3 or 4, got {steps}")
+            raise OptionsError(f"steps must be 1, 2, 3 or 4, got {steps}")
         return cls(timesteps=STEP_SUBSETS[steps], **kwargs)
 
 

@@ -23,6 +23,7 @@ from typing import Callable, Optional
 
 import torch
 
+from ..errors import OptionsError
 from ..models.vae import sample_posterior
 from .ddpm import SPACINGS, SD2_STEPS_OFFSET, ddpm_schedule, sample_ddpm
 from .denoisers import CFGDenoiser
@@ -59,13 +60,13 @@ class SeeSRSampling:
 
     def validate(self) -> None:
         if not 1 <= self.steps <= 1000:
-            raise ValueError(f"steps must be between 1 and 1000, got {self.steps}")
+            raise OptionsError(f"steps must be between 1 and 1000, got {self.steps}")
         if self.start_point not in START_POINTS:
-            raise ValueError(f"start_point must be one of {START_POINTS}, got {self.start_point!r}")
+            raise OptionsError(f"start_point must be one of {START_POINTS}, got {self.start_point!r}")
         if not 0 <= self.start_steps <= 999:
-            raise ValueError(f"start_steps must be between 0 and 999, got {self.start_steps}")
+            raise OptionsError(f"start_steps must be between 0 and 999, got {self.start_steps}")
         if self.timestep_spacing not in SPACINGS:
-            raise ValueError(f"timestep_spacing must be one of {SPACINGS}, got {self.timestep_spacing!r}")
+            raise OptionsError(f"timestep_spacing must be one of {SPACINGS}, got {self.timestep_spacing!r}")
 
     @classmethod
     def turbo(cls, **kwargs) -> "SeeSRSampling":

@@ -24,6 +24,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from ..errors import OptionsError
 from ..imaging.colorfix import apply_color_fix
 from ..models.operations import compute_device
 from ..models.vae import sample_posterior
@@ -57,19 +58,19 @@ class StableSROptions:
 
     def validate(self) -> None:
         if self.scale <= 0:
-            raise ValueError(f"scale must be positive, got {self.scale}")
+            raise OptionsError(f"scale must be positive, got {self.scale}")
         if self.color_fix not in COLOR_FIXES:
-            raise ValueError(f"color_fix must be one of {COLOR_FIXES}, got {self.color_fix!r}")
+            raise OptionsError(f"color_fix must be one of {COLOR_FIXES}, got {self.color_fix!r}")
         if self.input_size < 8 or self.input_size % 8:
-            raise ValueError(f"input_size must be a positive multiple of 8, got {self.input_size}")
+            raise OptionsError(f"input_size must be a positive multiple of 8, got {self.input_size}")
         if self.latent_tile < 0:
-            raise ValueError(f"latent_tile must be >= 0 (0: input_size / 8), got {self.latent_tile}")
+            raise OptionsError(f"latent_tile must be >= 0 (0: input_size / 8), got {self.latent_tile}")
         if not 0 <= self.tile_overlap < self.tile:
-            raise ValueError(f"tile_overlap must be >= 0 and below the latent tile ({self.tile}), got {self.tile_overlap}")
+            raise OptionsError(f"tile_overlap must be >= 0 and below the latent tile ({self.tile}), got {self.tile_overlap}")
         if not 0 < self.image_tile_stride_px <= self.image_tile_px:
-            raise ValueError("image_tile_stride_px must be positive and at most image_tile_px")
+            raise OptionsError("image_tile_stride_px must be positive and at most image_tile_px")
         if not 0.0 <= self.fidelity <= 1.0:
-            raise ValueError(f"fidelity (CFW w) must be in [0, 1], got {self.fidelity}")
+            raise OptionsError(f"fidelity (CFW w) must be in [0, 1], got {self.fidelity}")
 
     @property
     def tile(self) -> int:

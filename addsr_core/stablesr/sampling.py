@@ -26,6 +26,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from ..errors import OptionsError
 from ..sampling.denoisers import CFGDenoiser
 from ..sampling.noise import NoiseSource, SeededNoise
 from .model import PREDICTION_TYPES
@@ -42,7 +43,7 @@ NATIVE_INPUT_SIZE = {"epsilon": 512, "v_prediction": 768}  # 512 + Turbo: eps; 7
 def native_input_size(prediction_type: str) -> int:
     """512 for the 512 and Turbo models (epsilon), 768 for the 768-v model (v-prediction)."""
     if prediction_type not in NATIVE_INPUT_SIZE:
-        raise ValueError(f"prediction_type must be one of {tuple(NATIVE_INPUT_SIZE)}, got {prediction_type!r}")
+        raise OptionsError(f"prediction_type must be one of {tuple(NATIVE_INPUT_SIZE)}, got {prediction_type!r}")
     return NATIVE_INPUT_SIZE[prediction_type]
 
 
@@ -63,7 +64,7 @@ def ldm_alphas_cumprod(num_steps: int = NUM_TRAIN_TIMESTEPS, start: float = LINE
 def space_timesteps(num_timesteps: int, steps: int) -> list[int]:
     """guided-diffusion's ``space_timesteps(n, [steps])``, sorted: evenly strided, both ends kept."""
     if not 1 <= steps <= num_timesteps:
-        raise ValueError(f"steps must be between 1 and {num_timesteps}, got {steps}")
+        raise OptionsError(f"steps must be between 1 and {num_timesteps}, got {steps}")
     stride = 1 if steps <= 1 else (num_timesteps - 1) / (steps - 1)
     taken, position = set(), 0.0
     for _ in range(steps):  # accumulated, and Python's (banker's) round, exactly as official
@@ -129,11 +130,11 @@ class StableSRSampling:
 
     def validate(self) -> None:
         if not 1 <= self.steps <= NUM_TRAIN_TIMESTEPS:
-            raise ValueError(f"steps must be between 1 and {NUM_TRAIN_TIMESTEPS}, got {self.steps}")
+            raise OptionsError(f"steps must be between 1 and {NUM_TRAIN_TIMESTEPS}, got {self.steps}")
         if self.prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
+            raise OptionsError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
         if self.start not in START_MODES:
-            raise ValueError(f"start must be one of {START_MODES}, got {self.start!r}")
+            raise OptionsError(f"start must be one of {START_MODES}, got {self.start!r}")
 
     @classmethod
     def turbo(cls, **kwargs) -> "StableSRSampling":

@@ -8,6 +8,7 @@ from typing import Sequence
 
 import torch
 
+from ..errors import AddSRError
 from .encoder import CLIPTextEncoder
 from .loading import load_text_encoder
 from .tokenizer import CLIPTokenizer
@@ -19,7 +20,7 @@ SD2_TEXT_FIX = ("encode the prompt with the SD 2.x text encoder (OpenCLIP ViT-H,
                 "v2-1_512-ema-pruned.safetensors")
 
 
-class TextWidthError(ValueError):
+class TextWidthError(AddSRError):
     """Text conditioning from another encoder than the one the UNet was trained with."""
 
 

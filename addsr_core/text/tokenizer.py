@@ -47,6 +47,8 @@ from typing import Iterable, Sequence
 
 import torch
 
+from ..errors import AddSRError
+
 logger = logging.getLogger(__name__)
 
 BOS_TOKEN = "<|startoftext|>"
@@ -59,7 +61,7 @@ CONTRACTIONS = ("'s", "'t", "'re", "'ve", "'m", "'ll", "'d")
 NUM_MERGES = 49152 - 256 - 2
 
 
-class TokenizerError(ValueError):
+class TokenizerError(AddSRError):
     """A tokenizer folder or vocabulary file that cannot be used."""
 
 

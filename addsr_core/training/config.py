@@ -12,8 +12,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Union, get_args, get_origin, get_type_hints
 
+from ..errors import AddSRError
 
-class TrainConfigError(ValueError):
+
+class TrainConfigError(AddSRError):
     """A training config that cannot be used, with what to change."""
 
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..errors import AddSRError
 from ..imaging.prepare import load_image
 from .config import DataConfig
 from .degradation import degrade, quantize_uint8, upsample_condition
@@ -40,7 +41,7 @@ RAM_STD = (0.229, 0.224, 0.225)
 _REPORT_EXAMPLES = 20
 
 
-class DataError(ValueError):
+class DataError(AddSRError):
     """A dataset that cannot be built, with what to fix."""
 
 
