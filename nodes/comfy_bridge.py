@@ -86,6 +86,8 @@ def register_model_folders() -> None:
 
 
 def model_dirs(kind: str) -> list[Path]:
+    """The existing folders of ``kind``: ``ADDSR_<KIND>_DIR`` (os.pathsep-separated), then ComfyUI's
+    (models/<kind> and extra_model_paths.yaml). Listing and resolving files: nodes/model_files.py."""
     env = os.environ.get(f"ADDSR_{kind.upper()}_DIR")
     dirs = [Path(p) for p in env.split(os.pathsep)] if env else []
     try:
@@ -95,33 +97,6 @@ def model_dirs(kind: str) -> list[Path]:
     except Exception:
         pass
     return [d for d in dirs if d.is_dir()]
-
-
-def list_models(kind: str, *, folders_with: str | None = None) -> list[str]:
-    """Weight files (relative names) under the ``kind`` folders, and release folders containing
-    ``folders_with`` (e.g. ``unet``) listed by their folder name."""
-    names = set()
-    for root in model_dirs(kind):
-        for path in root.rglob("*"):
-            rel = path.relative_to(root).as_posix()
-            if folders_with and path.is_dir() and (path / folders_with / "config.json").is_file():
-                names.add(rel)
-            elif path.is_file() and path.suffix.lower() in WEIGHT_EXTENSIONS and not _inside_release(path, root):
-                names.add(rel)
-    return sorted(names)
-
-
-def _inside_release(path: Path, root: Path) -> bool:
-    return any((parent / "config.json").is_file() for parent in path.parents if root in parent.parents or parent == root)
-
-
-def resolve_model(kind: str, name: str) -> Path:
-    for root in model_dirs(kind):
-        candidate = root / name
-        if candidate.exists():
-            return candidate
-    searched = ", ".join(str(d) for d in model_dirs(kind)) or f"models/{kind} (missing)"
-    raise ModelFileNotFoundError(f"{name!r} not found in {searched}. Put the file there, or pick another one.")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,11 +5,12 @@ from dataclasses import dataclass
 
 from addsr_core.loading.family import CHOICES as FAMILY_CHOICES
 
-from . import comfy_bridge
-from .common import CATEGORY, AddSRInputError
+from . import comfy_bridge, model_files
+from .common import CATEGORY
 
 DTYPE_CHOICES = ["auto", "fp16", "bf16", "fp32"]
 NONE = "none"
+RAM_FOLDERS = ("ram", "addsr")  # RAM/DAPE weights and tag lists: models/ram, or beside the AddSR release
 
 
 @dataclass
@@ -44,7 +45,7 @@ class AddSRModelLoader:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": (comfy_bridge.list_models("addsr", folders_with="unet"), {
+                "model": (model_files.list_models("addsr", folders_with="unet"), {
                     "tooltip": "An AddSR release folder (with unet/ and controlnet/) or a packed .safetensors in models/addsr."}),
                 "dtype": (DTYPE_CHOICES, {"default": "auto",
                     "tooltip": "Weight precision. auto: what ComfyUI picks for your GPU (fp16/bf16), fp32 on CPU."}),
@@ -60,7 +61,7 @@ class AddSRModelLoader:
         from addsr_core.loading.family import resolve_family
         from addsr_core.loading.pack import load_addsr
 
-        path = comfy_bridge.resolve_model("addsr", model)
+        path = model_files.resolve("addsr", model)
         torch_dtype = comfy_bridge.pick_dtype(dtype)
         family, why = resolve_family(path, family)
         comfy_bridge.log.info("AddSR: %r loads as %s weights (%s)", model, family, why)
@@ -80,7 +81,7 @@ class AddSRRAMLoader:
 
     @classmethod
     def INPUT_TYPES(cls):
-        files = sorted(set(comfy_bridge.list_models("ram") + _ram_files_in_addsr()))
+        files = sorted(set(model_files.list_models("ram") + _ram_files_in_addsr()))
         return {
             "required": {
                 "ram": (files, {"tooltip": "ram_swin_large_14m.pth or its .safetensors copy (from models/ram or models/addsr)."}),
@@ -90,7 +91,7 @@ class AddSRRAMLoader:
                 "dtype": (DTYPE_CHOICES, {"default": "auto", "tooltip": "Weight precision of the encoder."}),
             },
             "optional": {
-                "tag_list": ([NONE] + _text_files(), {"default": NONE,
+                "tag_list": ([NONE] + model_files.list_files(RAM_FOLDERS, model_files.TEXT_EXTENSIONS), {"default": NONE,
                     "tooltip": "ram_tag_list.txt (ships with the RAM weights); enables the Tagger and automatic tags."}),
             },
         }
@@ -102,9 +103,9 @@ class AddSRRAMLoader:
         if dape == NONE:
             comfy_bridge.log.warning("AddSR: loading RAM without DAPE; AddSR was trained with DAPE tokens, expect weaker results")
         encoder, tagger = load_ram(
-            comfy_bridge.resolve_model("ram" if ram in comfy_bridge.list_models("ram") else "addsr", ram),
-            None if dape == NONE else comfy_bridge.resolve_model("ram" if dape in comfy_bridge.list_models("ram") else "addsr", dape),
-            tag_list=None if tag_list in (None, NONE) else _resolve_text(tag_list),
+            model_files.resolve(RAM_FOLDERS, ram),
+            None if dape == NONE else model_files.resolve(RAM_FOLDERS, dape),
+            tag_list=None if tag_list in (None, NONE) else model_files.resolve(RAM_FOLDERS, tag_list, what="tag list"),
             dtype=torch_dtype, device=comfy_bridge.offload_device(), operations=comfy_bridge.operations(torch_dtype),
         )
         return (RAMModel(comfy_bridge.ManagedModule(encoder), tagger, ram),)
@@ -112,7 +113,8 @@ class AddSRRAMLoader:
 
 def _ram_files_in_addsr() -> list[str]:
     """RAM/DAPE files kept beside the AddSR release: ``.pth``, or a safetensors copy (``convert
-    safetensors``), i.e. any safetensors file there that is not a packed AddSR model."""
+    safetensors``), i.e. any safetensors file there that is not a packed AddSR model (the header
+    check is cached per file while it is unchanged)."""
     from addsr_core.loading.io import SAFETENSORS_SUFFIXES
     from addsr_core.loading.pack import is_packed_file
 
@@ -120,22 +122,8 @@ def _ram_files_in_addsr() -> list[str]:
         lower = name.lower()
         if lower.endswith(".pth"):
             return True
-        return lower.endswith(SAFETENSORS_SUFFIXES) and not is_packed_file(comfy_bridge.resolve_model("addsr", name))
+        if not lower.endswith(SAFETENSORS_SUFFIXES):
+            return False
+        return not model_files.file_fact(model_files.resolve("addsr", name), "packed", is_packed_file)
 
-    return [f for f in comfy_bridge.list_models("addsr") if is_ram(f)]
-
-
-def _text_files() -> list[str]:
-    names = set()
-    for kind in ("ram", "addsr"):
-        for root in comfy_bridge.model_dirs(kind):
-            names.update(p.relative_to(root).as_posix() for p in root.rglob("*.txt"))
-    return sorted(names)
-
-
-def _resolve_text(name: str):
-    for kind in ("ram", "addsr"):
-        for root in comfy_bridge.model_dirs(kind):
-            if (root / name).is_file():
-                return root / name
-    raise AddSRInputError(f"tag list {name!r} not found in models/ram or models/addsr")
+    return [f for f in model_files.list_models("addsr") if is_ram(f)]

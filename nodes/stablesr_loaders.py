@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import comfy_bridge
+from . import comfy_bridge, model_files
 from .common import AddSRInputError
 
 STABLESR_CATEGORY = "AddSR/StableSR"
@@ -39,14 +39,6 @@ class CFWHandle:
         return self.managed.module
 
 
-def _resolve(kinds: tuple[str, ...], name: str):
-    for kind in kinds:
-        if name in comfy_bridge.list_models(kind):
-            return comfy_bridge.resolve_model(kind, name)
-    folders = " or ".join(f"models/{k}" for k in kinds)
-    raise AddSRInputError(f"{name!r} not found in {folders}. Put the file there (then press R in ComfyUI), or pick another one.")
-
-
 def comfy_unet_state_dict(model) -> dict:
     """The LDM-layout UNet weights of a ComfyUI MODEL (ModelPatcher), without copying them."""
     diffusion_model = getattr(getattr(model, "model", None), "diffusion_model", None)
@@ -78,7 +70,7 @@ class StableSRModelLoader:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": (comfy_bridge.list_models(STABLESR_FOLDER), {
+                "model": (model_files.list_models(STABLESR_FOLDER), {
                     "tooltip": "A StableSR file in models/stablesr: stablesr_000117.ckpt (SD 2.1-512), "
                                "stablesr_768v_000139.ckpt (SD 2.1-768-v), stablesr_turbo.ckpt (SD-Turbo), "
                                "their .safetensors copies (convert safetensors), "
@@ -101,7 +93,7 @@ class StableSRModelLoader:
 
         if prediction not in PREDICTION_CHOICES:
             raise AddSRInputError(f"prediction must be one of {PREDICTION_CHOICES}, got {prediction!r}")
-        path = _resolve((STABLESR_FOLDER,), model)
+        path = model_files.resolve(STABLESR_FOLDER, model)
         base = comfy_unet_state_dict(base_model) if base_model is not None else None
         if prediction == "auto":
             prediction = (comfy_prediction_type(base_model) if base_model is not None else None) or guess_prediction_type(path)
@@ -122,7 +114,7 @@ class StableSRCFWLoader:
 
     @classmethod
     def files(cls) -> list[str]:
-        return sorted(set(comfy_bridge.list_models(STABLESR_FOLDER)) | set(comfy_bridge.list_models("vae")))
+        return sorted(set(model_files.list_models(STABLESR_FOLDER)) | set(model_files.list_models("vae")))
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -150,8 +142,8 @@ class StableSRCFWLoader:
         from addsr_core.stablesr.loading import load_cfw_vae
 
         kinds = (STABLESR_FOLDER, "vae")
-        path = None if cfw_file in (None, NONE) else _resolve(kinds, cfw_file)
-        fusion = None if fusion_file in (None, NONE) else _resolve(kinds, fusion_file)
+        path = None if cfw_file in (None, NONE) else model_files.resolve(kinds, cfw_file)
+        fusion = None if fusion_file in (None, NONE) else model_files.resolve(kinds, fusion_file)
         if path is None and fusion is None:
             raise AddSRInputError("pick the CFW file in cfw_file (vqgan_cfw_00011.ckpt) or fusion_file (CFW-only file)")
         if path is None:
