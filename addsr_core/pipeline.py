@@ -20,6 +20,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from .errors import AddSRError, OptionsError
 from .models import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 from .sampling.addsr import AddSRSampling, sample_addsr
 from .sampling.denoisers import ControlNetDenoiser, TiledDenoiser, counting
@@ -71,9 +72,9 @@ class ConditionOptions:
 
     def validate(self) -> None:
         if self.scale < 1:
-            raise ValueError(f"scale must be >= 1, got {self.scale}")
+            raise OptionsError(f"scale must be >= 1, got {self.scale}")
         if self.process_size < 8:
-            raise ValueError(f"process_size must be >= 8, got {self.process_size}")
+            raise OptionsError(f"process_size must be >= 8, got {self.process_size}")
 
 
 @dataclass(frozen=True)
@@ -106,9 +107,9 @@ class LatentTiling:
 
     def validate(self) -> None:
         if self.tile_px < 64 or self.tile_px % 8:
-            raise ValueError(f"latent_tile_px must be a multiple of 8 and >= 64, got {self.tile_px}")
+            raise OptionsError(f"latent_tile_px must be a multiple of 8 and >= 64, got {self.tile_px}")
         if not 0 <= self.overlap_px < self.tile_px:
-            raise ValueError("latent_overlap_px must be >= 0 and smaller than latent_tile_px")
+            raise OptionsError("latent_overlap_px must be >= 0 and smaller than latent_tile_px")
 
     def plan(self, latent_hw) -> Optional[tuple]:
         """(tile, overlap) in latents when the latent needs tiles, else None."""
@@ -150,9 +151,9 @@ class FinishOptions:
 
     def validate(self) -> None:
         if self.rounding not in ROUNDINGS:
-            raise ValueError(f"rounding must be one of {ROUNDINGS}, got {self.rounding!r}")
+            raise OptionsError(f"rounding must be one of {ROUNDINGS}, got {self.rounding!r}")
         if self.color_fix not in COLOR_FIXES:
-            raise ValueError(f"color_fix must be one of {COLOR_FIXES}, got {self.color_fix!r}")
+            raise OptionsError(f"color_fix must be one of {COLOR_FIXES}, got {self.color_fix!r}")
 
 
 @dataclass
@@ -278,7 +279,7 @@ def tag_images(models: AddSRModels, lr: torch.Tensor, cond: Optional[LRCondition
     LR tokens the condition already holds: the same numbers as a second Swin pass, without it."""
     tagger = models.tagger
     if tagger is None:
-        raise ValueError("tagging needs a tagger (RAM loaded with its tag list)")
+        raise AddSRError("tagging needs a tagger (RAM loaded with its tag list)")
     with torch.no_grad():
         if cond is not None and getattr(tagger, "model", None) is models.ram and \
                 getattr(tagger, "resize", None) == LR_TOKEN_RESIZE:
@@ -312,7 +313,7 @@ def batch_rows(embeds: Optional[torch.Tensor], batch: int, what: str) -> list:
     if embeds is None:
         return [None] * batch
     if embeds.shape[0] not in (1, batch):
-        raise ValueError(f"{what} has {embeds.shape[0]} rows; give 1 (shared) or one per image ({batch})")
+        raise OptionsError(f"{what} has {embeds.shape[0]} rows; give 1 (shared) or one per image ({batch})")
     return [embeds if embeds.shape[0] == 1 else embeds[i : i + 1] for i in range(batch)]
 
 
@@ -401,7 +402,7 @@ def finish(images: torch.Tensor, cond: LRCondition, options: FinishOptions = Fin
     images = images.contiguous()
     source = cond.control_image.to(images.device, images.dtype).contiguous()
     if source.shape[0] not in (1, images.shape[0]):
-        raise ValueError(f"{images.shape[0]} images but the condition has {source.shape[0]}")
+        raise OptionsError(f"{images.shape[0]} images but the condition has {source.shape[0]}")
     official = options.rounding == "official"
     if official:  # the 8-bit images test_addsr.py hands to the colour fix
         images, source = to_8bit_grid(images, torch.round), to_8bit_grid(source, torch.round)
@@ -438,7 +439,7 @@ def upscale(models: AddSRModels, lr: torch.Tensor, options: UpscaleOptions, *, m
     ``method``: the module whose ``sample`` runs (this one; :mod:`addsr_core.seesr` for SeeSR)."""
     method = method or sys.modules[__name__]
     if models.text is None:
-        raise ValueError("the standalone pipeline needs a text encoder (models.text) to turn prompts into embeddings")
+        raise AddSRError("the standalone pipeline needs a text encoder (models.text) to turn prompts into embeddings")
     options.validate()
     prompts = options.prompts
     cond = condition_from_lr(models, lr, options.condition)

@@ -7,7 +7,7 @@ from addsr_core.pipeline import LatentTiling
 from addsr_core.sampling.seesr import SeeSRSampling
 
 from . import comfy_bridge
-from .common import CATEGORY, AddSRInputError, conditioning_tensor
+from .common import CATEGORY, conditioning_tensor
 from .sampler import MIN_TILE_PX, check_inputs, latent_output, run_sampler
 
 
@@ -59,10 +59,7 @@ class SeeSRSampler:
         sampling = SeeSRSampling(steps=steps, guidance_scale=cfg, start_point=start_point)
         tiling = LatentTiling(tile_size * 8, min(tile_overlap, tile_size // 2) * 8, area_rule=official_tiles)
         sampling.validate()
-        try:
-            tiling.validate()
-        except ValueError as err:  # LatentTiling (addsr_core/pipeline.py) still raises a plain ValueError
-            raise AddSRInputError(str(err)) from None
+        tiling.validate()
         width = addsr_model.unet.module.config.cross_attention_dim
         z0 = run_sampler(addsr_model, addsr_cond, conditioning_tensor(positive, width=width),
                          conditioning_tensor(negative, "negative", width=width) if cfg > 1 else None,

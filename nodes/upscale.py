@@ -74,11 +74,8 @@ class AddSRUpscale:
             latent_overlap_px=tile_overlap_px(tile_size), use_tags=use_tags and ram.tagger is not None,
             process_size=min_size, vae_encode_tile_px=vae_tile_size, vae_decode_tile_px=vae_tile_size,
         )
-        try:
-            options.validate()
-            options.sampling().validate()
-        except ValueError as err:  # UpscaleOptions (addsr_core/pipeline.py) still raises plain ValueErrors
-            raise AddSRInputError(str(err)) from None
+        options.validate()
+        options.sampling().validate()
         lr = image_to_bchw(image)
         handle = as_addsr_vae(vae)
         managed = [addsr_model.unet, addsr_model.controlnet, handle.managed, ram.encoder]
