@@ -22,7 +22,7 @@ import torch
 
 from .errors import AddSRError, OptionsError
 from .models import AutoencoderKL, ControlNetModel, UNet2DConditionModel
-from .sampling.addsr import AddSRSampling, sample_addsr
+from .addsr.sampler import AddSRSampling, sample_addsr
 from .sampling.denoisers import ControlNetDenoiser, TiledDenoiser, counting
 from .sampling.noise import NoiseSource, SeededNoise
 from .text.conditioning import check_prompt_widths

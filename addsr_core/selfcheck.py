@@ -10,7 +10,7 @@ import torch
 
 def run_selfcheck() -> int:
     from .pipeline import UpscaleOptions, upscale
-    from .tiny import load_tiny_models, write_tiny_kit
+    from .addsr.tiny import load_tiny_models, write_tiny_kit
 
     print("AddSR self-check: this checks that the INSTALL works (loaders, sampler, tiling, colour fix).")
     print("It uses a tiny model with random weights, so the picture it makes is noise: it says nothing about quality.")

@@ -66,7 +66,7 @@ def random_full_size(module_cls, config, generator):
 
 def tiny_configs() -> tuple:
     """The tiny UNet and ControlNet, reading the full-size text width (1024)."""
-    from addsr_core.tiny import TINY_CONTROLNET, TINY_UNET
+    from addsr_core.addsr.tiny import TINY_CONTROLNET, TINY_UNET
 
     return tuple(UNetConfig.from_diffusers({**cfg, "cross_attention_dim": 1024}) for cfg in (TINY_UNET, TINY_CONTROLNET))
 
@@ -76,7 +76,7 @@ def build_models(tiny_unet: bool = False, tiny: bool = False) -> AddSRModels:
     full-size); ``tiny`` makes every network tiny (a smoke run: the timings mean nothing)."""
     from addsr_core.models.config import VAEConfig
     from addsr_core.ram.tiny import TINY_RAM_CONFIG
-    from addsr_core.tiny import TINY_VAE
+    from addsr_core.addsr.tiny import TINY_VAE
 
     g = torch.Generator().manual_seed(0)
     unet_cfg, control_cfg = tiny_configs() if tiny_unet or tiny else (SD2_UNET, SD2_UNET)

@@ -5,7 +5,7 @@ import dataclasses
 
 from addsr_core import pipeline
 from addsr_core.pipeline import AddSRModels, DecodeOptions, LatentTiling, tile_overlap_px
-from addsr_core.sampling.addsr import AddSRSampling
+from addsr_core.addsr.sampler import AddSRSampling
 
 from . import comfy_bridge
 from .common import CATEGORY, AddSRInputError, as_addsr_vae, conditioning_tensor

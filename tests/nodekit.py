@@ -9,7 +9,7 @@ from torch import nn
 from addsr_core.loading.keymaps import diffusers_vae_to_ldm
 from addsr_core.loading.models import load_vae
 from addsr_core.text import TextConditioner
-from addsr_core.tiny import write_tiny_kit
+from addsr_core.addsr.tiny import write_tiny_kit
 
 
 def module_from_state_dict(sd: dict) -> nn.Module:

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from addsr_core import cli, cli_upscale
-from addsr_core.tiny import write_tiny_kit
+from addsr_core.addsr.tiny import write_tiny_kit
 
 
 @pytest.fixture(scope="module")

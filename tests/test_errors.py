@@ -18,7 +18,7 @@ from addsr_core.stablesr.loading import checkpoint_keys
 from addsr_core.stablesr.pipeline import StableSROptions, sample_latent
 from addsr_core.stablesr.tiny import write_tiny_stablesr_files
 from addsr_core.text.conditioning import TextWidthError
-from addsr_core.tiny import TEXT_WIDTH
+from addsr_core.addsr.tiny import TEXT_WIDTH
 from nodekit import FakeComfyCLIP, FakeComfyVAE, make_kit
 from nodes.common import AddSRInputError
 from nodes.stablesr_loaders import StableSRCFWLoader, StableSRModelLoader

@@ -19,7 +19,7 @@ from addsr_core.stablesr.cfw import CFWAutoencoder
 from addsr_core.stablesr.model import StableSRModel
 from addsr_core.stablesr.spade import GroupNorm32, group_norm32
 from addsr_core.stablesr.tiny import TINY_CFW, TINY_STABLESR
-from addsr_core.tiny import TINY_CONTROLNET, TINY_UNET, TINY_VAE
+from addsr_core.addsr.tiny import TINY_CONTROLNET, TINY_UNET, TINY_VAE
 
 
 class _Cast:

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from addsr_core.loading.models import load_controlnet, load_unet, load_vae
-from addsr_core.sampling.addsr import AddSRSampling, sample_addsr
+from addsr_core.addsr.sampler import AddSRSampling, sample_addsr
 from addsr_core.sampling.denoisers import ControlNetDenoiser
 from addsr_core.sampling.noise import ReplayNoise
 from conftest import PARITY, assert_matches

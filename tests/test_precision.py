@@ -7,7 +7,7 @@ from addsr_core import precision
 from addsr_core.cli_upscale import resolve_dtype
 from addsr_core.pipeline import UpscaleOptions, upscale
 from addsr_core.precision import Precision, apply_precision, auto_precision, resolve_precision
-from addsr_core.tiny import load_tiny_models, write_tiny_kit
+from addsr_core.addsr.tiny import load_tiny_models, write_tiny_kit
 
 # Measured on the tiny kit below (bf16+channels_last vs fp32, 2x of a 32x24 LR, 4 steps): max |diff|
 # 0.014 and 51.6 dB PSNR on the [0,1] output. The bounds leave about 3x margin on each.

@@ -25,7 +25,7 @@ def seesr_sample(networks, cond, prompt, negative, options, **hooks):
 
 def _calls(options, latent_hw):
     return count_network_calls(options.sampling(), options.tiling, latent_hw)
-from addsr_core.tiny import write_tiny_addsr, write_tiny_sd2
+from addsr_core.addsr.tiny import write_tiny_addsr, write_tiny_sd2
 from conftest import assert_matches
 
 FIXTURE = Path(__file__).parent / "fixtures" / "seesr_small"

@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from addsr_core import cli, cli_upscale
-from addsr_core.tiny import write_tiny_kit
+from addsr_core.addsr.tiny import write_tiny_kit
 from test_cli import model_args, write_images
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -114,7 +114,7 @@ def test_seesr_sampler_warns_on_addsr_weights_and_rejects_bad_inputs(kit, loaded
 
 def test_seesr_sampler_refuses_sd15_conditioning(kit, loaded):
     """Same check and message as the AddSR Sampler (nodes.common.conditioning_tensor with the UNet's width)."""
-    from addsr_core.tiny import TEXT_WIDTH
+    from addsr_core.addsr.tiny import TEXT_WIDTH
 
     model, cond, clip = loaded
     sd15 = [[torch.randn(1, 77, 768), {"pooled_output": None}]]

@@ -14,7 +14,7 @@ from addsr_core.sampling.noise import SeededNoise
 from addsr_core.stablesr.pipeline import StableSRModels, StableSROptions, encode_lr, prepare_lr, upscale
 from addsr_core.stablesr.sampling import StableSRDenoiser, StableSRSampling, native_latent_tile, sample_stablesr
 from addsr_core.stablesr.tiny import write_tiny_stablesr_files
-from addsr_core.tiny import TEXT_WIDTH, write_tiny_sd2
+from addsr_core.addsr.tiny import TEXT_WIDTH, write_tiny_sd2
 from nodekit import module_from_state_dict
 from nodes.common import AddSRInputError
 from nodes.stablesr_loaders import CFWHandle, StableSRCFWLoader, StableSRHandle, StableSRModelLoader

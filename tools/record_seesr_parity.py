@@ -11,7 +11,7 @@ transformers 4.25.0) in a throwaway environment, e.g.::
     /tmp/seesr_venv/bin/pip install diffusers==0.21.0 transformers==4.25.0 huggingface_hub==0.17.3 einops tqdm
     /tmp/seesr_venv/bin/python tools/record_seesr_parity.py --seesr /tmp/SeeSR
 
-The weights are :mod:`addsr_core.tiny`'s seeded tiny UNet/ControlNet/VAE written in the release
+The weights are :mod:`addsr_core.addsr.tiny`'s seeded tiny UNet/ControlNet/VAE written in the release
 layout, loaded by the official classes; the test rebuilds them from the same seeds and checks a
 fingerprint. Each case calls the official pipeline as ``test_seesr.py`` does (PIL image,
 ``args`` given so the latent tiles engage) with ``prompt_embeds``/``negative_prompt_embeds`` and
@@ -96,7 +96,7 @@ def import_official(seesr: Path):
 
 
 def write_weights(root: Path) -> dict:
-    from addsr_core.tiny import write_tiny_addsr, write_tiny_sd2
+    from addsr_core.addsr.tiny import write_tiny_addsr, write_tiny_sd2
 
     write_tiny_addsr(root / "seesr", WEIGHT_SEED)
     write_tiny_sd2(root / "sd2", WEIGHT_SEED + 1)
@@ -256,7 +256,7 @@ def main(argv=None) -> int:
         "source": "github:cswry/SeeSR pipelines/pipeline_seesr.py (StableDiffusionControlNetPipeline.__call__), "
                   "models/unet_2d_condition.py, models/controlnet.py, utils/vaehook.py",
         "environment": official[3], "run_time_patches": official[4],
-        "weights": {"builder": "addsr_core.tiny.write_tiny_addsr(root, seed) -> unet/, controlnet/; "
+        "weights": {"builder": "addsr_core.addsr.tiny.write_tiny_addsr(root, seed) -> unet/, controlnet/; "
                                "write_tiny_sd2(root, seed + 1) -> vae/", "seed": WEIGHT_SEED},
         "inputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")} for k, v in inputs.items()},
         "inputs_note": f"random, torch.Generator().manual_seed({INPUT_SEED}) in this order; the image is the "

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..models.vae import sample_posterior
-from ..sampling.addsr import psr_condition
+from ..addsr.sampler import psr_condition
 from ..sampling.schedule import add_noise, predict_z0, scaled_linear_alphas_cumprod
 from .components import Components
 from .config import AddSRTrainConfig

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from ..tiny import randomize, write_tiny_kit
+from ..addsr.tiny import randomize, write_tiny_kit
 from .vit import DINO_VITS16, DINOV2_VITS14, VisionTransformer
 
 import dataclasses

@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from addsr_core.tiny import TEXT_WIDTH, randomize, write_tiny_addsr
+from addsr_core.addsr.tiny import TEXT_WIDTH, randomize, write_tiny_addsr
 
 WEIGHT_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".pkl", ".gguf")
 TEXT_SUFFIXES = (".txt",)
@@ -175,7 +175,7 @@ def _sd2_checkpoint(models_dir: Path, values: Mapping, target: TinyTarget) -> di
     dest = models_dir / "checkpoints" / values["ckpt_name"]
     dest.parent.mkdir(parents=True, exist_ok=True)
     if target is INPROCESS or target.name == INPROCESS.name:
-        from addsr_core.tiny import write_tiny_sd2
+        from addsr_core.addsr.tiny import write_tiny_sd2
 
         write_tiny_sd2(dest)  # a folder under the file's name; the stand-in loader reads it
     else:

@@ -18,9 +18,9 @@ import torch
 
 from ..errors import OptionsError
 from ..models.vae import sample_posterior
-from .denoisers import CFGDenoiser
-from .noise import NoiseSource, SeededNoise
-from .schedule import add_noise, predict_z0, scaled_linear_alphas_cumprod
+from ..sampling.denoisers import CFGDenoiser
+from ..sampling.noise import NoiseSource, SeededNoise
+from ..sampling.schedule import add_noise, predict_z0, scaled_linear_alphas_cumprod
 
 TRAINED_TIMESTEPS = (999, 749, 499, 249)
 STEP_SUBSETS = {1: (999,), 2: (999, 499), 3: (999, 749, 499), 4: TRAINED_TIMESTEPS}

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from .loading.models import write_diffusers_folder
-from .models import AutoencoderKL, ControlNetModel, UNet2DConditionModel, UNetConfig, VAEConfig
+from ..loading.models import write_diffusers_folder
+from ..models import AutoencoderKL, ControlNetModel, UNet2DConditionModel, UNetConfig, VAEConfig
 
 TEXT_WIDTH = 32
 
@@ -80,7 +80,7 @@ TINY_MERGES = [("t", "h"), ("a", "n"), ("e", "r"), ("i", "n")]
 
 
 def _byte_level_vocab() -> dict:
-    from .text.tokenizer import bytes_to_unicode
+    from ..text.tokenizer import bytes_to_unicode
 
     symbols = list(bytes_to_unicode().values())
     symbols += [s + "</w>" for s in symbols] + ["".join(m) for m in TINY_MERGES] + ["<|startoftext|>", "<|endoftext|>"]
@@ -89,8 +89,8 @@ def _byte_level_vocab() -> dict:
 
 def write_tiny_sd2(root: Path, seed: int = 1) -> Path:
     """An SD2-base-like diffusers folder: ``vae/``, ``text_encoder/``, ``tokenizer/`` (a toy vocabulary)."""
-    from .text.config import TextEncoderConfig
-    from .text.encoder import CLIPTextEncoder
+    from ..text.config import TextEncoderConfig
+    from ..text.encoder import CLIPTextEncoder
 
     g = torch.Generator().manual_seed(seed)
     vae = randomize(AutoencoderKL(VAEConfig.from_diffusers(TINY_VAE)), g)
@@ -109,7 +109,7 @@ def write_tiny_sd2(root: Path, seed: int = 1) -> Path:
 
 def write_tiny_kit(root: Path, seed: int = 0) -> dict:
     """Everything the pipeline needs, in release layouts: AddSR, SD2 base, RAM + DAPE + tag list."""
-    from .ram.tiny import write_tiny_ram
+    from ..ram.tiny import write_tiny_ram
 
     root = Path(root)
     paths = {"addsr": write_tiny_addsr(root / "addsr" / "AddSR-tiny", seed), "sd2": write_tiny_sd2(root / "sd2", seed + 1)}
@@ -119,11 +119,11 @@ def write_tiny_kit(root: Path, seed: int = 0) -> dict:
 
 def load_tiny_models(paths: dict, *, dtype=None, device="cpu"):
     """AddSRModels from :func:`write_tiny_kit`'s files, through the real loaders."""
-    from .loading.models import load_vae
-    from .loading.pack import load_addsr
-    from .pipeline import AddSRModels
-    from .ram import load_ram
-    from .text import TextConditioner
+    from ..loading.models import load_vae
+    from ..loading.pack import load_addsr
+    from ..pipeline import AddSRModels
+    from ..ram import load_ram
+    from ..text import TextConditioner
 
     unet, controlnet = load_addsr(paths["addsr"], dtype=dtype, device=device)
     ram, tagger = load_ram(paths["ram"], paths["dape"], tag_list=paths["tag_list"], dtype=dtype, device=device)
