@@ -9,11 +9,12 @@ from pathlib import Path
 
 import torch
 
-from . import pipeline, seesr
+from . import pipeline
+from .seesr import pipeline as seesr
 from .cli import IMAGE_SUFFIXES, CLIError
 from .precision import apply_precision, resolve_precision
 from .pipeline import AddSRModels, UpscaleOptions, tile_overlap_px, upscale, upscale_calls
-from .seesr import SeeSROptions
+from .seesr.pipeline import SeeSROptions
 
 METHODS = {"addsr": pipeline, "seesr": seesr}
 

@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from addsr_core.models import SD2_UNET, SD2_VAE, AutoencoderKL, ControlNetModel, UNet2DConditionModel, UNetConfig  # noqa: E402
-from addsr_core import seesr  # noqa: E402
+from addsr_core.seesr import pipeline as seesr  # noqa: E402
 from addsr_core.pipeline import AddSRModels, UpscaleOptions, condition_from_lr, decode, run_sampling, unscaled  # noqa: E402
 from addsr_core.ram import RAM, RAMConfig  # noqa: E402
 

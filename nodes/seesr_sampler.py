@@ -2,9 +2,9 @@
 previews, Cancel and out-of-memory tile halving)."""
 from __future__ import annotations
 
-from addsr_core import seesr
+from addsr_core.seesr import pipeline as seesr
 from addsr_core.pipeline import LatentTiling
-from addsr_core.sampling.seesr import SeeSRSampling
+from addsr_core.seesr.sampler import SeeSRSampling
 
 from . import comfy_bridge
 from .common import CATEGORY, conditioning_tensor

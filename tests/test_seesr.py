@@ -13,10 +13,10 @@ from addsr_core.pipeline import AddSRModels, LRCondition
 from addsr_core.sampling.ddpm import ddpm_schedule, ddpm_step, ddpm_timesteps
 from addsr_core.sampling.noise import ReplayNoise, SeededNoise
 from addsr_core.sampling.schedule import add_noise
-from addsr_core.sampling.seesr import SeeSRSampling, sample_seesr, seesr_noise
-from addsr_core import seesr
+from addsr_core.seesr.sampler import SeeSRSampling, sample_seesr, seesr_noise
+from addsr_core.seesr import pipeline as seesr
 from addsr_core.pipeline import run_sampling
-from addsr_core.seesr import SeeSROptions, count_network_calls
+from addsr_core.seesr.pipeline import SeeSROptions, count_network_calls
 
 
 def seesr_sample(networks, cond, prompt, negative, options, **hooks):

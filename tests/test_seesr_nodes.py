@@ -85,7 +85,7 @@ def test_seesr_sampler_cancels(loaded, monkeypatch):
 
 
 def test_seesr_sampler_halves_the_tile_on_oom_then_gives_up(loaded, monkeypatch):
-    from addsr_core import seesr
+    from addsr_core.seesr import pipeline as seesr
 
     model, cond, clip = loaded
     tiles = []

@@ -13,7 +13,7 @@ DAPE_ROLE = "SeeSR's degradation-aware RAM LoRA, which AddSR uses too"
 
 def _seesr_method(bw):
     """test_seesr.py's setting: 50 DDPM steps, CFG 5.5 with the negative, 96/4-latent tiles, from the LR."""
-    from addsr_core import seesr
+    from addsr_core.seesr import pipeline as seesr
 
     values = dict(seed=0, steps=seesr.DEFAULT_STEPS, cfg=seesr.DEFAULT_GUIDANCE, tile_size=seesr.OFFICIAL_TILE,
                   tile_overlap=seesr.OFFICIAL_OVERLAP, start_point="lr", official_tiles=True)

@@ -25,10 +25,10 @@ import torch
 
 from ..errors import OptionsError
 from ..models.vae import sample_posterior
-from .ddpm import SPACINGS, SD2_STEPS_OFFSET, ddpm_schedule, sample_ddpm
-from .denoisers import CFGDenoiser
-from .noise import NoiseSource, SeededNoise
-from .schedule import add_noise
+from ..sampling.ddpm import SPACINGS, SD2_STEPS_OFFSET, ddpm_schedule, sample_ddpm
+from ..sampling.denoisers import CFGDenoiser
+from ..sampling.noise import NoiseSource, SeededNoise
+from ..sampling.schedule import add_noise
 
 DEFAULT_STEPS = 50
 TURBO_STEPS = 2

@@ -12,12 +12,12 @@ from typing import Callable, Optional
 
 import torch
 
-from . import pipeline
-from .pipeline import AddSRModels, DecodeOptions, LatentTiling, LRCondition, UpscaleOptions, batch_rows
-from .sampling.denoisers import ControlNetDenoiser
-from .sampling.noise import NoiseSource
-from .sampling.seesr import DEFAULT_GUIDANCE, DEFAULT_STEPS, START_POINTS, SeeSRSampling, sample_seesr, seesr_noise  # noqa: F401 (re-exported)
-from .text.conditioning import check_prompt_widths
+from .. import pipeline
+from ..pipeline import AddSRModels, DecodeOptions, LatentTiling, LRCondition, UpscaleOptions, batch_rows
+from ..sampling.denoisers import ControlNetDenoiser
+from ..sampling.noise import NoiseSource
+from .sampler import DEFAULT_GUIDANCE, DEFAULT_STEPS, START_POINTS, SeeSRSampling, sample_seesr, seesr_noise  # noqa: F401 (re-exported)
+from ..text.conditioning import check_prompt_widths
 
 SEESR_ADDED_PROMPT = "clean, high-resolution, 8k"  # test_seesr.py --added_prompt
 OFFICIAL_TILE, OFFICIAL_OVERLAP = 96, 4  # test_seesr.py --latent_tiled_size / --latent_tiled_overlap (latents)
