@@ -9,14 +9,14 @@ from pathlib import Path
 
 import torch
 
-from . import pipeline
+from .addsr import pipeline as addsr
 from .seesr import pipeline as seesr
 from .cli import IMAGE_SUFFIXES, CLIError
 from .precision import apply_precision, resolve_precision
 from .pipeline import AddSRModels, UpscaleOptions, tile_overlap_px, upscale, upscale_calls
 from .seesr.pipeline import SeeSROptions
 
-METHODS = {"addsr": pipeline, "seesr": seesr}
+METHODS = {"addsr": addsr, "seesr": seesr}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -145,7 +145,7 @@ def build_options(args) -> UpscaleOptions:
     return make(start_point=args.start_point, **common)
 
 
-def upscale_file(models, src: Path, dst: Path, options: UpscaleOptions, device, tqdm, method=pipeline) -> None:
+def upscale_file(models, src: Path, dst: Path, options: UpscaleOptions, device, tqdm, method=addsr) -> None:
     from .imaging.prepare import load_image, save_image
 
     loaded = load_image(src)

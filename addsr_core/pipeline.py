@@ -1,8 +1,9 @@
-"""The whole AddSR upscale, as stages that each take only their own options.
+"""The whole upscale, as stages that each take only their own options (shared by AddSR and SeeSR).
 
     condition_from_lr(models, lr, ConditionOptions)          -> LRCondition
     tag_images(models, lr) + build_prompts(tags, PromptOptions) -> prompts (text: embeddings)
-    sample(models, cond, embeds, negative, AddSRSampling, LatentTiling, seed=, psr_decode=DecodeOptions)
+    <family>.sample(models, cond, embeds, negative, sampling, LatentTiling, seed=, psr_decode=)
+                                                             -> z0 (addsr_core.addsr.pipeline, .seesr.pipeline)
     decode(models, latent, DecodeOptions)                     -> image in [0,1]
     finish(image, cond, FinishOptions)                        -> colour fixed, exact output size
 
@@ -14,7 +15,6 @@ knobs; its properties split it into the stage options.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -22,10 +22,8 @@ import torch
 
 from .errors import AddSRError, OptionsError
 from .models import AutoencoderKL, ControlNetModel, UNet2DConditionModel
-from .addsr.sampler import AddSRSampling, sample_addsr
-from .sampling.denoisers import ControlNetDenoiser, TiledDenoiser, counting
-from .sampling.noise import NoiseSource, SeededNoise
-from .text.conditioning import check_prompt_widths
+from .addsr.sampler import AddSRSampling
+from .sampling.denoisers import TiledDenoiser, counting
 from .text.prompt import DEFAULT_ADDED_PROMPT
 from .text.prompt import DEFAULT_NEGATIVE_PROMPT as DEFAULT_NEGATIVE
 
@@ -295,16 +293,12 @@ def build_prompts(tags: Optional[Sequence[str]], options: PromptOptions, batch: 
     return [build_prompt(tag, options.prompt, added_prompt=options.added_prompt) for tag in tags]
 
 
-def count_network_calls(sampling: AddSRSampling, tiling: LatentTiling, latent_hw, batch: int = 1) -> int:
-    return tiling.calls_per_step(latent_hw) * len(sampling.timesteps) * batch
-
-
 def upscale_calls(options: UpscaleOptions, lr_hw, batch: int = 1, method=None) -> int:
     """Network calls a whole :func:`upscale` of a ``lr_hw`` LR makes (for progress bars)."""
     from .imaging.prepare import condition_sizes
 
     h, w = condition_sizes(lr_hw, options.scale, options.process_size)[-1]
-    method = method or sys.modules[__name__]
+    method = method or _addsr()
     return method.count_network_calls(options.sampling(), options.tiling, (h // 8, w // 8), batch)
 
 
@@ -315,66 +309,6 @@ def batch_rows(embeds: Optional[torch.Tensor], batch: int, what: str) -> list:
     if embeds.shape[0] not in (1, batch):
         raise OptionsError(f"{what} has {embeds.shape[0]} rows; give 1 (shared) or one per image ({batch})")
     return [embeds if embeds.shape[0] == 1 else embeds[i : i + 1] for i in range(batch)]
-
-
-def sample(
-    models: AddSRModels,
-    cond: LRCondition,
-    prompt_embeds: torch.Tensor,
-    negative_embeds: Optional[torch.Tensor],
-    sampling: AddSRSampling,
-    tiling: LatentTiling = LatentTiling(),
-    *,
-    seed: int = 0,
-    psr_decode: DecodeOptions = DecodeOptions(),
-    noise: Optional[NoiseSource] = None,
-    on_tile: Optional[Callable[[], None]] = None,
-    on_step: Optional[Callable] = None,
-    trace=None,
-) -> torch.Tensor:
-    """Run the refining sampler; returns the scaled clean latent z0.
-
-    A batch is sampled one image at a time, each from ``seed``: an image gets the same draws alone
-    or in a batch, and memory is that of one image. ``noise`` (replayed draws) replaces the seed.
-    """
-    sampling.validate()
-    tiling.validate()
-    unet = models.unet
-    check_prompt_widths(prompt_embeds, negative_embeds, unet.config.cross_attention_dim)
-    device = models.device_of(unet)
-    vae_dtype = next(models.vae.parameters()).dtype
-    sampling = dataclasses.replace(sampling, scaling_factor=models.vae.scaling_factor)
-    denoise = ControlNetDenoiser(unet, models.controlnet, sampling.conditioning_scale)
-    denoise = tiling.wrap(denoise, cond.moments.shape[-2:], on_tile)
-
-    def decode_psr(latent):
-        return vae_decode(models.vae, latent.to(vae_dtype), psr_decode.tile_px, psr_decode.overlap_px).float()
-
-    def represent(image01):
-        return models.ram.represent(image01, resize="bicubic")
-
-    positives = batch_rows(prompt_embeds, cond.batch, "prompt_embeds")
-    negatives = batch_rows(negative_embeds, cond.batch, "negative_embeds")
-    z0 = []
-    with torch.no_grad():
-        for i in range(cond.batch):
-            one = cond.item(i)
-            result = sample_addsr(
-                denoise=denoise,
-                encode=lambda _, moments=one.moments: moments.to(device),
-                decode=decode_psr,
-                represent=represent,
-                control_image=one.control_image.to(device).float(),
-                lr_tokens=one.lr_tokens.to(device).float(),
-                prompt_embeds=positives[i].to(device).float(),
-                negative_embeds=None if negatives[i] is None else negatives[i].to(device).float(),
-                options=sampling,
-                noise=noise or SeededNoise(seed),
-                trace=trace,
-                on_step=on_step,
-            )
-            z0.append(result.z0)
-    return torch.cat(z0)
 
 
 def decode(models: AddSRModels, latent: torch.Tensor, options: DecodeOptions = DecodeOptions()) -> torch.Tensor:
@@ -427,17 +361,24 @@ def run_sampling(models: AddSRModels, cond: LRCondition, prompt_embeds, negative
                  method=None, **hooks) -> torch.Tensor:
     """``method.sample`` (this module's by default) with the sampling, tiling, seed and PSR decode of
     ``options``; ``hooks``: noise, on_tile, on_step, trace."""
-    method = method or sys.modules[__name__]
+    method = method or _addsr()
     return method.sample(models, cond, prompt_embeds, negative_embeds, options.sampling(), options.tiling,
                          seed=options.seed, psr_decode=options.decoding, **hooks)
+
+
+def _addsr():
+    from .addsr import pipeline as addsr_pipeline  # the family modules import these shared stages
+
+    return addsr_pipeline
 
 
 def upscale(models: AddSRModels, lr: torch.Tensor, options: UpscaleOptions, *, method=None, on_tile=None,
             on_step=None) -> torch.Tensor:
     """[B,3,h,w] RGB in [0,1] -> [B,3,h*scale,w*scale] in [0,1]: every stage, in order.
 
-    ``method``: the module whose ``sample`` runs (this one; :mod:`addsr_core.seesr` for SeeSR)."""
-    method = method or sys.modules[__name__]
+    ``method``: the family module whose ``sample`` runs (:mod:`addsr_core.addsr.pipeline` by
+    default; :mod:`addsr_core.seesr.pipeline` for SeeSR)."""
+    method = method or _addsr()
     if models.text is None:
         raise AddSRError("the standalone pipeline needs a text encoder (models.text) to turn prompts into embeddings")
     options.validate()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 from addsr_core import pipeline
+from addsr_core.addsr import pipeline as addsr_pipeline
 from addsr_core.pipeline import AddSRModels, DecodeOptions, LatentTiling, tile_overlap_px
 from addsr_core.addsr.sampler import AddSRSampling
 
@@ -87,8 +88,8 @@ def latent_output(addsr_cond: AddSRCond, z0):
 
 
 def run_sampler(addsr_model: AddSRModel, addsr_cond: AddSRCond, positive, negative, sampling, tiling: LatentTiling,
-                *, seed: int, vae=None, ram=None, method=pipeline):
-    """``method.sample`` (this pipeline's, or ``addsr_core.seesr``'s) on the node's inputs, halving the
+                *, seed: int, vae=None, ram=None, method=addsr_pipeline):
+    """``method.sample`` (``addsr_core.addsr.pipeline``'s, or ``addsr_core.seesr.pipeline``'s) on the node's inputs, halving the
     tile on out-of-memory down to MIN_TILE_PX, then a clear error. ``vae``/``ram``: the PSR models
     when connected, else the ones Encode LR used."""
     handle = as_addsr_vae(vae) if vae is not None else addsr_cond.vae

@@ -10,7 +10,8 @@ from safetensors.torch import save_file
 import nodes
 from addsr_core.loading import CheckpointError, read_safetensors_metadata, read_state_dict
 from addsr_core.loading.pack import load_addsr
-from addsr_core.pipeline import AddSRModels, UpscaleOptions, sample
+from addsr_core.addsr.pipeline import sample
+from addsr_core.pipeline import AddSRModels, UpscaleOptions
 from addsr_core.ram import load_ram
 from addsr_core.sampling.noise import SeededNoise
 from addsr_core.stablesr.checkpoint import read_checkpoint

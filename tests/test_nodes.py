@@ -186,7 +186,7 @@ def test_cancel_stops_within_one_network_call(loaded, monkeypatch):
 
 
 def test_oom_halves_the_tile_then_gives_up(loaded, monkeypatch):
-    from addsr_core import pipeline
+    from addsr_core.addsr import pipeline
 
     model, ram, vae, clip = loaded
     (cond,) = nodes.AddSREncodeLR().encode(lr_image(), vae, ram, min_size=64)

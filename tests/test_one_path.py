@@ -112,7 +112,7 @@ def test_cli_gives_the_all_in_one_image_given_the_same_embeddings(loaded, tmp_pa
     same text embeddings writes the all-in-one node's image, rounded to 8 bits."""
     from tqdm import tqdm
 
-    from addsr_core import pipeline
+    from addsr_core.addsr import pipeline as addsr
     from addsr_core.cli_upscale import upscale_file
 
     model, ram, vae, clip = loaded
@@ -126,7 +126,7 @@ def test_cli_gives_the_all_in_one_image_given_the_same_embeddings(loaded, tmp_pa
     options = UpscaleOptions(seed=2, steps=2, prompt="a photo", latent_tile_px=256,
                              latent_overlap_px=tile_overlap_px(256), vae_encode_tile_px=256, vae_decode_tile_px=256,
                              process_size=64)
-    upscale_file(models, src, dst, options, torch.device("cpu"), tqdm, pipeline)
+    upscale_file(models, src, dst, options, torch.device("cpu"), tqdm, addsr)
     written = np.asarray(Image.open(dst))
     expected = to_uint8_round(image_to_bchw(one))[0].numpy()
     assert written.shape == expected.shape == (160, 288, 3)

@@ -83,7 +83,7 @@ def sample(
     on_step: Optional[Callable] = None,
     trace=None,
 ) -> torch.Tensor:
-    """Run SeeSR's sampler; returns the scaled latent (like :func:`addsr_core.pipeline.sample`),
+    """Run SeeSR's sampler; returns the scaled latent (like :func:`addsr_core.addsr.pipeline.sample`),
     one image of a batch at a time, each from ``seed``."""
     sampling.validate()
     tiling.validate()
