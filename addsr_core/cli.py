@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 from .errors import AddSRError
+from .imaging.colorfix import COLOR_FIXES
+from .text.prompt import DEFAULT_NEGATIVE_PROMPT
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 DTYPES = ("auto", "fp32", "fp16", "bf16")
@@ -39,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--start-point", default="lr", choices=["lr", "noise"],
                     help="SeeSR only: start from the LR latent noised to t=999 (official) or from pure noise")
     up.add_argument("--prompt", default="")
-    up.add_argument("--negative", default="dotted, noise, blur, lowres, smooth")
-    up.add_argument("--color-fix", default="adain", choices=["adain", "wavelet", "none"])
+    up.add_argument("--negative", default=DEFAULT_NEGATIVE_PROMPT)
+    up.add_argument("--color-fix", default="adain", choices=COLOR_FIXES)
     up.add_argument("--rounding", default="float", choices=["float", "official"],
                     help="float: colour fix in float, round once (default); official: round the decode to 8 bits, "
                          "colour fix, truncate, as the official test_addsr.py (reproduces its PNG)")

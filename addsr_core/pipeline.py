@@ -21,13 +21,13 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from .errors import AddSRError, OptionsError
+from .imaging.colorfix import COLOR_FIXES  # the one list of colour-fix names (nodes import it from here)
 from .models import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 from .addsr.sampler import AddSRSampling
 from .sampling.denoisers import TiledDenoiser, counting
 from .text.prompt import DEFAULT_ADDED_PROMPT
 from .text.prompt import DEFAULT_NEGATIVE_PROMPT as DEFAULT_NEGATIVE
 
-COLOR_FIXES = ("adain", "wavelet", "none")  # adain: the official default
 # How the decoded image becomes 8 bits. "float" (ours, default): colour fix in float, one rounding at
 # save time. "official": test_addsr.py's route: the pipeline's 'pil' output rounds the decode to 8
 # bits, the colour fix runs on that and the 8-bit LR, and ToPILImage truncates; it reproduces the
@@ -327,7 +327,7 @@ def unscaled(models: AddSRModels, z0: torch.Tensor) -> torch.Tensor:
 
 def finish(images: torch.Tensor, cond: LRCondition, options: FinishOptions = FinishOptions()) -> torch.Tensor:
     """Colour fix against the upscaled LR, then resize to exactly LR size x scale (official order)."""
-    from .imaging.colorfix import adain_color_fix, wavelet_color_fix
+    from .imaging.colorfix import apply_color_fix
     from .imaging.prepare import resize_to
 
     options.validate()
@@ -340,11 +340,7 @@ def finish(images: torch.Tensor, cond: LRCondition, options: FinishOptions = Fin
     official = options.rounding == "official"
     if official:  # the 8-bit images test_addsr.py hands to the colour fix
         images, source = to_8bit_grid(images, torch.round), to_8bit_grid(source, torch.round)
-    if options.color_fix == "adain":
-        images = adain_color_fix(images, source.expand_as(images))
-    elif options.color_fix == "wavelet":
-        images = wavelet_color_fix(images, source.expand_as(images))
-    images = images.clamp(0, 1)
+    images = apply_color_fix(options.color_fix, images, source.expand_as(images)).clamp(0, 1)
     if official and options.color_fix != "none":
         images = to_8bit_grid(images, torch.floor)  # ToPILImage truncates
     if tuple(images.shape[-2:]) != cond.output_size:

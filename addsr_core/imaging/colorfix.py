@@ -98,16 +98,17 @@ def wavelet_color_fix(target: torch.Tensor, source: torch.Tensor, levels: int = 
     return (high + low).to(target.dtype)
 
 
-COLOR_FIXES = {"adain": adain_color_fix, "wavelet": wavelet_color_fix}
+_FIXES = {"adain": adain_color_fix, "wavelet": wavelet_color_fix}
+COLOR_FIXES = ("adain", "wavelet", "none")  # what every node and command offers; adain: the official default
 
 
 def apply_color_fix(method: str, target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     """``method`` in {"adain", "wavelet", "none"}; returns the unclamped result."""
     if method == "none":
         return target
-    if method not in COLOR_FIXES:
-        raise ValueError(f"unknown colour fix {method!r}; choose one of {sorted(COLOR_FIXES) + ['none']}")
-    return COLOR_FIXES[method](target, source)
+    if method not in _FIXES:
+        raise ValueError(f"unknown colour fix {method!r}; choose one of {list(COLOR_FIXES)}")
+    return _FIXES[method](target, source)
 
 
 # --- The official PIL-in / PIL-out wrappers -----------------------------------------------------

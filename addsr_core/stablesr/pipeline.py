@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import OptionsError
-from ..imaging.colorfix import apply_color_fix
+from ..imaging.colorfix import COLOR_FIXES, apply_color_fix
 from ..models.operations import compute_device
 from ..models.vae import sample_posterior
 from ..sampling.noise import NoiseSource, SeededNoise
@@ -35,7 +35,6 @@ from .cfw import DEFAULT_FIDELITY, CFWAutoencoder
 from .model import StableSRModel
 from .sampling import DEFAULT_STEPS, StableSRDenoiser, StableSRSampling, native_input_size, sample_stablesr, tiled_denoiser
 
-COLOR_FIXES = ("adain", "wavelet", "none")
 PAD_MULTIPLE = 32
 
 
