@@ -5,7 +5,7 @@
     python bench/bench_pipeline.py --scenario thin --tiny-unet   # 8x1000 LR vs a square one, s per output MP
     python bench/bench_pipeline.py --scenario seesr_vs_addsr     # one LR: SeeSR-50, AddSR-4, AddSR-1 and ratios
     python bench/bench_pipeline.py --scenario seesr_vs_addsr --tiny   # smoke run: every network tiny
-    python bench/bench_pipeline.py --precision               # 4 and 1 step: fp32 vs auto (vs bf16), ratios
+    python bench/bench_pipeline.py --precision               # 4 and 1 step: fp32 vs auto (bf16 where fast), ratios
 
 Reports wall time per stage (VAE encode, RAM, ControlNet+UNet per step, PSR decodes, final decode)
 and the peak RSS of each scenario. Random weights: the timings and memory are real, the image is not.
@@ -214,15 +214,18 @@ def _scenario_process(name: str, dtype: str) -> dict:
         raise SystemExit(f"{name} {dtype} failed:\n{out.stderr[-2000:]}") from None
 
 
-def run_precision() -> None:
-    """fp32 vs auto (the device policy) vs forced bf16 at 512 px, 4 and 1 step, side by side in one
-    invocation (one process per run, alternating, so peak RSS belongs to one run)."""
-    from addsr_core.precision import auto_precision
+def run_precision(force_bf16: bool = False) -> None:
+    """fp32 vs auto (the device policy) at 512 px, 4 and 1 step, side by side in one invocation (one
+    process per run, so peak RSS belongs to one run), with the ratio. bf16 runs too where the policy
+    picks it, or with ``force_bf16`` (on a CPU without AMX/AVX512-BF16 it is far slower)."""
+    from addsr_core.precision import auto_precision, cpu_has_fast_bf16
 
-    print(f"auto on this machine: {auto_precision(torch.device('cpu')).name}", flush=True)
+    auto = auto_precision(torch.device("cpu"))
+    print(json.dumps({"auto_precision": auto.name, "fast_bf16": cpu_has_fast_bf16()}), flush=True)
+    dtypes = ["fp32", "auto"] + (["bf16"] if force_bf16 or cpu_has_fast_bf16() else [])
     for name in ("4step", "1step"):
         runs = {}
-        for dtype in ("fp32", "auto", "bf16"):
+        for dtype in dtypes:
             runs[dtype] = _scenario_process(name, dtype)
             print(json.dumps(runs[dtype]), flush=True)
         fp32 = runs["fp32"]["total_s"]
@@ -242,10 +245,11 @@ def main():
     parser.add_argument("--dtype", choices=("fp32", "auto", "bf16", "fp16"), default="fp32",
                         help="a scenario's precision (addsr_core.precision; auto = the device policy)")
     parser.add_argument("--precision", action="store_true",
-                        help="4 and 1 step at 512 px in fp32, auto and bf16, each in its own process, with ratios")
+                        help="4 and 1 step at 512 px in fp32 and auto (and bf16 where fast), one process each, ratios")
+    parser.add_argument("--force-bf16", action="store_true", help="--precision: run bf16 even where it is slow")
     args = parser.parse_args()
     if args.precision:
-        run_precision()
+        run_precision(args.force_bf16)
         return
     if args.scenario == "thin":
         print(json.dumps(run_thin(args.tiny_unet)))
