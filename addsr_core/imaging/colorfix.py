@@ -59,7 +59,9 @@ def adain_color_fix(target: torch.Tensor, source: torch.Tensor, eps: float = ADA
     t, s = target.to(wd), source.to(target.device, wd)
     t_mean, t_std = channel_mean_std(t, eps)
     s_mean, s_std = channel_mean_std(s, eps)
-    return ((t - t_mean) / t_std * s_std + s_mean).to(target.dtype)
+    # The official ((t - mean) / std * s_std + s_mean), same operations in the same order, in place on
+    # one new tensor: one full-size temporary instead of four (an 8K float image is 400 MB each).
+    return (t - t_mean).div_(t_std).mul_(s_std).add_(s_mean).to(target.dtype)
 
 
 def wavelet_blur(x: torch.Tensor, radius: int) -> torch.Tensor:
