@@ -96,12 +96,16 @@ def tile_overlap_px(tile_px: int, overlap_px: int = DEFAULT_LATENT_OVERLAP_PX) -
 @dataclass(frozen=True)
 class LatentTiling:
     """Diffusion tiles, in output pixels. By default a latent is tiled when a side exceeds the tile,
-    clamped per axis. ``area_rule`` is SeeSR's official rule: tile when the AREA exceeds tile², with
-    square tiles ``min(tile, h, w)``."""
+    and ``balanced`` (on) makes the tiles of each axis equal and as small as covers it with the
+    count the tile needs (:func:`~addsr_core.sampling.tiling.balanced_tile`; off: fixed stride, last
+    tile flush with the edge, as the official tiled branch lays them out). Images that fit one
+    tile run untiled either way. ``area_rule`` is SeeSR's official rule: tile when the AREA
+    exceeds tile², with square tiles ``min(tile, h, w)`` (``balanced`` does not apply)."""
 
     tile_px: int = 1024  # 128 latents
     overlap_px: int = DEFAULT_LATENT_OVERLAP_PX  # see tile_overlap_px
     area_rule: bool = False
+    balanced: bool = True
 
     def validate(self) -> None:
         if self.tile_px < 64 or self.tile_px % 8:
@@ -110,11 +114,20 @@ class LatentTiling:
             raise OptionsError("latent_overlap_px must be >= 0 and smaller than latent_tile_px")
 
     def plan(self, latent_hw) -> Optional[tuple]:
-        """(tile, overlap) in latents when the latent needs tiles, else None."""
+        """(tile, overlap) in latents when the latent needs tiles, else None; the tile is an int
+        (``area_rule``: the official square clamp) or a (height, width) pair."""
         h, w = (int(v) for v in latent_hw)
         tile, overlap = self.tile_px // 8, self.overlap_px // 8
         needs = h * w > tile * tile if self.area_rule else max(h, w) > tile
-        return (tile, overlap) if needs else None
+        if not needs:
+            return None
+        if self.area_rule:
+            return tile, overlap
+        if self.balanced:
+            from .sampling.tiling import balanced_tile
+
+            return (balanced_tile(h, tile, overlap), balanced_tile(w, tile, overlap)), overlap
+        return (tile, tile), overlap
 
     def calls_per_step(self, latent_hw) -> int:
         from .sampling.tiling import tile_count
@@ -122,7 +135,7 @@ class LatentTiling:
         plan = self.plan(latent_hw)
         if plan is None:
             return 1
-        return tile_count(*latent_hw, plan[0] if self.area_rule else (plan[0], plan[0]), plan[1])
+        return tile_count(*latent_hw, *plan)
 
     def wrap(self, denoise, latent_hw, on_tile=None):
         """``denoise`` run on these tiles (or once, counted by ``on_tile``)."""

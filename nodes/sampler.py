@@ -49,7 +49,7 @@ class AddSRSampler:
                     "tooltip": "Classifier-free guidance. 0 (official): off. Above 1 uses the negative prompt and doubles the cost."}),
                 "tile_size": ("INT", {"default": 1024, "min": MIN_TILE_PX, "max": 4096, "step": 64,
                     "tooltip": "Diffusion tile in output pixels. Images larger than this are processed in "
-                               "overlapping tiles; halved automatically on out-of-memory."}),
+                               "equal overlapping tiles of at most this size; halved automatically on out-of-memory."}),
                 "tile_overlap": ("INT", {"default": 256, "min": 0, "max": 2048, "step": 32,
                     "tooltip": "Overlap between tiles in output pixels (at most a third of the tile); more hides seams "
                                "better but costs time."}),

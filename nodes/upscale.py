@@ -48,7 +48,7 @@ class AddSRUpscale:
                     "tooltip": "Self-refinement strength (official 0.4)."}),
                 "color_fix": (list(COLOR_FIXES), {"default": "adain", "tooltip": "Colour correction against the input."}),
                 "tile_size": ("INT", {"default": 1024, "min": MIN_TILE_PX, "max": 4096, "step": 64,
-                    "tooltip": "Diffusion tile in output pixels; larger images are tiled automatically."}),
+                    "tooltip": "Diffusion tile in output pixels; larger images run in equal overlapping tiles of at most this size."}),
             },
             "optional": {
                 "use_tags": ("BOOLEAN", {"default": True, "tooltip": "Add RAM tags to the prompt (needs a tag list in Load RAM)."}),

@@ -241,7 +241,7 @@ def test_official_tile_rule_is_by_area_with_square_tiles():
     assert opts.tiling.plan((100, 100)) == (96, 4)
     assert _calls(opts, (100, 100)) == 4 * 50
     per_axis = SeeSROptions(official_tiles=False)
-    assert per_axis.tiling.plan((50, 150)) == (96, 4)
+    assert per_axis.tiling.plan((50, 150)) == ((50, 77), 4)  # balanced: two equal 77-wide tiles, not 96 + 96
     assert _calls(per_axis, (50, 150)) == 2 * 50
 
 

@@ -129,3 +129,32 @@ def test_pixel_plan_blend_matches_the_official_pixel_loop():
     whole = torch.randn(1, 3, 20, 30, generator=gen)
     single = pixel_tile_plan(20, 30, 32, 24)
     assert single.single and blend_tiles(lambda *a: whole, single) is whole
+
+
+@pytest.mark.parametrize("size,tile,overlap", [(256, 128, 32), (192, 128, 32), (129, 128, 32), (500, 64, 21),
+                                               (77, 32, 10), (128, 128, 32), (40, 128, 32)])
+def test_balanced_tile_keeps_the_count_and_covers_with_the_smallest_tile(size, tile, overlap):
+    from addsr_core.sampling.tiling import axis_origins, balanced_tile
+
+    n = len(axis_origins(size, min(tile, size), overlap))
+    t = balanced_tile(size, tile, overlap)
+    assert t <= min(tile, size)
+    assert len(axis_origins(size, t, overlap)) == n, "same number of network calls"
+    if n > 1:
+        assert len(axis_origins(size, t - 1, overlap)) > n, "one smaller would need another tile"
+        origins = axis_origins(size, t, overlap)
+        strides = {b - a for a, b in zip(origins, origins[1:])}
+        assert max(strides) - min(strides) <= 1 + (size + (n - 1) * overlap) % n, "tiles evenly spread"
+    else:
+        assert t == min(tile, size)
+
+
+def test_latent_tiling_balanced_plan_and_calls():
+    from addsr_core.pipeline import LatentTiling
+
+    balanced, fixed = LatentTiling(1024, 256), LatentTiling(1024, 256, balanced=False)
+    assert balanced.plan((128, 128)) is None and fixed.plan((128, 128)) is None  # one tile: untiled
+    assert fixed.plan((256, 256)) == ((128, 128), 32)
+    assert balanced.plan((256, 256)) == ((107, 107), 32)  # 3 x 107 instead of 3 x 128 per axis
+    assert balanced.calls_per_step((256, 256)) == fixed.calls_per_step((256, 256)) == 9
+    assert balanced.plan((100, 300)) == ((100, 122), 32)  # ceil((300 + 2 * 32) / 3)

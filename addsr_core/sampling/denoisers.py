@@ -67,7 +67,8 @@ class TiledDenoiser:
     """
 
     def __init__(self, denoise, tile: int, overlap: int, scale: int = 8, on_tile=None, square: bool = False):
-        if tile <= overlap:
+        # A (h, w) pair may already be clamped to a thin side; tiling halves the overlap there.
+        if max(tile if isinstance(tile, tuple) else (tile,)) <= overlap:
             raise ValueError(f"latent tile ({tile}) must be larger than the overlap ({overlap})")
         self.denoise, self.tile, self.overlap, self.scale, self.on_tile = denoise, tile, overlap, scale, on_tile
         self.square = square
@@ -85,5 +86,5 @@ class TiledDenoiser:
 
         # A (tile, tile) pair is clamped per axis: a 64x300 latent with tile 128 takes 3 calls, not
         # the 9 square 64-tiles the official clamp would make.
-        tile = self.tile if self.square else (self.tile, self.tile)
+        tile = self.tile if self.square or isinstance(self.tile, tuple) else (self.tile, self.tile)
         return aggregate_tiles(run, z.shape[-2:], tile, self.overlap, on_tile=self.on_tile)

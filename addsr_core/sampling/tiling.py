@@ -84,6 +84,19 @@ def axis_origins(size: int, tile: int, overlap: int) -> list[int]:
     return [i * stride for i in range(n - 1)] + [size - tile]
 
 
+def balanced_tile(size: int, tile: int, overlap: int) -> int:
+    """The smallest tile that covers ``size`` with as many tiles as ``tile`` needs (same overlap).
+
+    The fixed-stride layout pads the last tile out to the edge: a 256-latent side in 128-tiles with 32
+    overlap takes 3 tiles that could each be 107 wide. Diffusion cost grows faster than the tile's
+    area (attention), so equal, smaller tiles cost less for the same calls and the same overlap."""
+    tile = min(tile, size)
+    n = len(axis_origins(size, tile, overlap))
+    if n == 1:
+        return tile
+    return max(overlap + 1, math.ceil((size + (n - 1) * overlap) / n))
+
+
 def tile_origins(h: int, w: int, tile: TileSize, overlap: TileSize = 0) -> list[tuple[int, int]]:
     """Tile origins (y0, x0) in the official visit order: outer loop over x, inner over y."""
     th, tw, oy, ox = effective_tile(h, w, tile, overlap)
