@@ -3,6 +3,7 @@
     python bench/bench_tiles.py                 # full-size UNet+ControlNet and VAE, random weights, fp32
     python bench/bench_tiles.py --dtype auto    # the device's precision policy (bf16 + channels_last with AMX/AVX512-BF16)
     python bench/bench_tiles.py --quick         # fewer sizes (a few minutes)
+    python bench/bench_tiles.py --plans         # fixed-stride vs balanced tiles for 2048-4096 px outputs
 
 For each diffusion tile (output pixels) it times one ControlNet+UNet call on that tile and divides by
 the NEW pixels a tile adds in a large image (its stride squared, with the overlap the library's one
@@ -65,6 +66,38 @@ def diffusion_table(models, tiles, dtype, repeats: int) -> list[dict]:
     return rows
 
 
+PLAN_SIDES = (2048, 3072, 4096)  # output sides whose tile layouts --plans compares (1024 px tiles)
+
+
+def plans_table(models, dtype, repeats: int, tile: int = 1024) -> list[dict]:
+    """Fixed-stride vs balanced tiles (addsr_core.pipeline.LatentTiling) for square outputs: calls,
+    tile sizes, and the seconds per step from one measured call per distinct tile size."""
+    from addsr_core.pipeline import LatentTiling
+
+    overlap = tile_overlap_px(tile)
+    measured = {}
+
+    def call_s(tile_latent: int) -> float:
+        if tile_latent not in measured:
+            measured[tile_latent] = diffusion_table(models, (tile_latent * 8,), dtype, repeats)[0]["call_s"]
+        return measured[tile_latent]
+
+    rows = []
+    for side in PLAN_SIDES:
+        hw = (side // 8, side // 8)
+        row = {"output_px": side}
+        for name, tiling in (("fixed", LatentTiling(tile, overlap, balanced=False)), ("balanced", LatentTiling(tile, overlap))):
+            (th, tw), _ = tiling.plan(hw)
+            calls = tiling.calls_per_step(hw)
+            seconds = calls * call_s(th)  # square outputs: th == tw
+            row[name] = {"tile_px": th * 8, "calls": calls, "step_s": round(seconds, 1),
+                         "s_per_output_mp": round(seconds / (side * side / 1e6), 1)}
+        row["balanced_vs_fixed"] = round(row["balanced"]["step_s"] / row["fixed"]["step_s"], 3)
+        rows.append(row)
+        print(json.dumps({"plan": row}), flush=True)
+    return rows
+
+
 def vae_table(models, tiles, dtype, repeats: int) -> list[dict]:
     from addsr_core.imaging.tiled_vae import tiled_decode
 
@@ -87,6 +120,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="256/512/1024 diffusion tiles, 512/1024 VAE tiles")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--skip-vae", action="store_true")
+    parser.add_argument("--plans", action="store_true",
+                        help="only the fixed vs balanced tile layouts for 2048-4096 px outputs (1024 px tiles)")
     args = parser.parse_args()
     from addsr_core.precision import apply_precision, resolve_precision
 
@@ -95,6 +130,9 @@ def main() -> None:
     models = build_models()
     for net in (models.unet, models.controlnet, models.vae):
         apply_precision(net, precision)
+    if args.plans:
+        print(json.dumps({"precision": precision.name, "plans": plans_table(models, dtype, args.repeats)}, indent=1))
+        return
     tiles = (256, 512, 1024) if args.quick else DIFFUSION_TILES
     result = {"precision": precision.name, "threads": torch.get_num_threads(),
               "diffusion": diffusion_table(models, tiles, dtype, args.repeats)}
