@@ -250,3 +250,19 @@ def test_damaged_checkpoint_is_reported_and_old_ones_rotate(tmp_path):
         Toy().load(latest)
     with pytest.raises(CheckpointError, match="not a complete training checkpoint"):
         C.load_checkpoint(tmp_path)
+
+
+def test_corrupt_training_state_is_a_clear_checkpoint_error(tmp_path):
+    """The optimiser/RNG state goes through the library's one safe pickle reader: a broken file is
+    named, and torch's advice to load it with weights_only=False never reaches the user."""
+    _seed_globals(0)
+    toy = Toy()
+    toy.step = 1
+    toy.save(tmp_path)
+    latest = C.find_latest_checkpoint(tmp_path)
+    state = latest / C.TRAINING_STATE_FILE
+    size = state.stat().st_size
+    state.write_bytes(b"\0" * size)  # same size: passes the size check, unreadable content
+    with pytest.raises(CheckpointError, match="training state") as err:
+        Toy().load(latest)
+    assert "weights_only=False" not in str(err.value)

@@ -34,7 +34,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from ..loading.io import CheckpointError, check_state_dict, read_state_dict
+from ..loading.io import CheckpointError, check_state_dict, read_pickle_weights_only, read_state_dict
 from .ema import EMA
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -301,7 +301,7 @@ def load_checkpoint(
         _load_module(module, path / f"model_{name}.safetensors", family=f"checkpoint model {name!r}")
     for name, ema in (emas or {}).items():
         ema.load_state_dict(read_state_dict(path / f"ema_{name}.safetensors", family=f"checkpoint EMA {name!r}"))
-    state = torch.load(path / TRAINING_STATE_FILE, map_location="cpu", weights_only=True)
+    state = read_pickle_weights_only(str(path / TRAINING_STATE_FILE), "training state")
     for name, opt in (optimizers or {}).items():
         if name not in state["optimizers"]:
             raise CheckpointError(f"Checkpoint {str(path)!r} has no optimiser {name!r} (saved: {sorted(state['optimizers'])}).")
