@@ -269,7 +269,7 @@ def test_one_tile_is_exactly_untiled(networks, tensors):
 def test_on_tile_and_on_step_report_progress():
     ticks, steps = [], []
     opts = SeeSRSampling(steps=3)
-    from addsr_core.sampling.denoisers import ControlNetDenoiser, TiledDenoiser
+    from addsr_core.sampling.denoisers import TiledDenoiser
 
     denoise = TiledDenoiser(_stub(), 3, 1, on_tile=lambda: ticks.append(1), square=True)
     sample_seesr(denoise=denoise, options=opts, noise=seesr_noise(0), on_step=lambda i, n, x0: steps.append((i, n)),

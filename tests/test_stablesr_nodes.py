@@ -1,5 +1,4 @@
 """StableSR nodes on tiny seeded files in the release layouts, without ComfyUI; and the StableSR workflows."""
-import importlib.util
 import json
 from pathlib import Path
 from types import SimpleNamespace

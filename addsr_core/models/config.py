@@ -1,7 +1,7 @@
 """Network configs: parsed from the diffusers ``config.json`` files the official release ships."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from ..errors import AddSRError

@@ -25,7 +25,7 @@ from ..models import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 from ..sampling.denoisers import ControlNetDenoiser
 from .config import AddSRTrainConfig, TrainConfigError
 from .discriminator import LRConditionEncoder, ProjectedDiscriminator
-from .vit import DINO_VITS16, DINOV2_VITS14, VisionTransformer, ViTConfig, load_vit
+from .vit import DINO_VITS16, DINOV2_VITS14, ViTConfig, load_vit
 
 
 class AddSRNet(nn.Module):
