@@ -315,6 +315,18 @@ def upscale_calls(options: UpscaleOptions, lr_hw, batch: int = 1, method=None) -
     return method.count_network_calls(options.sampling(), options.tiling, (h // 8, w // 8), batch)
 
 
+def per_image(cond: LRCondition, prompt_embeds: torch.Tensor, negative_embeds: Optional[torch.Tensor], device):
+    """The samplers' batch loop: each image's condition, prompt and negative (None stays None) on
+    ``device`` in float32 (one sampled at a time: the same draws alone or batched, memory of one)."""
+    positives = batch_rows(prompt_embeds, cond.batch, "prompt_embeds")
+    negatives = batch_rows(negative_embeds, cond.batch, "negative_embeds")
+    for i in range(cond.batch):
+        one = cond.item(i)
+        one = dataclasses.replace(one, control_image=one.control_image.to(device).float(),
+                                  lr_tokens=one.lr_tokens.to(device).float(), moments=one.moments.to(device).float())
+        yield one, positives[i].to(device).float(), None if negatives[i] is None else negatives[i].to(device).float()
+
+
 def batch_rows(embeds: Optional[torch.Tensor], batch: int, what: str) -> list:
     """Per-image rows of a [1 or B, ...] tensor (None stays None)."""
     if embeds is None:

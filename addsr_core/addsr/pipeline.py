@@ -8,7 +8,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ..pipeline import AddSRModels, DecodeOptions, LatentTiling, LRCondition, batch_rows, vae_decode
+from ..pipeline import AddSRModels, DecodeOptions, LatentTiling, LRCondition, per_image, vae_decode
 from ..sampling.denoisers import ControlNetDenoiser
 from ..sampling.noise import NoiseSource, SeededNoise
 from ..text.conditioning import check_prompt_widths
@@ -56,21 +56,18 @@ def sample(
     def represent(image01):
         return models.ram.represent(image01, resize="bicubic")
 
-    positives = batch_rows(prompt_embeds, cond.batch, "prompt_embeds")
-    negatives = batch_rows(negative_embeds, cond.batch, "negative_embeds")
     z0 = []
     with torch.no_grad():
-        for i in range(cond.batch):
-            one = cond.item(i)
+        for one, positive, negative in per_image(cond, prompt_embeds, negative_embeds, device):
             result = sample_addsr(
                 denoise=denoise,
-                encode=lambda _, moments=one.moments: moments.to(device),
+                encode=lambda _, moments=one.moments: moments,
                 decode=decode_psr,
                 represent=represent,
-                control_image=one.control_image.to(device).float(),
-                lr_tokens=one.lr_tokens.to(device).float(),
-                prompt_embeds=positives[i].to(device).float(),
-                negative_embeds=None if negatives[i] is None else negatives[i].to(device).float(),
+                control_image=one.control_image,
+                lr_tokens=one.lr_tokens,
+                prompt_embeds=positive,
+                negative_embeds=negative,
                 options=sampling,
                 noise=noise or SeededNoise(seed),
                 trace=trace,

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import torch
 
 from .. import pipeline
-from ..pipeline import AddSRModels, DecodeOptions, LatentTiling, LRCondition, UpscaleOptions, batch_rows
+from ..pipeline import AddSRModels, DecodeOptions, LatentTiling, LRCondition, UpscaleOptions, per_image
 from ..sampling.denoisers import ControlNetDenoiser
 from ..sampling.noise import NoiseSource
 from .sampler import DEFAULT_GUIDANCE, DEFAULT_STEPS, START_POINTS, SeeSRSampling, sample_seesr, seesr_noise  # noqa: F401 (re-exported)
@@ -93,19 +93,16 @@ def sample(
     device = models.device_of(models.unet)
     denoise = ControlNetDenoiser(models.unet, models.controlnet, sampling.conditioning_scale)
     denoise = tiling.wrap(denoise, cond.moments.shape[-2:], on_tile)
-    positives = batch_rows(prompt_embeds, cond.batch, "prompt_embeds")
-    negatives = batch_rows(negative_embeds, cond.batch, "negative_embeds")
     z0 = []
     with torch.no_grad():
-        for i in range(cond.batch):
-            one = cond.item(i)
+        for one, positive, negative in per_image(cond, prompt_embeds, negative_embeds, device):
             z0.append(sample_seesr(
                 denoise=denoise,
-                control_image=one.control_image.to(device).float(),
-                lr_tokens=one.lr_tokens.to(device).float(),
-                prompt_embeds=positives[i].to(device).float(),
-                negative_embeds=None if negatives[i] is None else negatives[i].to(device).float(),
-                moments=one.moments.to(device).float(),
+                control_image=one.control_image,
+                lr_tokens=one.lr_tokens,
+                prompt_embeds=positive,
+                negative_embeds=negative,
+                moments=one.moments,
                 options=sampling,
                 noise=noise or seesr_noise(seed),
                 scaling_factor=models.vae.scaling_factor,
