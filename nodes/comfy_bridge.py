@@ -293,6 +293,12 @@ class Progress:
         if self.bar is not None:
             self.bar.update_absolute(self.done, self.total, preview)
 
+    def sampler_hooks(self) -> dict:
+        """``on_tile`` / ``on_step`` for the library's samplers: a tick per network call, a latent
+        preview per step."""
+        return {"on_tile": lambda: self.update(1),
+                "on_step": lambda k, total, pred_z0: self.update(0, latent_preview(pred_z0))}
+
 
 def latent_preview(latent: torch.Tensor, max_size: int = 512):
     """A cheap RGB preview of an (unscaled or scaled) SD latent, in ComfyUI's preview format."""

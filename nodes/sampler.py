@@ -111,12 +111,17 @@ def run_sampler(addsr_model: AddSRModel, addsr_cond: AddSRCond, positive, negati
         progress = comfy_bridge.Progress(method.count_network_calls(sampling, tiling, cond.moments.shape[-2:], cond.batch))
         comfy_bridge.check_interrupt()
         return method.sample(models, cond, positive.to(device), None if negative is None else negative.to(device),
-                             sampling, tiling, seed=seed, psr_decode=psr_decode, on_tile=lambda: progress.update(1),
-                             on_step=lambda k, total, pred_z0: progress.update(0, comfy_bridge.latent_preview(pred_z0)))
+                             sampling, tiling, seed=seed, psr_decode=psr_decode, **progress.sampler_hooks())
 
+    return retry_smaller_tiles(attempt, tiling.tile_px, lower="the VAE tile size")
+
+
+def retry_smaller_tiles(attempt, tile_px: int, *, lower: str):
+    """``attempt(tile)``, halving the diffusion tile (a multiple of 64) on out-of-memory down to
+    MIN_TILE_PX, then an error that says to lower ``lower`` (AddSR Sampler and AddSR Upscale)."""
     def exhausted(tile):
-        return AddSRInputError(f"out of memory even with {tile}px tiles. Lower the VAE tile size, use fp16, "
+        return AddSRInputError(f"out of memory even with {tile}px tiles. Lower {lower}, use fp16, "
                                "or start ComfyUI with --lowvram.")
 
-    return comfy_bridge.retry_smaller_on_oom(attempt, tiling.tile_px, floor=MIN_TILE_PX, what="AddSR:",
-                                     shrink=lambda tile: tile // 2 // 64 * 64, exhausted=exhausted)
+    return comfy_bridge.retry_smaller_on_oom(attempt, tile_px, floor=MIN_TILE_PX, what="AddSR:",
+                                             shrink=lambda tile: tile // 2 // 64 * 64, exhausted=exhausted)

@@ -19,7 +19,7 @@ from .common import (
     with_alpha,
 )
 from .loaders import AddSRModel, RAMModel
-from .sampler import MIN_TILE_PX
+from .sampler import MIN_TILE_PX, retry_smaller_tiles
 
 
 class AddSRUpscale:
@@ -97,13 +97,7 @@ class AddSRUpscale:
                                  ram.encoder.module, tagger=ram.tagger, text=text, device=device)
             progress = comfy_bridge.Progress(upscale_calls(options, lr.shape[-2:], lr.shape[0]))
             comfy_bridge.check_interrupt()
-            return upscale(models, lr, options, on_tile=lambda: progress.update(1),
-                           on_step=lambda k, total, pred_z0: progress.update(0, comfy_bridge.latent_preview(pred_z0)))
+            return upscale(models, lr, options, **progress.sampler_hooks())
 
-        def exhausted(tile):
-            return AddSRInputError(f"out of memory even with {tile}px tiles. Lower vae_tile_size, use fp16, "
-                                   "or start ComfyUI with --lowvram.")
-
-        out = comfy_bridge.retry_smaller_on_oom(attempt, options.latent_tile_px, floor=MIN_TILE_PX, what="AddSR:",
-                                        shrink=lambda tile: tile // 2 // 64 * 64, exhausted=exhausted)
+        out = retry_smaller_tiles(attempt, options.latent_tile_px, lower="vae_tile_size")
         return (with_alpha(out.cpu(), alpha_of(image)),)
