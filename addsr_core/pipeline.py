@@ -345,9 +345,9 @@ def decode(models: AddSRModels, latent: torch.Tensor, options: DecodeOptions = D
     return (raw.float() / 2 + 0.5).clamp(0, 1)
 
 
-def unscaled(models: AddSRModels, z0: torch.Tensor) -> torch.Tensor:
+def unscaled(vae: AutoencoderKL, z0: torch.Tensor) -> torch.Tensor:
     """The sampler's scaled z0 as the VAE's (and ComfyUI's LATENT) unscaled latent."""
-    return z0 / models.vae.scaling_factor
+    return z0 / vae.scaling_factor
 
 
 def finish(images: torch.Tensor, cond: LRCondition, options: FinishOptions = FinishOptions()) -> torch.Tensor:
@@ -409,4 +409,4 @@ def upscale(models: AddSRModels, lr: torch.Tensor, options: UpscaleOptions, *, m
     prompt_embeds = models.text(build_prompts(tags, prompts, lr.shape[0]))
     negative = models.text([prompts.negative_prompt]) if options.guidance_scale > 1 else None
     z0 = run_sampling(models, cond, prompt_embeds, negative, options, method=method, on_tile=on_tile, on_step=on_step)
-    return finish(decode(models, unscaled(models, z0), options.decoding), cond, options.finishing)
+    return finish(decode(models, unscaled(models.vae, z0), options.decoding), cond, options.finishing)

@@ -131,7 +131,7 @@ def timed_upscale(models: AddSRModels, lr: torch.Tensor, options: UpscaleOptions
         try:
             z0 = run_sampling(models, cond, embeds, negative, options, method=method)
             pipeline.vae_decode = clock.wrap("final_decode", decode_fn)
-            image = decode(models, unscaled(models, z0), options.decoding)
+            image = decode(models, unscaled(models.vae, z0), options.decoding)
         finally:
             pipeline.vae_decode = decode_fn
         total = time.perf_counter() - start

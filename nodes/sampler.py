@@ -83,8 +83,7 @@ def check_inputs(addsr_model, addsr_cond) -> None:
 
 def latent_output(addsr_cond: AddSRCond, z0):
     """ComfyUI's LATENT (unscaled, as VAE Decode wants it) for a sampled z0."""
-    vae = addsr_cond.vae.vae
-    return {"samples": pipeline.unscaled(AddSRModels(None, None, vae, None), z0).float().cpu()}
+    return {"samples": pipeline.unscaled(addsr_cond.vae.vae, z0).float().cpu()}
 
 
 def run_sampler(addsr_model: AddSRModel, addsr_cond: AddSRCond, positive, negative, sampling, tiling: LatentTiling,
