@@ -7,7 +7,7 @@
     python bench/bench_pipeline.py --scenario seesr_vs_addsr --tiny   # smoke run: every network tiny
     python bench/bench_pipeline.py --precision               # 4 and 1 step: fp32 vs auto (bf16 where fast), ratios
 
-Reports wall time per stage (VAE encode, RAM, ControlNet+UNet per step, PSR decodes, final decode)
+Reports wall time per stage (VAE encode, RAM, ControlNet+UNet per step, PSR decodes, final decode, finish)
 and the peak RSS of each scenario. Random weights: the timings and memory are real, the image is not.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from addsr_core.models import SD2_UNET, SD2_VAE, AutoencoderKL, ControlNetModel, UNet2DConditionModel, UNetConfig  # noqa: E402
 from addsr_core.seesr import pipeline as seesr  # noqa: E402
-from addsr_core.pipeline import AddSRModels, UpscaleOptions, condition_from_lr, decode, run_sampling, unscaled  # noqa: E402
+from addsr_core.pipeline import AddSRModels, UpscaleOptions, condition_from_lr, decode, finish, run_sampling, unscaled  # noqa: E402
 from addsr_core.ram import RAM, RAMConfig  # noqa: E402
 
 SCENARIOS = {
@@ -134,6 +134,7 @@ def timed_upscale(models: AddSRModels, lr: torch.Tensor, options: UpscaleOptions
             image = decode(models, unscaled(models.vae, z0), options.decoding)
         finally:
             pipeline.vae_decode = decode_fn
+        image = clock.wrap("finish", finish)(image, cond, options.finishing)  # colour fix, exact size
         total = time.perf_counter() - start
     return {
         "lr": list(lr.shape[-2:]), "condition": list(cond.control_image.shape[-2:]), "decoded": list(image.shape[-2:]),

@@ -8,8 +8,8 @@
 For each diffusion tile (output pixels) it times one ControlNet+UNet call on that tile and divides by
 the NEW pixels a tile adds in a large image (its stride squared, with the overlap the library's one
 rule gives: ``addsr_core.pipeline.tile_overlap_px``), so the numbers are seconds per output megapixel
-per step. For each VAE tile it times a tiled decode of the same latent and reports seconds per output
-megapixel. Not a test: timings are only compared within one run.
+per step. For each VAE tile it times one decode and one encode of an interior tile and reports seconds per output
+megapixel (interior tile with its halo, and the same size whole). Not a test: timings are only compared within one run.
 """
 from __future__ import annotations
 
@@ -31,7 +31,6 @@ from addsr_core.sampling.denoisers import ControlNetDenoiser  # noqa: E402
 
 DIFFUSION_TILES = (256, 384, 512, 768, 1024)  # output pixels (latent tile x 8)
 VAE_TILES = (256, 512, 768, 1024)
-DECODE_LATENT = 128  # a 1024 px image: big enough that the VAE tiles are really used
 
 
 def best_of(fn, repeats: int) -> float:
@@ -99,17 +98,32 @@ def plans_table(models, dtype, repeats: int, tile: int = 1024) -> list[dict]:
 
 
 def vae_table(models, tiles, dtype, repeats: int) -> list[dict]:
-    from addsr_core.imaging.tiled_vae import tiled_decode
+    """One interior VAE tile per size: its core (``tile_px``) with the halo the tiled decode and
+    encode give it on every side (``tiled_vae.decoder_receptive_px`` / ``encoder_receptive_px``),
+    and the same size run whole (an image that fits, untiled). Seconds per output megapixel are per
+    CORE pixel for the tile (what a large image pays), per pixel for the whole run."""
+    from addsr_core.imaging.tiled_vae import decoder_receptive_px, encoder_receptive_px
 
-    g = torch.Generator().manual_seed(1)
-    latent = torch.randn(1, 4, DECODE_LATENT, DECODE_LATENT, generator=g).to(dtype)
+    vae, g = models.vae, torch.Generator().manual_seed(1)
     rows = []
-    mp = (DECODE_LATENT * 8) ** 2 / 1e6
     for tile in tiles:
-        with torch.no_grad():
-            seconds = best_of(lambda: tiled_decode(models.vae, latent, tile, 64), repeats)
-        rows.append({"tile_px": tile, "decode_s": round(seconds, 2), "s_per_output_mp": round(seconds / mp, 2)})
-        print(json.dumps({"vae_decode": rows[-1]}), flush=True)
+        row = {"tile_px": tile}
+        for name, halo in (("decode", decoder_receptive_px(vae)), ("encode", encoder_receptive_px(vae))):
+            halo_px = -(-halo // 8) * 8
+            for kind, side in (("whole", tile), ("tile", tile + 2 * halo_px)):
+                if name == "decode":
+                    x = torch.randn(1, 4, side // 8, side // 8, generator=g).to(dtype)
+                    fn = lambda: vae.decode(x)  # noqa: E731
+                else:
+                    x = (torch.rand(1, 3, side, side, generator=g) * 2 - 1).to(dtype)
+                    fn = lambda: vae.encode_moments(x)  # noqa: E731
+                with torch.no_grad():
+                    seconds = best_of(fn, repeats)
+                row[f"{name}_{kind}_s"] = round(seconds, 2)
+                row[f"{name}_{kind}_s_per_mp"] = round(seconds / (tile * tile / 1e6), 1)
+            row[f"{name}_context_px"] = tile + 2 * halo_px
+        rows.append(row)
+        print(json.dumps({"vae": row}), flush=True)
     return rows
 
 
@@ -119,6 +133,8 @@ def main() -> None:
                         help="addsr_core.precision (channels_last with low precision only, as the policy does)")
     parser.add_argument("--quick", action="store_true", help="256/512/1024 diffusion tiles, 512/1024 VAE tiles")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--tiles", type=int, nargs="+", help="diffusion tile sizes (output px) instead of the table's")
+    parser.add_argument("--vae-tiles", type=int, nargs="+", help="VAE tile cores (output px) instead of the table's")
     parser.add_argument("--skip-vae", action="store_true")
     parser.add_argument("--plans", action="store_true",
                         help="only the fixed vs balanced tile layouts for 2048-4096 px outputs (1024 px tiles)")
@@ -133,11 +149,11 @@ def main() -> None:
     if args.plans:
         print(json.dumps({"precision": precision.name, "plans": plans_table(models, dtype, args.repeats)}, indent=1))
         return
-    tiles = (256, 512, 1024) if args.quick else DIFFUSION_TILES
+    tiles = args.tiles or ((256, 512, 1024) if args.quick else DIFFUSION_TILES)
     result = {"precision": precision.name, "threads": torch.get_num_threads(),
               "diffusion": diffusion_table(models, tiles, dtype, args.repeats)}
-    if not args.skip_vae:
-        result["vae_decode"] = vae_table(models, (512, 1024) if args.quick else VAE_TILES, dtype, args.repeats)
+    if not args.skip_vae and (args.vae_tiles or not args.tiles):
+        result["vae_decode"] = vae_table(models, args.vae_tiles or ((512, 1024) if args.quick else VAE_TILES), dtype, args.repeats)
     base = min(r["s_per_output_mp"] for r in result["diffusion"])
     for row in result["diffusion"]:
         row["vs_best"] = round(row["s_per_output_mp"] / base, 2)

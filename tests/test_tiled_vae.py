@@ -12,6 +12,7 @@ from addsr_core.imaging.tiled_vae import (
     feather,
     fixed_group_norm_stats,
     plan_spans,
+    decoder_trim_margins,
     record_group_norm_stats,
     tiled_decode,
     tiled_encode,
@@ -68,6 +69,29 @@ def test_multi_tile_is_exact_when_the_whole_image_fits_the_statistics_pass(vae, 
     for ours, ref in [(explicit_d, decoded), (explicit_m, moments)]:
         assert ours.shape == ref.shape
         assert (ours - ref).abs().max() < 2e-5
+    assert _nothing_patched(vae)
+
+
+def test_trimmed_decoder_tiles_give_the_same_pixels_with_less_work(vae, smooth):
+    """After each up block a tile keeps only its core plus the reach still to come: the same
+    output as running the whole halo through every layer, and the untiled decode."""
+    _, _, latent, decoded = smooth
+    context = decoder_context(vae, latent)
+    widths = []
+    hook = vae.decoder.conv_out.register_forward_pre_hook(lambda m, args: widths.append(tuple(args[0].shape[-2:])))
+    try:
+        with torch.no_grad():
+            full = tiled_decode(vae, latent, 128, 32, context=context, trim=False)
+            n_full = len(widths)
+            trimmed = tiled_decode(vae, latent, 128, 32, context=context)
+    finally:
+        hook.remove()
+    assert (trimmed - full).abs().max() < 1e-5 and (trimmed - decoded).abs().max() < 2e-5
+    area = lambda shapes: sum(h * w for h, w in shapes)  # noqa: E731  full-resolution pixels computed
+    assert area(widths[n_full:]) < 0.8 * area(widths[:n_full])
+    margins = decoder_trim_margins(vae)
+    assert margins[-1] == (1, 1) and [scale for scale, _ in margins] == [4, 2, 1, 1]
+    assert [reach for _, reach in margins] == sorted((reach for _, reach in margins), reverse=True)
     assert _nothing_patched(vae)
 
 
@@ -131,11 +155,13 @@ def test_peak_activation_is_bounded_by_tile_not_image(vae):
     context = (tile_px + 2 * halo_px) // 8
     one_tile = _max_activation(vae, lambda: vae.decode(torch.randn(1, 4, context, context, generator=g)))
     peaks = []
-    for hw in [(24, 24), (24, 40)]:
+    for hw in [(24, 24), (24, 40), (24, 72)]:
         latent = torch.randn(1, 4, *hw, generator=g)
         peaks.append(_max_activation(vae, lambda: tiled_decode(vae, latent, tile_px, 16, halo_px=halo_px)))
         assert peaks[-1] <= one_tile < _max_activation(vae, lambda: vae.decode(latent))
-    assert peaks[0] == peaks[1] == one_tile  # set by the tile (with its halo), not by the image
+    # set by the tile (with its halo), not by the image: 3x the image, no larger an activation
+    # (balanced, trimmed tiles can be smaller than one full tile with its halo)
+    assert peaks[2] <= peaks[0] and max(peaks) > one_tile // 2
 
     side = tile_px + 2 * halo_px
     one_tile = _max_activation(vae, lambda: vae.encode_moments(torch.rand(1, 3, side, side, generator=g)))
@@ -158,10 +184,17 @@ def test_feather_and_spans():
     left, right = feather(8, 0, 4), feather(8, 4, 0)
     assert torch.allclose(left[4:] + right[:4], torch.ones(4))  # neighbours' ramps sum to 1
     assert feather(8, 4, 4).min() > 0
-    spans = plan_spans(21, 8, 2, 3)
+    spans = plan_spans(21, 8, 2, 3, balanced=False)  # fixed stride: the last core mostly repeats the third
     assert [(s.start, s.end) for s in spans] == [(0, 8), (6, 14), (12, 20), (13, 21)]
     assert (spans[0].ctx_start, spans[0].ctx_end, spans[-1].ctx_start, spans[-1].ctx_end) == (0, 11, 10, 21)
     assert (spans[1].ramp_before, spans[1].ramp_after, spans[-1].ramp_before) == (2, 2, 7)
+    spans = plan_spans(21, 8, 2, 3)  # balanced (default): as many cores, equal and smaller
+    assert [(s.start, s.end) for s in spans] == [(0, 7), (5, 12), (10, 17), (14, 21)]
+    assert [(s.ramp_before, s.ramp_after) for s in spans] == [(0, 2), (2, 2), (2, 3), (3, 0)]
+    assert (spans[0].ctx_end, spans[-1].ctx_start) == (10, 11)
+    assert [(s.start, s.end) for s in plan_spans(16, 8, 2, 3)] == [(0, 7), (5, 12), (9, 16)]
+    assert len(plan_spans(16, 8, 2, 3, balanced=False)) == 3  # balancing never adds a tile
+    assert [(s.start, s.end) for s in plan_spans(14, 8, 2, 3)] == [(0, 8), (6, 14)]  # already even: unchanged
 
 
 def test_fixed_statistics_reproduce_the_module_and_reject_others(vae):

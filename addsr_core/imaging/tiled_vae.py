@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.operations import compute_device
-from ..sampling.tiling import axis_origins
+from ..sampling.tiling import axis_origins, balanced_tile
 
 # --- Whole-image context: GroupNorm statistics and attention tokens -------------------------------
 
@@ -320,6 +320,23 @@ def decoder_receptive_px(vae) -> int:
     return reach + 1  # conv_out
 
 
+def decoder_trim_margins(vae) -> list[tuple[int, int]]:
+    """Per up block of the decoder: (output px per feature px after it, the reach of everything
+    after it in output px). A tile needs only that much context past its core once the block has
+    run; the rest of the halo is spent (same count as :func:`decoder_receptive_px`)."""
+    levels, per_block = len(vae.config.block_out_channels), vae.config.layers_per_block + 1
+    scales = [2 ** (levels - 1 - i) for i in range(levels)]  # each block's resnets
+    margins = []
+    for i in range(levels):
+        after = scales[i + 1] if i + 1 < levels else scales[i]  # its upsampler (and conv) ran: one level up
+        reach = 1  # conv_out
+        for j in range(i + 1, levels):
+            # block j's resnets, and the conv of block j-1's upsampler (block i's own already ran)
+            reach += scales[j] * 2 * per_block + (scales[j] if j > i + 1 else 0)
+        margins.append((after, reach))
+    return margins
+
+
 def decoder_attention_reach(vae) -> int:
     """Latents from a cut edge whose mid-block attention input is affected: conv_in + one resnet."""
     return 3
@@ -357,10 +374,16 @@ class Span:
     ramp_after: int
 
 
-def plan_spans(size: int, tile: int, overlap: int, halo: int) -> list[Span]:
-    """Cores as in the latent tiling (last one flush with the edge), each with a halo of context."""
+def plan_spans(size: int, tile: int, overlap: int, halo: int, balanced: bool = True) -> list[Span]:
+    """Cores as in the latent tiling (last one flush with the edge), each with a halo of context.
+
+    ``balanced``: equal cores, the smallest that cover ``size`` with as many tiles as ``tile``
+    needs (:func:`~addsr_core.sampling.tiling.balanced_tile`), instead of a last core that mostly
+    repeats its neighbour; the work is what the pixels need, whatever the image size."""
     tile = min(tile, size)
     overlap = min(overlap, tile // 2)
+    if balanced:
+        tile = balanced_tile(size, tile, overlap)
     starts = axis_origins(size, tile, overlap)
     spans = []
     for i, s in enumerate(starts):
@@ -407,16 +430,18 @@ def _run_tiles(
     region: TileRegion,
     on_tile: Optional[Callable[[], None]] = None,
 ) -> torch.Tensor:
-    """Blend ``run(context)`` over the tile grid. Spans are in latent units; ``*_scale`` = px per latent."""
+    """Blend ``run(context, span_y, span_x)`` (the tile's core, from its context) over the tile grid.
+    Spans are in latent units; ``*_scale`` = px per latent."""
     out = weight_sum = None
     for sx in xs:
         for sy in ys:
             region.box = (sy.ctx_start, sy.ctx_end, sx.ctx_start, sx.ctx_end)
             ctx = source[..., sy.ctx_start * in_scale : sy.ctx_end * in_scale, sx.ctx_start * in_scale : sx.ctx_end * in_scale]
-            result = run(ctx)
-            oy, ox = (sy.start - sy.ctx_start) * out_scale, (sx.start - sx.ctx_start) * out_scale
+            result = run(ctx, sy, sx)
             th, tw = (sy.end - sy.start) * out_scale, (sx.end - sx.start) * out_scale
-            core = result[..., oy : oy + th, ox : ox + tw].to(source.device, torch.float32)
+            if tuple(result.shape[-2:]) != (th, tw):
+                raise RuntimeError(f"a VAE tile returned {tuple(result.shape[-2:])}, expected its core {(th, tw)}")
+            core = result.to(source.device, torch.float32)
             if out is None:
                 h, w = ys[-1].end * out_scale, xs[-1].end * out_scale
                 out = torch.zeros(*core.shape[:2], h, w, device=source.device)
@@ -487,6 +512,8 @@ def tiled_decode(
     stats_px: Optional[int] = None,
     context: Optional[WholeImageContext] = None,
     on_tile: Optional[Callable[[], None]] = None,
+    balanced: bool = True,
+    trim: bool = True,
 ) -> torch.Tensor:
     """``vae.decode`` of an UNSCALED latent [B,C,h,w] in tiles of ``tile_px`` output pixels.
 
@@ -495,7 +522,10 @@ def tiled_decode(
     decoder's receptive field. ``context`` defaults to ``decoder_context`` on the latent shrunk
     to at most ``stats_px``^2 output pixels (default: one tile with its halo, so no more memory
     than a tile; larger is more faithful). Without ``context``, a latent no larger than that runs
-    untiled. ``on_tile()`` is called after each tile.
+    untiled. ``on_tile()`` is called after each tile. ``balanced`` (on): equal tiles per axis, see
+    :func:`plan_spans` (off: fixed stride, the last tile flush with the edge). ``trim`` (on): the
+    decoder drops each tile's spent halo after every up block (:class:`_KeptWindow`; the same
+    pixels, far less work at full resolution).
     """
     factor = _latent_factor(vae)
     tile, overlap = _check_tiling_args(tile_px, overlap_px, factor)
@@ -508,13 +538,49 @@ def tiled_decode(
     if context is None:
         context = decoder_context(vae, latent, stats * stats)
 
-    def run(ctx):
-        return vae.decoder(vae.post_quant_conv(ctx.to(device, dtype)))
+    margins = decoder_trim_margins(vae) if trim else None
+
+    def run(ctx, sy, sx):
+        kept = _KeptWindow(sy, sx, margins, factor)
+        out = vae.decoder(vae.post_quant_conv(ctx.to(device, dtype)), trim=kept.trim if trim else None)
+        return kept.core(out)
 
     region = TileRegion()
-    ys, xs = plan_spans(h, tile, overlap, halo), plan_spans(w, tile, overlap, halo)
+    ys, xs = plan_spans(h, tile, overlap, halo, balanced), plan_spans(w, tile, overlap, halo, balanced)
     with tiled_context(vae.decoder, context, region, decoder_attention_reach(vae)):
         return _run_tiles(run, latent, ys, xs, 1, factor, region, on_tile)
+
+
+class _KeptWindow:
+    """What part of a decoder tile's context is still computed: after each up block, the core plus
+    the reach of the layers still to run (:func:`decoder_trim_margins`); the margin spent is cut, so
+    the full-resolution layers run on little more than the core. Exact: the zero padding at the new
+    cut edge reaches only the margin kept, never the core. Tracks the window's origin in output px."""
+
+    def __init__(self, sy: Span, sx: Span, margins, factor: int):
+        self.spans, self.margins, self.factor = (sy, sx), margins, factor
+        self.origin = [sy.ctx_start * factor, sx.ctx_start * factor]  # output px of the features' (0, 0)
+
+    def trim(self, h: torch.Tensor, i: int) -> torch.Tensor:
+        scale, reach = self.margins[i]  # output px per feature px, reach still to come (output px)
+        margin = -(-reach // scale)
+        for axis, span in enumerate(self.spans):
+            dim = h.ndim - 2 + axis
+            start = self.origin[axis] // scale  # features index [start, start + size) in this scale's px
+            lo = max(start, span.start * self.factor // scale - margin)
+            hi = min(start + h.shape[dim], span.end * self.factor // scale + margin)
+            if span.ctx_start == span.start:  # an image edge: its real padding is kept as it is
+                lo = start
+            if span.ctx_end == span.end:
+                hi = start + h.shape[dim]
+            h = h.narrow(dim, lo - start, hi - lo)
+            self.origin[axis] = lo * scale
+        return h
+
+    def core(self, out: torch.Tensor) -> torch.Tensor:
+        (sy, sx), f = self.spans, self.factor
+        oy, ox = sy.start * f - self.origin[0], sx.start * f - self.origin[1]
+        return out[..., oy : oy + (sy.end - sy.start) * f, ox : ox + (sx.end - sx.start) * f]
 
 
 def tiled_encode(
@@ -527,6 +593,7 @@ def tiled_encode(
     stats_px: Optional[int] = None,
     context: Optional[WholeImageContext] = None,
     on_tile: Optional[Callable[[], None]] = None,
+    balanced: bool = True,
 ) -> torch.Tensor:
     """``vae.encode_moments`` of an image [B,3,H,W] in [-1,1], in tiles of ``tile_px`` pixels.
 
@@ -547,10 +614,12 @@ def tiled_encode(
     if context is None:
         context = encoder_context(vae, image, stats * stats)
 
-    def run(ctx):
-        return vae.quant_conv(vae.encoder(ctx.to(device, dtype)))
+    def run(ctx, sy, sx):
+        out = vae.quant_conv(vae.encoder(ctx.to(device, dtype)))
+        oy, ox = sy.start - sy.ctx_start, sx.start - sx.ctx_start
+        return out[..., oy : oy + sy.end - sy.start, ox : ox + sx.end - sx.start]
 
     region = TileRegion()
-    ys, xs = plan_spans(H // factor, tile, overlap, halo), plan_spans(W // factor, tile, overlap, halo)
+    ys, xs = plan_spans(H // factor, tile, overlap, halo, balanced), plan_spans(W // factor, tile, overlap, halo, balanced)
     with tiled_context(vae.encoder, context, region, encoder_attention_reach(vae)):
         return _run_tiles(run, image, ys, xs, factor, 1, region, on_tile)

@@ -93,11 +93,15 @@ class Decoder(nn.Module):
         self.conv_act = nn.SiLU()
         self.conv_out = ops.Conv2d(rev[-1], cfg.out_channels, 3, padding=1)
 
-    def forward(self, z):
+    def forward(self, z, trim=None):
+        """``trim(h, i)``, when given, may crop the features after up block ``i`` (a tiled decode
+        drops the margin it no longer needs, see ``imaging.tiled_vae``)."""
         h = self.conv_in(z)
         h = self.mid_block(h)
-        for block in self.up_blocks:
+        for i, block in enumerate(self.up_blocks):
             h = block(h)
+            if trim is not None:
+                h = trim(h, i)
         return self.conv_out(self.conv_act(self.conv_norm_out(h)))
 
 
