@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "colour fix, truncate, as the official test_addsr.py (reproduces its PNG)")
     up.add_argument("--seed", type=int, default=0)
     up.add_argument("--tile", type=int, help="diffusion tile size in output pixels (AddSR 1024, SeeSR 768)")
-    up.add_argument("--tile-overlap", type=int, help="diffusion tile overlap in output pixels (AddSR 256, SeeSR 32; at most a third of the tile)")
+    up.add_argument("--tile-overlap", type=int, help="diffusion tile overlap in output pixels (AddSR 64, SeeSR 32; at most a third of the tile)")
     up.add_argument("--vae-tile", type=int, default=1024, help="VAE tile size in pixels")
     up.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     up.add_argument("--dtype", default="auto", choices=DTYPES)

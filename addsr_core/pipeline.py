@@ -33,7 +33,13 @@ from .text.prompt import DEFAULT_NEGATIVE_PROMPT as DEFAULT_NEGATIVE
 # bits, the colour fix runs on that and the 8-bit LR, and ToPILImage truncates; it reproduces the
 # official PNG. The two differ by up to 2 levels (ours ~0.4 levels brighter on average).
 ROUNDINGS = ("float", "official")
-DEFAULT_LATENT_OVERLAP_PX = 256
+# Default tiles, in output pixels, chosen from bench/bench_tiles.py and bench/bench_scaling.py (README,
+# Performance): images up to 1024 px run untiled as the official code runs them; beyond, balanced
+# diffusion tiles of at most 1024 px overlapping by 64 px (official SeeSR overlaps by 32) keep the
+# seconds per output pixel flat, and 1024 px VAE tiles bound the decoder's memory by the tile.
+DEFAULT_LATENT_TILE_PX = 1024
+DEFAULT_LATENT_OVERLAP_PX = 64
+DEFAULT_VAE_TILE_PX = 1024
 
 
 @dataclass
@@ -65,7 +71,7 @@ class ConditionOptions:
 
     scale: int = 4
     process_size: int = 512
-    vae_tile_px: int = 1024
+    vae_tile_px: int = DEFAULT_VAE_TILE_PX
     vae_overlap_px: int = 64
 
     def validate(self) -> None:
@@ -89,7 +95,7 @@ def tile_overlap_px(tile_px: int, overlap_px: int = DEFAULT_LATENT_OVERLAP_PX) -
     """The diffusion tile overlap actually used for a ``tile_px`` tile (output pixels): the wanted
     ``overlap_px``, at most a third of the tile (a multiple of 8), so tiles step by at least two
     thirds of their size. The one rule of the AddSR Upscale and AddSR Sampler nodes and the CLI:
-    the same tile gives the same overlap everywhere (the default 1024 tile: 256)."""
+    the same tile gives the same overlap everywhere (the default 1024 tile: 64)."""
     return max(0, min(int(overlap_px), int(tile_px) // 3 // 8 * 8))
 
 
@@ -102,7 +108,7 @@ class LatentTiling:
     tile run untiled either way. ``area_rule`` is SeeSR's official rule: tile when the AREA
     exceeds tile², with square tiles ``min(tile, h, w)`` (``balanced`` does not apply)."""
 
-    tile_px: int = 1024  # 128 latents
+    tile_px: int = DEFAULT_LATENT_TILE_PX  # 128 latents
     overlap_px: int = DEFAULT_LATENT_OVERLAP_PX  # see tile_overlap_px
     area_rule: bool = False
     balanced: bool = True
@@ -147,9 +153,11 @@ class LatentTiling:
 
 @dataclass(frozen=True)
 class DecodeOptions:
-    """The tiled VAE decode (final image and PSR steps); 1792 px is the official decoder tile."""
+    """The tiled VAE decode (final image and PSR steps). The official decoder tile is 1792 px; 1024
+    px bounds each full-resolution 128-channel fp32 feature map at ~0.55 GB (1.7 GB at 1792 px), so
+    decoder memory stops growing with the image past 1312 px (larger images are tiled)."""
 
-    tile_px: int = 1792
+    tile_px: int = DEFAULT_VAE_TILE_PX
     overlap_px: int = 64
 
 
@@ -184,10 +192,10 @@ class UpscaleOptions:
     color_fix: str = "adain"
     process_size: int = 512
     recompute_tokens: bool = True
-    latent_tile_px: int = 1024
+    latent_tile_px: int = DEFAULT_LATENT_TILE_PX
     latent_overlap_px: int = DEFAULT_LATENT_OVERLAP_PX
-    vae_encode_tile_px: int = 1024
-    vae_decode_tile_px: int = 1792
+    vae_encode_tile_px: int = DEFAULT_VAE_TILE_PX
+    vae_decode_tile_px: int = DEFAULT_VAE_TILE_PX
     vae_overlap_px: int = 64
     rounding: str = "float"
     added_prompt: str = DEFAULT_ADDED_PROMPT

@@ -100,28 +100,37 @@ def plans_table(models, dtype, repeats: int, tile: int = 1024) -> list[dict]:
 def vae_table(models, tiles, dtype, repeats: int) -> list[dict]:
     """One interior VAE tile per size: its core (``tile_px``) with the halo the tiled decode and
     encode give it on every side (``tiled_vae.decoder_receptive_px`` / ``encoder_receptive_px``),
-    and the same size run whole (an image that fits, untiled). Seconds per output megapixel are per
-    CORE pixel for the tile (what a large image pays), per pixel for the whole run."""
-    from addsr_core.imaging.tiled_vae import decoder_receptive_px, encoder_receptive_px
+    the decoder's also trimmed as ``tiled_decode`` runs it, and the same size run whole (an image
+    that fits, untiled). Seconds per megapixel are per CORE pixel for a tile (what a large image
+    pays), per pixel for the whole run."""
+    from addsr_core.imaging.tiled_vae import (Span, _KeptWindow, decoder_receptive_px, decoder_trim_margins,
+                                              encoder_receptive_px)
 
     vae, g = models.vae, torch.Generator().manual_seed(1)
+    margins = decoder_trim_margins(vae)
     rows = []
     for tile in tiles:
         row = {"tile_px": tile}
         for name, halo in (("decode", decoder_receptive_px(vae)), ("encode", encoder_receptive_px(vae))):
-            halo_px = -(-halo // 8) * 8
-            for kind, side in (("whole", tile), ("tile", tile + 2 * halo_px)):
+            halo_lat = -(-halo // 8)
+            side_lat = tile // 8 + 2 * halo_lat
+            span = Span(halo_lat, halo_lat + tile // 8, 0, side_lat, 1, 1)  # an interior tile's core and context
+            kinds = [("whole", tile // 8, None), ("tile", side_lat, None)]
+            if name == "decode":
+                kinds.append(("tile_trimmed", side_lat, span))
+            for kind, n, trimmed in kinds:
                 if name == "decode":
-                    x = torch.randn(1, 4, side // 8, side // 8, generator=g).to(dtype)
-                    fn = lambda: vae.decode(x)  # noqa: E731
+                    x = torch.randn(1, 4, n, n, generator=g).to(dtype)
+                    trim = None if trimmed is None else (lambda: _KeptWindow(trimmed, trimmed, margins, 8).trim)
+                    fn = lambda: vae.decoder(vae.post_quant_conv(x), trim=trim and trim())  # noqa: E731
                 else:
-                    x = (torch.rand(1, 3, side, side, generator=g) * 2 - 1).to(dtype)
+                    x = (torch.rand(1, 3, n * 8, n * 8, generator=g) * 2 - 1).to(dtype)
                     fn = lambda: vae.encode_moments(x)  # noqa: E731
                 with torch.no_grad():
                     seconds = best_of(fn, repeats)
                 row[f"{name}_{kind}_s"] = round(seconds, 2)
                 row[f"{name}_{kind}_s_per_mp"] = round(seconds / (tile * tile / 1e6), 1)
-            row[f"{name}_context_px"] = tile + 2 * halo_px
+            row[f"{name}_context_px"] = side_lat * 8
         rows.append(row)
         print(json.dumps({"vae": row}), flush=True)
     return rows
@@ -150,13 +159,14 @@ def main() -> None:
         print(json.dumps({"precision": precision.name, "plans": plans_table(models, dtype, args.repeats)}, indent=1))
         return
     tiles = args.tiles or ((256, 512, 1024) if args.quick else DIFFUSION_TILES)
-    result = {"precision": precision.name, "threads": torch.get_num_threads(),
-              "diffusion": diffusion_table(models, tiles, dtype, args.repeats)}
+    result = {"precision": precision.name, "threads": torch.get_num_threads()}
+    if args.tiles or not args.vae_tiles:  # --vae-tiles alone: only the VAE table
+        result["diffusion"] = diffusion_table(models, tiles, dtype, args.repeats)
+        base = min(r["s_per_output_mp"] for r in result["diffusion"])
+        for row in result["diffusion"]:
+            row["vs_best"] = round(row["s_per_output_mp"] / base, 2)
     if not args.skip_vae and (args.vae_tiles or not args.tiles):
-        result["vae_decode"] = vae_table(models, args.vae_tiles or ((512, 1024) if args.quick else VAE_TILES), dtype, args.repeats)
-    base = min(r["s_per_output_mp"] for r in result["diffusion"])
-    for row in result["diffusion"]:
-        row["vs_best"] = round(row["s_per_output_mp"] / base, 2)
+        result["vae"] = vae_table(models, args.vae_tiles or ((512, 1024) if args.quick else VAE_TILES), dtype, args.repeats)
     print(json.dumps(result, indent=1))
 
 

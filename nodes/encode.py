@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from addsr_core.pipeline import AddSRModels, ConditionOptions, LRCondition, condition_from_lr
+from addsr_core.pipeline import DEFAULT_VAE_TILE_PX, AddSRModels, ConditionOptions, LRCondition, condition_from_lr
 
 from . import comfy_bridge
 from .common import CATEGORY, VAEHandle, alpha_of, as_addsr_vae, image_to_bchw
@@ -22,7 +22,7 @@ class AddSRCond:
     cond: LRCondition
     vae: VAEHandle
     ram: RAMModel
-    vae_tile_px: int = 1024
+    vae_tile_px: int = DEFAULT_VAE_TILE_PX
     alpha: Optional[torch.Tensor] = None  # [B,h,w] in [0,1], or None
 
 
@@ -43,7 +43,7 @@ class AddSREncodeLR:
                 "ram": ("ADDSR_RAM", {"tooltip": "From AddSR Load RAM."}),
                 "scale": ("INT", {"default": 4, "min": 1, "max": 8,
                     "tooltip": "Upscale factor. AddSR is trained for 4x."}),
-                "vae_tile_size": ("INT", {"default": 1024, "min": 256, "max": 4096, "step": 64,
+                "vae_tile_size": ("INT", {"default": DEFAULT_VAE_TILE_PX, "min": 256, "max": 4096, "step": 64,
                     "tooltip": "VAE tiles (pixels) for this encode and the sampler's refinement decodes; "
                                "lower it if you run out of memory."}),
             },
@@ -53,7 +53,7 @@ class AddSREncodeLR:
             },
         }
 
-    def encode(self, image, vae, ram, scale=4, vae_tile_size=1024, min_size=512):
+    def encode(self, image, vae, ram, scale=4, vae_tile_size=DEFAULT_VAE_TILE_PX, min_size=512):
         return (encode_lr(image, vae, ram, ConditionOptions(scale, min_size, vae_tile_size)),)
 
 

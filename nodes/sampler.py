@@ -5,7 +5,8 @@ import dataclasses
 
 from addsr_core import pipeline
 from addsr_core.addsr import pipeline as addsr_pipeline
-from addsr_core.pipeline import AddSRModels, DecodeOptions, LatentTiling, tile_overlap_px
+from addsr_core.pipeline import (DEFAULT_LATENT_OVERLAP_PX, DEFAULT_LATENT_TILE_PX, AddSRModels, DecodeOptions,
+                                 LatentTiling, tile_overlap_px)
 from addsr_core.addsr.sampler import AddSRSampling
 
 from . import comfy_bridge
@@ -47,10 +48,10 @@ class AddSRSampler:
                                "Higher: more generated detail; lower: closer to the input."}),
                 "cfg": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 20.0, "step": 0.1,
                     "tooltip": "Classifier-free guidance. 0 (official): off. Above 1 uses the negative prompt and doubles the cost."}),
-                "tile_size": ("INT", {"default": 1024, "min": MIN_TILE_PX, "max": 4096, "step": 64,
+                "tile_size": ("INT", {"default": DEFAULT_LATENT_TILE_PX, "min": MIN_TILE_PX, "max": 4096, "step": 64,
                     "tooltip": "Diffusion tile in output pixels. Images larger than this are processed in "
                                "equal overlapping tiles of at most this size; halved automatically on out-of-memory."}),
-                "tile_overlap": ("INT", {"default": 256, "min": 0, "max": 2048, "step": 32,
+                "tile_overlap": ("INT", {"default": DEFAULT_LATENT_OVERLAP_PX, "min": 0, "max": 2048, "step": 32,
                     "tooltip": "Overlap between tiles in output pixels (at most a third of the tile); more hides seams "
                                "better but costs time."}),
             },
@@ -62,7 +63,8 @@ class AddSRSampler:
         }
 
     def sample(self, addsr_model, addsr_cond, positive, negative, seed=0, steps=4, psr_weight=0.4, cfg=0.0,
-               tile_size=1024, tile_overlap=256, recompute_tokens=True, vae=None, ram=None):
+               tile_size=DEFAULT_LATENT_TILE_PX, tile_overlap=DEFAULT_LATENT_OVERLAP_PX, recompute_tokens=True,
+               vae=None, ram=None):
         check_inputs(addsr_model, addsr_cond)
         sampling = AddSRSampling.with_steps(steps, psr_weight=psr_weight, recompute_tokens=recompute_tokens,
                                             guidance_scale=cfg)

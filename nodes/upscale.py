@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from addsr_core.pipeline import COLOR_FIXES, DEFAULT_NEGATIVE, AddSRModels, UpscaleOptions, tile_overlap_px, upscale, upscale_calls
+from addsr_core.pipeline import (COLOR_FIXES, DEFAULT_LATENT_TILE_PX, DEFAULT_NEGATIVE, DEFAULT_VAE_TILE_PX, AddSRModels,
+                                 UpscaleOptions, tile_overlap_px, upscale, upscale_calls)
 
 from . import comfy_bridge
 from .common import (
@@ -47,7 +48,7 @@ class AddSRUpscale:
                 "psr_weight": ("FLOAT", {"default": 0.4, "min": 0.0, "max": 1.0, "step": 0.05,
                     "tooltip": "Self-refinement strength (official 0.4)."}),
                 "color_fix": (list(COLOR_FIXES), {"default": "adain", "tooltip": "Colour correction against the input."}),
-                "tile_size": ("INT", {"default": 1024, "min": MIN_TILE_PX, "max": 4096, "step": 64,
+                "tile_size": ("INT", {"default": DEFAULT_LATENT_TILE_PX, "min": MIN_TILE_PX, "max": 4096, "step": 64,
                     "tooltip": "Diffusion tile in output pixels; larger images run in equal overlapping tiles of at most this size."}),
             },
             "optional": {
@@ -58,14 +59,14 @@ class AddSRUpscale:
                     "tooltip": "Used when cfg > 1."}),
                 "min_size": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 8,
                     "tooltip": "Small inputs are first enlarged so the upscaled short side reaches this (official: 512)."}),
-                "vae_tile_size": ("INT", {"default": 1024, "min": 256, "max": 4096, "step": 64,
+                "vae_tile_size": ("INT", {"default": DEFAULT_VAE_TILE_PX, "min": 256, "max": 4096, "step": 64,
                     "tooltip": "VAE tiles in pixels (encode, refinement and final decodes); lower it if you run out of memory."}),
             },
         }
 
     def upscale(self, image, addsr_model, ram, vae, clip, prompt="", seed=0, steps=4, scale=4, psr_weight=0.4,
-                color_fix="adain", tile_size=1024, use_tags=True, cfg=0.0, negative_prompt=DEFAULT_NEGATIVE,
-                min_size=512, vae_tile_size=1024):
+                color_fix="adain", tile_size=DEFAULT_LATENT_TILE_PX, use_tags=True, cfg=0.0, negative_prompt=DEFAULT_NEGATIVE,
+                min_size=512, vae_tile_size=DEFAULT_VAE_TILE_PX):
         if not isinstance(addsr_model, AddSRModel) or not isinstance(ram, RAMModel):
             raise AddSRInputError("connect AddSR Load Model and AddSR Load RAM")
         options = UpscaleOptions(

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from addsr_core.pipeline import DEFAULT_VAE_TILE_PX
+
 from . import comfy_bridge
 from .common import CATEGORY, as_addsr_vae, bchw_to_image, image_to_bchw
 
@@ -26,13 +28,13 @@ class AddSRTiledVAEDecode:
             "required": {
                 "samples": ("LATENT", {"tooltip": "Latent to decode (e.g. from AddSR Sampler)."}),
                 "vae": ("VAE", {"tooltip": "The SD2 base VAE."}),
-                "tile_size": ("INT", {"default": 1024, "min": MIN_VAE_TILE, "max": 4096, "step": 64,
+                "tile_size": ("INT", {"default": DEFAULT_VAE_TILE_PX, "min": MIN_VAE_TILE, "max": 4096, "step": 64,
                     "tooltip": "Tile size in output pixels. Smaller uses less memory; halved automatically on out-of-memory."}),
                 "overlap": ("INT", {"default": 64, "min": 0, "max": 512, "step": 16, "tooltip": "Overlap between tiles in pixels."}),
             }
         }
 
-    def decode(self, samples, vae, tile_size=1024, overlap=64):
+    def decode(self, samples, vae, tile_size=DEFAULT_VAE_TILE_PX, overlap=64):
         from addsr_core.pipeline import AddSRModels, DecodeOptions, decode
 
         handle = as_addsr_vae(vae)
@@ -58,13 +60,13 @@ class AddSRTiledVAEEncode:
             "required": {
                 "pixels": ("IMAGE", {"tooltip": "Image to encode."}),
                 "vae": ("VAE", {"tooltip": "The SD2 base VAE."}),
-                "tile_size": ("INT", {"default": 1024, "min": MIN_VAE_TILE, "max": 4096, "step": 64,
+                "tile_size": ("INT", {"default": DEFAULT_VAE_TILE_PX, "min": MIN_VAE_TILE, "max": 4096, "step": 64,
                     "tooltip": "Tile size in pixels; halved automatically on out-of-memory."}),
                 "overlap": ("INT", {"default": 64, "min": 0, "max": 512, "step": 16, "tooltip": "Overlap between tiles in pixels."}),
             }
         }
 
-    def encode(self, pixels, vae, tile_size=1024, overlap=64):
+    def encode(self, pixels, vae, tile_size=DEFAULT_VAE_TILE_PX, overlap=64):
         from addsr_core.imaging.tiled_vae import tiled_encode
 
         handle = as_addsr_vae(vae)

@@ -228,7 +228,7 @@ def test_retry_smaller_on_oom_shrinks_to_the_floor_then_raises():
 @pytest.mark.parametrize("tile", [256, 512, 768, 1024, 2048])
 def test_upscale_and_sampler_nodes_use_one_overlap_rule(monkeypatch, tile):
     """Issue 10 defect 2: AddSR Upscale (no overlap input) and AddSR Sampler (default overlap) give the
-    diffusion the same overlap for the same tile, addsr_core.pipeline.tile_overlap_px (256 at 1024)."""
+    diffusion the same overlap for the same tile, addsr_core.pipeline.tile_overlap_px (64 at 1024)."""
     import types
 
     import nodes.sampler as sampler_mod
@@ -267,4 +267,5 @@ def test_upscale_and_sampler_nodes_use_one_overlap_rule(monkeypatch, tile):
     with pytest.raises(Stop):
         nodes.AddSRSampler().sample(model, cond, None, None, tile_size=tile)
     assert seen["upscale"] == seen["sampler"] == tile_overlap_px(tile)
-    assert tile_overlap_px(1024) == 256 and tile_overlap_px(512) == 168 and tile_overlap_px(256, 64) == 64
+    assert tile_overlap_px(1024) == tile_overlap_px(256) == 64 and tile_overlap_px(128) == 40
+    assert tile_overlap_px(1024, 256) == 256 and tile_overlap_px(512, 256) == 168  # at most a third

@@ -43,7 +43,7 @@ def modular(image, model, ram, vae, clip, *, seed, steps, psr_weight, cfg, tile,
     (positive,) = nodes.AddSRPrompt().encode(clip, prompt=prompt, tags=tags)
     negative = clip.conditioning(NEGATIVE)  # core CLIP Text Encode
     (latent,) = nodes.AddSRSampler().sample(model, cond, positive, negative, seed=seed, steps=steps,
-                                            psr_weight=psr_weight, cfg=cfg, tile_size=tile, tile_overlap=256)
+                                            psr_weight=psr_weight, cfg=cfg, tile_size=tile)  # the node's default overlap
     (decoded,) = nodes.AddSRTiledVAEDecode().decode(latent, vae, tile_size=vae_tile, overlap=64)
     (finished,) = nodes.AddSRFinish().finish(decoded, cond, color_fix)
     return finished, tags
@@ -61,7 +61,7 @@ def all_in_one(image, model, ram, vae, clip, *, seed, steps, psr_weight, cfg, ti
 CASES = {
     # 20x36 LR -> 80x144: one diffusion tile of 1024 px covers it.
     "untiled": dict(shape=(20, 36), steps=2, cfg=0.0, tile=1024, vae_tile=1024),
-    # 40x72 LR -> 160x288 with 256 px tiles (32 latents, overlap 8): 3 diffusion tiles per step and
+    # 40x72 LR -> 160x288 with 256 px tiles (32 latents, overlap 8): 2 diffusion tiles per step and
     # tiled VAE encode / PSR decodes / final decode; CFG on, so the negative path is the same too.
     "tiled_cfg": dict(shape=(40, 72), steps=2, cfg=3.0, tile=256, vae_tile=256),
 }
@@ -88,8 +88,8 @@ def test_tiled_case_really_tiles():
     from addsr_core.pipeline import LatentTiling
 
     h, w = CASES["tiled_cfg"]["shape"]
-    tiling = LatentTiling(256, tile_overlap_px(256, 256))
-    assert tiling.calls_per_step((4 * h // 8, 4 * w // 8)) > 1
+    tiling = LatentTiling(256, tile_overlap_px(256))
+    assert tiling.calls_per_step((4 * h // 8, 4 * w // 8)) == 2
     assert LatentTiling(1024, 256).calls_per_step((4 * 20 // 8, 4 * 36 // 8)) == 1
 
 

@@ -29,6 +29,7 @@ for _path in (REPO, REPO / "tests"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+from addsr_core.pipeline import DEFAULT_LATENT_OVERLAP_PX, DEFAULT_LATENT_TILE_PX, DEFAULT_VAE_TILE_PX  # noqa: E402
 from addsr_core.text.prompt import DEFAULT_ADDED_PROMPT, DEFAULT_NEGATIVE_PROMPT  # noqa: E402
 from comfy_host.workflow_graph import UIWorkflowBuilder, as_node_specs  # noqa: E402
 
@@ -350,12 +351,13 @@ class Method:
     files_note: str = FILES_NOTE
 
 
-def _addsr_method(*, steps: int = 4, tile: int = 1024, overlap: int = 256) -> Method:
+def _addsr_method(*, steps: int = 4, tile: int = DEFAULT_LATENT_TILE_PX, overlap: int = DEFAULT_LATENT_OVERLAP_PX) -> Method:
     return Method("AddSRSampler", dict(seed=0, steps=steps, psr_weight=0.4, cfg=0.0, tile_size=tile,
                                        tile_overlap=overlap, recompute_tokens=True))
 
 
-def _modular(name: str, *, steps: int = 4, sampler_tile: int = 1024, sampler_overlap: int = 256, vae_tile: int,
+def _modular(name: str, *, steps: int = 4, sampler_tile: int = DEFAULT_LATENT_TILE_PX,
+             sampler_overlap: int = DEFAULT_LATENT_OVERLAP_PX, vae_tile: int,
              decode_tile: int, about: str, method: Method | None = None) -> dict:
     """LoadImage -> tags -> prompt -> Encode LR -> Sampler -> Tiled Decode -> Finish -> Save."""
     method = method or _addsr_method(steps=steps, tile=sampler_tile, overlap=sampler_overlap)
@@ -398,7 +400,7 @@ def _modular(name: str, *, steps: int = 4, sampler_tile: int = 1024, sampler_ove
 
 def addsr_basic_4x() -> dict:
     return _modular(
-        "addsr_basic_4x", steps=4, sampler_tile=1024, sampler_overlap=256, vae_tile=1024, decode_tile=1024,
+        "addsr_basic_4x", steps=4, vae_tile=DEFAULT_VAE_TILE_PX, decode_tile=DEFAULT_VAE_TILE_PX,
         about="## AddSR basic 4x\n\nThe official setting: **4 steps**, PSR weight **0.4**, no CFG, RAM tags + "
               "quality words as the prompt, **adain** colour fix against the input.\n\n"
               "Load your low-resolution photo in *Low-resolution image*. Inputs whose upscaled short side is "
@@ -409,7 +411,7 @@ def addsr_basic_4x() -> dict:
 
 def addsr_fast_1step() -> dict:
     return _modular(
-        "addsr_fast_1step", steps=1, sampler_tile=1024, sampler_overlap=256, vae_tile=1024, decode_tile=1024,
+        "addsr_fast_1step", steps=1, vae_tile=DEFAULT_VAE_TILE_PX, decode_tile=DEFAULT_VAE_TILE_PX,
         about="## AddSR fast (1 step)\n\nThe same graph as the basic workflow with **1 step** instead of 4: "
               "about 4x faster sampling, a little less generated detail. PSR weight has no effect with one "
               "step (there is no next step to refine).",
@@ -418,9 +420,9 @@ def addsr_fast_1step() -> dict:
 
 def addsr_large_tiled() -> dict:
     return _modular(
-        "addsr_large_tiled", steps=4, sampler_tile=768, sampler_overlap=256, vae_tile=512, decode_tile=512,
+        "addsr_large_tiled", steps=4, sampler_tile=768, vae_tile=512, decode_tile=512,
         about="## AddSR for large images (tiled)\n\nFor inputs whose 4x result is larger than one tile. "
-              "The sampler works in **768 px** tiles with **256 px** overlap (Gaussian-weighted blend), and "
+              "The sampler works in tiles of at most **768 px** with **64 px** overlap (Gaussian-weighted blend), and "
               "the VAE encodes (*Encode LR*, `vae_tile_size`) and decodes (*Tiled VAE Decode*) in **512 px** "
               "tiles with shared normalisation statistics, so memory is bounded by the tile, not the image. "
               "Lower the tile sizes further if you run out of memory (each node also halves its tile and "
@@ -436,8 +438,8 @@ def addsr_all_in_one() -> dict:
     files = b.note(FILES_NOTE, title="Model files")
     loaded = _load_nodes(b)
     upscale = b.add("AddSRUpscale", prompt="", seed=0, steps=4, scale=4, psr_weight=0.4, color_fix="adain",
-                    tile_size=1024, use_tags=True, cfg=0.0, negative_prompt=NEGATIVE_PROMPT, min_size=512,
-                    vae_tile_size=1024)
+                    tile_size=DEFAULT_LATENT_TILE_PX, use_tags=True, cfg=0.0, negative_prompt=NEGATIVE_PROMPT,
+                    min_size=512, vae_tile_size=DEFAULT_VAE_TILE_PX)
     nearest = b.add("ImageScaleBy", title="Input, 4x nearest (for comparison)", upscale_method="nearest-exact",
                     scale_by=4.0)
     save = b.add("SaveImage", filename_prefix=f"AddSR/{name}")

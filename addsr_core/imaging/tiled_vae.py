@@ -23,6 +23,12 @@ How a tile is made exact, and what stays approximate:
   tiles after it would double the work (a thin strip longer than a tile is the common case).
 - **Blending.** Neighbouring cores overlap by ``overlap_px``; outputs are blended with a linear
   feather across each overlap, so what differences remain fade out instead of forming seams.
+  Cores are balanced: equal along each axis, as small as covers it with the fixed stride's count.
+- **Trimmed decoder tiles.** The decoder's costly layers are its last, at full resolution, and by
+  then most of the halo is spent: after each up block a tile keeps only its core plus the reach
+  of the layers still to come (8 px at full resolution instead of 138 for the SD VAE). The same
+  pixels, about a third less work for a 1024 px tile. (The encoder's costly layers come first,
+  where nearly the whole halo is still needed, so it is not trimmed.)
 
 Memory: each tile, and the shrunk whole-image pass, holds activations of one (tile + halo)
 input; the attention of a tile spans its own tokens plus at most as many recorded ones. The
