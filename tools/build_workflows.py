@@ -31,7 +31,7 @@ for _path in (REPO, REPO / "tests"):
 
 from addsr_core.pipeline import DEFAULT_LATENT_OVERLAP_PX, DEFAULT_LATENT_TILE_PX, DEFAULT_VAE_TILE_PX  # noqa: E402
 from addsr_core.text.prompt import DEFAULT_ADDED_PROMPT, DEFAULT_NEGATIVE_PROMPT  # noqa: E402
-from comfy_host.workflow_graph import UIWorkflowBuilder, as_node_specs  # noqa: E402
+from comfy_host.workflow_graph import UIWorkflowBuilder  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # Model files the workflows expect (also what the frontend's missing-models dialog shows)

@@ -8,7 +8,6 @@ Note and properties.models rules as the AddSR workflows.
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 

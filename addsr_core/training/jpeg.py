@@ -84,7 +84,6 @@ def jpeg_roundtrip(images: torch.Tensor, quality: torch.Tensor | float) -> torch
     # Pad to a multiple of 16 (8x8 blocks after 2x chroma subsampling) with zeros, as the official.
     ph, pw = (16 - h % 16) % 16, (16 - w % 16) % 16
     x = F.pad(x, (0, pw, 0, ph), mode="constant", value=0)
-    H, W = h + ph, w + pw
     ycc = torch.tensordot((x * 255).permute(0, 2, 3, 1), torch.from_numpy(_RGB_TO_YCBCR).to(x.device), dims=1)
     ycc = ycc + torch.tensor([0.0, 128.0, 128.0], device=x.device)
     y = ycc[..., 0]
