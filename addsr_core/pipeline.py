@@ -350,7 +350,8 @@ def decode(models: AddSRModels, latent: torch.Tensor, options: DecodeOptions = D
     with torch.no_grad():
         raw = vae_decode(vae, latent.to(models.device_of(vae), next(vae.parameters()).dtype),
                          options.tile_px, options.overlap_px)
-    return (raw.float() / 2 + 0.5).clamp(0, 1)
+    # raw is this call's own tensor: the same operations in place, no more full-size copies
+    return raw.float().div_(2).add_(0.5).clamp_(0, 1)
 
 
 def unscaled(vae: AutoencoderKL, z0: torch.Tensor) -> torch.Tensor:
@@ -373,7 +374,8 @@ def finish(images: torch.Tensor, cond: LRCondition, options: FinishOptions = Fin
     official = options.rounding == "official"
     if official:  # the 8-bit images test_addsr.py hands to the colour fix
         images, source = to_8bit_grid(images, torch.round), to_8bit_grid(source, torch.round)
-    images = apply_color_fix(options.color_fix, images, source.expand_as(images)).clamp(0, 1)
+    fixed = apply_color_fix(options.color_fix, images, source.expand_as(images))
+    images = fixed.clamp_(0, 1) if fixed is not images else fixed.clamp(0, 1)  # never the caller's tensor
     if official and options.color_fix != "none":
         images = to_8bit_grid(images, torch.floor)  # ToPILImage truncates
     if tuple(images.shape[-2:]) != cond.output_size:

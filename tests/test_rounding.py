@@ -59,3 +59,30 @@ def test_the_default_float_route_differs_by_at_most_a_few_levels(name):
 def test_unknown_rounding_is_refused():
     with pytest.raises(ValueError, match="rounding must be one of"):
         UpscaleOptions(rounding="nearest").validate()
+
+
+@pytest.mark.parametrize("method", ["adain", "wavelet", "none"])
+def test_finish_works_on_its_own_copy_and_keeps_the_values(method):
+    """finish clamps in place only on the colour fix's own result: the caller's image is untouched
+    (a ComfyUI IMAGE may be reused) and the values are those of the out-of-place expression."""
+    from addsr_core.imaging.colorfix import apply_color_fix
+
+    _, expected, cond, decoded = _case("pipeline_small_1step")
+    noisy = (decoded + 0.2 * torch.randn(decoded.shape, generator=torch.Generator().manual_seed(0))).contiguous()
+    before = noisy.clone()
+    ours = finish(noisy, cond, FinishOptions(color_fix=method))
+    assert torch.equal(noisy, before)
+    assert torch.equal(ours, apply_color_fix(method, before, cond.control_image.contiguous()).clamp(0, 1))
+
+
+def test_decode_converts_in_place_with_the_same_values():
+    from addsr_core.loading.models import load_vae
+    from addsr_core.pipeline import AddSRModels, decode, vae_decode
+
+    vae = load_vae(PARITY / "vae_small" / "vae")
+    latent = 3 * torch.randn(1, 4, 8, 12, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        raw = vae_decode(vae, latent, 1024, 64)
+        ours = decode(AddSRModels(None, None, vae, None), latent)
+    assert torch.equal(ours, (raw / 2 + 0.5).clamp(0, 1))
+    assert ((raw < -1) | (raw > 1)).any()  # the clamp is exercised
