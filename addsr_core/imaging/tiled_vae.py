@@ -18,7 +18,9 @@ How a tile is made exact, and what stays approximate:
 - **The one approximation.** To keep memory bounded, the whole-image pass runs on a copy
   shrunk to ``stats_px``^2 pixels (by default one tile with its halo; area-averaged latent for
   the decoder, antialiased image for the encoder). An image that fits is handled exactly;
-  a larger one gets statistics and distant attention keys estimated at a lower resolution.
+  a larger one gets statistics and distant attention keys estimated at a lower resolution, the
+  keys then averaged down to at most ``MAX_RECORDED_TOKENS`` cells (each weighted by its area:
+  the estimate stays as good, and a tile's attention costs little more than its own tokens).
   By default an image that fits is not tiled at all: the pass would run it whole anyway, and
   tiles after it would double the work (a thin strip longer than a tile is the common case).
 - **Blending.** Neighbouring cores overlap by ``overlap_px``; outputs are blended with a linear
@@ -96,13 +98,6 @@ def _attentions(module: nn.Module) -> list[nn.Module]:
     return [m for m in module.modules() if all(hasattr(m, n) for n in names)]
 
 
-def _affine(gn: nn.GroupNorm, y: torch.Tensor) -> torch.Tensor:
-    if gn.weight is None:
-        return y
-    shape = (1, -1) + (1,) * (y.ndim - 2)
-    return y * gn.weight.to(y.device, y.dtype).view(shape) + gn.bias.to(y.device, y.dtype).view(shape)
-
-
 def _group_view(gn: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
     # Statistics in float32 at least: half-precision sums over megapixels are not usable.
     xf = x if x.dtype in (torch.float32, torch.float64) else x.float()
@@ -147,9 +142,18 @@ def _fixed_norm(gn: nn.GroupNorm, stats: GroupNormStats):
         calls[0] += 1
         if mean.shape[0] != x.shape[0]:
             raise ValueError(f"statistics were recorded for batch {mean.shape[0]}, got batch {x.shape[0]}")
-        mean, var = mean.to(x.device), var.to(x.device)
-        y = (_group_view(gn, x) - mean[..., None]) * torch.rsqrt(var[..., None] + gn.eps)
-        return _affine(gn, y.reshape(x.shape)).to(x.dtype)
+        # ((x - mean) * rsqrt(var + eps)) * weight + bias folded into one per-channel scale and
+        # shift, applied in one fused pass (float32 at least): the same map to float rounding, and
+        # 3x faster than the step-by-step form on a full-resolution tile.
+        b, c = x.shape[:2]
+        inv = torch.rsqrt(var.to(x.device) + gn.eps).repeat_interleave(c // gn.num_groups, dim=1)  # [B, C]
+        shift = -mean.to(x.device).repeat_interleave(c // gn.num_groups, dim=1) * inv
+        if gn.weight is not None:
+            weight, bias = gn.weight.to(x.device, torch.float32), gn.bias.to(x.device, torch.float32)
+            inv, shift = inv * weight, shift * weight + bias
+        view = (b, c) + (1,) * (x.ndim - 2)
+        xf = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        return torch.addcmul(shift.to(xf.dtype).view(view), xf, inv.to(xf.dtype).view(view)).to(x.dtype)
 
     return forward
 
@@ -480,10 +484,42 @@ def _shrunk_size(h: int, w: int, max_area: int, multiple: int = 1) -> tuple[int,
     return max(multiple, int(h * f) // multiple * multiple), max(multiple, int(w * f) // multiple * multiple)
 
 
-def decoder_context(vae, latent: torch.Tensor, max_latent_area: Optional[int] = None) -> WholeImageContext:
+# Recorded attention tokens kept for the tiles of an image whose context is estimated (shrunk):
+# each tile attends to its own tokens plus these, so their count is a tile's attention cost. 64²
+# tokens (each standing for its area) instead of the shrunk pass's ~164²: measured, a 1016 px tile's
+# attention takes 19.2 s with 35,500 keys and 7.1 s with its own 14,641.
+MAX_RECORDED_TOKENS = 64 * 64
+
+
+def coarsened_tokens(tokens: GlobalTokens, max_tokens: int) -> GlobalTokens:
+    """The same keys and values averaged over cells, at most ``max_tokens`` of them (aspect kept);
+    each then stands for a larger area, which the tiled attention weights it by."""
+    hs, ws = tokens.grid_hw
+    if hs * ws <= max_tokens:
+        return tokens
+    f = math.sqrt(max_tokens / (hs * ws))
+    grid = (max(1, int(hs * f)), max(1, int(ws * f)))
+    b, _, c = tokens.keys.shape
+
+    def pool(t):
+        cells = F.adaptive_avg_pool2d(t.transpose(1, 2).reshape(b, c, hs, ws).float(), grid)
+        return cells.reshape(b, c, -1).transpose(1, 2).to(t.dtype)
+
+    return GlobalTokens(pool(tokens.keys), pool(tokens.values), grid)
+
+
+def _estimated(context: WholeImageContext, max_tokens: Optional[int]) -> WholeImageContext:
+    if max_tokens is not None:
+        context.tokens = {a: coarsened_tokens(t, max_tokens) for a, t in context.tokens.items()}
+    return context
+
+
+def decoder_context(vae, latent: torch.Tensor, max_latent_area: Optional[int] = None,
+                    max_tokens: Optional[int] = MAX_RECORDED_TOKENS) -> WholeImageContext:
     """Record the decoder's whole-image context, on the latent shrunk (area average) to ``max_latent_area``.
 
-    ``None`` records at full size: exact, but with whole-image activations (for checks).
+    ``None`` records at full size: exact, but with whole-image activations (for checks). A shrunk
+    (estimated) context keeps at most ``max_tokens`` attention tokens (:func:`coarsened_tokens`).
     """
     device, dtype = _vae_device_dtype(vae)
     full = tuple(latent.shape[-2:])
@@ -491,11 +527,13 @@ def decoder_context(vae, latent: torch.Tensor, max_latent_area: Optional[int] = 
     small = latent if size == full else F.interpolate(latent.float(), size=size, mode="area")
     with record_whole_image_context(vae.decoder, full) as context:
         vae.decode(small.to(device, dtype))
-    return context
+    return context if size == full else _estimated(context, max_tokens)
 
 
-def encoder_context(vae, image: torch.Tensor, max_pixel_area: Optional[int] = None) -> WholeImageContext:
-    """Record the encoder's whole-image context, on the image shrunk (antialiased) to ``max_pixel_area``."""
+def encoder_context(vae, image: torch.Tensor, max_pixel_area: Optional[int] = None,
+                    max_tokens: Optional[int] = MAX_RECORDED_TOKENS) -> WholeImageContext:
+    """Record the encoder's whole-image context, on the image shrunk (antialiased) to ``max_pixel_area``
+    (``max_tokens`` as for :func:`decoder_context`)."""
     device, dtype = _vae_device_dtype(vae)
     factor = _latent_factor(vae)
     full = tuple(image.shape[-2:])
@@ -505,7 +543,7 @@ def encoder_context(vae, image: torch.Tensor, max_pixel_area: Optional[int] = No
         small = F.interpolate(image.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
     with record_whole_image_context(vae.encoder, (full[0] // factor, full[1] // factor)) as context:
         vae.encode_moments(small.to(device, dtype))
-    return context
+    return context if size == full else _estimated(context, max_tokens)
 
 
 def tiled_decode(
