@@ -148,17 +148,22 @@ def _peak_rss_gib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
 
 
-def run_scenario(name: str, dtype: str = "fp32") -> dict:
+def build_models_in(dtype: str) -> tuple:
+    """Full-size networks in ``dtype``'s precision on the CPU: (models, precision, seconds to build)."""
     from addsr_core.precision import apply_precision, resolve_precision
 
-    lr_side, steps, tiled = SCENARIOS[name]
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.perf_counter()
     models = build_models()
     precision = resolve_precision(dtype, torch.device("cpu"))
     for network in (models.unet, models.controlnet, models.vae, models.ram):
         apply_precision(network, precision)
-    build_s = time.perf_counter() - t0
+    return models, precision, time.perf_counter() - t0
+
+
+def run_scenario(name: str, dtype: str = "fp32") -> dict:
+    lr_side, steps, tiled = SCENARIOS[name]
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    models, precision, build_s = build_models_in(dtype)
     big = 10**6
     options = UpscaleOptions(
         steps=steps, process_size=512,

@@ -18,7 +18,6 @@ import json
 import math
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -31,17 +30,11 @@ FIT_FROM_PX = 1024
 
 
 def run_one(side: int, steps: int, dtype: str) -> dict:
-    from bench_pipeline import _peak_rss_gib, build_models, timed_upscale
+    from bench_pipeline import _peak_rss_gib, build_models_in, timed_upscale
 
     from addsr_core.pipeline import UpscaleOptions
-    from addsr_core.precision import apply_precision, resolve_precision
 
-    t0 = time.perf_counter()
-    models = build_models()
-    precision = resolve_precision(dtype, torch.device("cpu"))
-    for network in (models.unet, models.controlnet, models.vae, models.ram):
-        apply_precision(network, precision)
-    build_s = time.perf_counter() - t0
+    models, precision, build_s = build_models_in(dtype)
     options = UpscaleOptions(steps=steps)
     lr = torch.rand(1, 3, side // options.scale, side // options.scale, generator=torch.Generator().manual_seed(1))
     run = timed_upscale(models, lr, options)

@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_pipeline import build_models  # noqa: E402
+from bench_pipeline import build_models_in  # noqa: E402
 
 from addsr_core.pipeline import tile_overlap_px  # noqa: E402
 from addsr_core.sampling.denoisers import ControlNetDenoiser  # noqa: E402
@@ -148,13 +148,8 @@ def main() -> None:
     parser.add_argument("--plans", action="store_true",
                         help="only the fixed vs balanced tile layouts for 2048-4096 px outputs (1024 px tiles)")
     args = parser.parse_args()
-    from addsr_core.precision import apply_precision, resolve_precision
-
-    precision = resolve_precision(args.dtype, torch.device("cpu"))
+    models, precision, _ = build_models_in(args.dtype)
     dtype = precision.dtype
-    models = build_models()
-    for net in (models.unet, models.controlnet, models.vae):
-        apply_precision(net, precision)
     if args.plans:
         print(json.dumps({"precision": precision.name, "plans": plans_table(models, dtype, args.repeats)}, indent=1))
         return
