@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .errors import AddSRError
 from .imaging.colorfix import COLOR_FIXES
+from .pipeline import DEFAULT_LATENT_OVERLAP_PX, DEFAULT_LATENT_TILE_PX, DEFAULT_VAE_TILE_PX
 from .text.prompt import DEFAULT_NEGATIVE_PROMPT
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
@@ -47,9 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="float: colour fix in float, round once (default); official: round the decode to 8 bits, "
                          "colour fix, truncate, as the official test_addsr.py (reproduces its PNG)")
     up.add_argument("--seed", type=int, default=0)
-    up.add_argument("--tile", type=int, help="diffusion tile size in output pixels (AddSR 1024, SeeSR 768)")
-    up.add_argument("--tile-overlap", type=int, help="diffusion tile overlap in output pixels (AddSR 64, SeeSR 32; at most a third of the tile)")
-    up.add_argument("--vae-tile", type=int, default=1024, help="VAE tile size in pixels")
+    up.add_argument("--tile", type=int,
+                    help=f"diffusion tile size in output pixels (AddSR {DEFAULT_LATENT_TILE_PX}, SeeSR 768)")
+    up.add_argument("--tile-overlap", type=int, help="diffusion tile overlap in output pixels "
+                    f"(AddSR {DEFAULT_LATENT_OVERLAP_PX}, SeeSR 32; at most a third of the tile)")
+    up.add_argument("--vae-tile", type=int, default=DEFAULT_VAE_TILE_PX, help="VAE tile size in pixels")
     up.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     up.add_argument("--dtype", default="auto", choices=DTYPES)
     up.add_argument("--overwrite", action="store_true", help="redo images whose output already exists")
