@@ -7,7 +7,10 @@
   2048² matmul), so fp32 stays.
 - anything else (MPS, XPU, ...): fp32, the safe default.
 channels_last goes with every low-precision choice (the conv kernels of oneDNN and cuDNN run NHWC
-natively there). What stays fp32 regardless: the scheduler arithmetic and the latent between steps
+natively there). On a CPU that stays fp32, ``auto`` still makes the VAE NHWC: measured on an
+AVX2-only EPYC, a full-size 768 px decode 58.1 s / 3115 B per pixel against 68.7 s / 3947 B
+contiguous, an encode 29.4 s / 2615 B against 33.1 s / 3104 B (the UNet and ControlNet: within
+noise, so they stay contiguous). What stays fp32 regardless: the scheduler arithmetic and the latent between steps
 (the denoisers return float32), the colour fix, and the reductions inside GroupNorm and softmax,
 which PyTorch accumulates in fp32 for bf16/fp16 inputs.
 """
@@ -27,11 +30,19 @@ _NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 @dataclass(frozen=True)
 class Precision:
     dtype: torch.dtype
-    channels_last: bool
+    channels_last: bool  # every network's convs NHWC
+    vae_channels_last: bool = False  # the VAE's convs NHWC (implied by channels_last)
 
     @property
     def name(self) -> str:
-        return next(k for k, v in DTYPES.items() if v == self.dtype) + ("+channels_last" if self.channels_last else "")
+        layout = "+channels_last" if self.channels_last else "+vae_channels_last" if self.vae_channels_last else ""
+        return next(k for k, v in DTYPES.items() if v == self.dtype) + layout
+
+    def nhwc(self, module: nn.Module) -> bool:
+        """Whether ``module``'s convs run NHWC under this precision."""
+        from .models.vae import AutoencoderKL
+
+        return self.channels_last or (self.vae_channels_last and isinstance(module, AutoencoderKL))
 
 
 @lru_cache(maxsize=1)
@@ -69,7 +80,9 @@ def fast_low_precision(device: torch.device) -> torch.dtype | None:
 
 def auto_precision(device: torch.device) -> Precision:
     dtype = fast_low_precision(device)
-    return Precision(dtype, channels_last=True) if dtype is not None else Precision(torch.float32, channels_last=False)
+    if dtype is not None:
+        return Precision(dtype, channels_last=True)
+    return Precision(torch.float32, channels_last=False, vae_channels_last=torch.device(device).type == "cpu")
 
 
 def resolve_precision(choice: str, device: torch.device) -> Precision:
@@ -83,8 +96,8 @@ def resolve_precision(choice: str, device: torch.device) -> Precision:
 
 
 def apply_precision(module: nn.Module, precision: Precision) -> nn.Module:
-    """Cast in place; 4-D weights (convs) go NHWC when channels_last is asked for."""
+    """Cast in place; 4-D weights (convs) go NHWC where ``precision.nhwc(module)``."""
     module.to(dtype=precision.dtype)
-    if precision.channels_last:
+    if precision.nhwc(module):
         module.to(memory_format=torch.channels_last)
     return module

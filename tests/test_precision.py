@@ -31,7 +31,9 @@ def test_auto_is_bf16_channels_last_on_cpus_with_native_bf16(cpu_with, flag):
 
 def test_auto_is_fp32_where_bf16_would_be_emulated(cpu_with):
     cpu_with("avx", "avx2", "fma")  # e.g. an AVX2-only AMD EPYC: bf16 matmuls ~180x slower than fp32
-    assert auto_precision(torch.device("cpu")) == Precision(torch.float32, channels_last=False)
+    # fp32, with only the VAE NHWC (faster and lighter there in fp32 too: measured, README)
+    assert auto_precision(torch.device("cpu")) == Precision(torch.float32, channels_last=False, vae_channels_last=True)
+    assert auto_precision(torch.device("cpu")).name == "fp32+vae_channels_last"
     cpu_with("avx512_bf16", mkldnn_bf16=False)  # the flag alone is not enough: oneDNN must use it
     assert auto_precision(torch.device("cpu")).dtype == torch.float32
 
@@ -67,6 +69,16 @@ def test_apply_precision_casts_and_makes_convs_nhwc():
     assert net[0].weight.dtype == torch.float32
 
 
+def test_vae_channels_last_makes_only_the_vae_nhwc(tiny_kit):
+    models = load_tiny_models(tiny_kit)
+    prec = Precision(torch.float32, channels_last=False, vae_channels_last=True)
+    for network in (models.unet, models.controlnet, models.vae):
+        apply_precision(network, prec)
+    assert models.vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not models.vae.decoder.conv_in.weight.is_contiguous()
+    assert models.unet.conv_in.weight.is_contiguous() and models.controlnet.conv_in.weight.is_contiguous()
+
+
 @pytest.fixture(scope="module")
 def tiny_kit(tmp_path_factory):
     return write_tiny_kit(tmp_path_factory.mktemp("precision"))
@@ -95,3 +107,5 @@ def test_channels_last_alone_changes_nothing_beyond_reduction_order(tiny_kit):
     reference = _upscale(tiny_kit, Precision(torch.float32, channels_last=False))
     nhwc = _upscale(tiny_kit, Precision(torch.float32, channels_last=True))
     assert (nhwc - reference).abs().max() <= 1e-5
+    vae_nhwc = _upscale(tiny_kit, Precision(torch.float32, channels_last=False, vae_channels_last=True))
+    assert (vae_nhwc - reference).abs().max() <= 1e-5 and vae_nhwc.is_contiguous()
