@@ -61,15 +61,46 @@ def test_multi_tile_is_exact_when_the_whole_image_fits_the_statistics_pass(vae, 
         # the context recorded explicitly at full size: tiles
         explicit_d = tiled_decode(vae, latent, 128, 32, context=decoder_context(vae, latent), on_tile=lambda: ticks.append(1))
         explicit_m = tiled_encode(vae, image, 128, 32, context=encoder_context(vae, image))
-        # by default the whole image fits the statistics pass, so it is not tiled at all
-        default_d = tiled_decode(vae, latent, 128, 32, on_tile=lambda: ticks.append(1))
+        # a statistics pass as large as the image would run it whole, so it is not tiled at all
+        fits_d = tiled_decode(vae, latent, 128, 32, stats_px=256, on_tile=lambda: ticks.append(1))
+        # by default the encoder's pass may hold a tile with its halo (304 px): this image fits
         default_m = tiled_encode(vae, image, 128, 32)
-    assert len(ticks) == 2 * 3  # latent 24x32, tiles of 16 overlapping by 4; none for the default runs
-    assert torch.equal(default_d, decoded) and torch.equal(default_m, moments)
+    assert len(ticks) == 2 * 3  # latent 24x32, tiles of 16 overlapping by 4; none for the whole runs
+    assert torch.equal(fits_d, decoded) and torch.equal(default_m, moments)
     for ours, ref in [(explicit_d, decoded), (explicit_m, moments)]:
         assert ours.shape == ref.shape
         assert (ours - ref).abs().max() < 2e-5
     assert _nothing_patched(vae)
+
+
+def test_default_statistics_pass_is_a_quarter_of_the_image_and_at_most_a_tile(vae, monkeypatch):
+    """The default pass: a quarter of the input's area, at most what one tile computes at full
+    resolution (a trimmed decoder tile: its core; an untrimmed one or an encoder tile: core and
+    halo); an input no larger than that cap runs whole, even when wider than a tile."""
+    from addsr_core.imaging import tiled_vae
+
+    areas = []
+    for name in ("decoder_context", "encoder_context"):
+        real = getattr(tiled_vae, name)
+        monkeypatch.setattr(tiled_vae, name, lambda vae, x, area, _real=real: areas.append(area) or _real(vae, x, area))
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # a 32 px halo (4 latents) keeps the untrimmed and encoder cases small
+        for hw, trim, want in [((24, 32), True, 24 * 32 // 4), ((40, 40), True, 16 * 16),
+                               ((40, 40), False, 40 * 40 // 4), ((50, 50), False, (16 + 2 * 4) ** 2)]:
+            areas.clear()
+            tiled_decode(vae, torch.randn(1, 4, *hw, generator=g), 128, 32, halo_px=32, trim=trim)
+            assert areas == [want], (hw, trim)
+        strip = torch.randn(1, 4, 8, 32, generator=g)  # 64x256 px: one tile's area, twice its width
+        areas.clear()
+        assert torch.equal(tiled_decode(vae, strip, 128, 32), vae.decode(strip)) and areas == []
+        image = torch.rand(1, 3, 384, 512, generator=g) * 2 - 1
+        for hw, want in [((384, 512), (128 + 2 * 32) ** 2), ((256, 320), 256 * 320 // 4)]:
+            areas.clear()
+            tiled_encode(vae, image[..., : hw[0], : hw[1]], 128, 32, halo_px=32)
+            assert areas == [want], hw
+        areas.clear()  # the encoder's own halo (88 px): a 304 px tile context holds this image whole
+        assert torch.equal(tiled_encode(vae, image[..., :256, :320], 128, 32), vae.encode_moments(image[..., :256, :320]))
+        assert areas == []
 
 
 def test_trimmed_decoder_tiles_give_the_same_pixels_with_less_work(vae, smooth):
@@ -230,3 +261,22 @@ def test_fixed_statistics_reproduce_the_module_and_reject_others(vae):
         with fixed_group_norm_stats(vae.decoder, stats), pytest.raises(ValueError, match="batch"):
             vae.decode(latent.expand(2, -1, -1, -1))
     assert _nothing_patched(vae)
+
+
+def test_a_channels_last_vae_tiles_to_the_same_pixels(vae, smooth):
+    """The precision policy makes the VAE NHWC on fp32 CPUs: tiles, trimming and the context keep
+    their meaning (only the reduction order of the convs may differ)."""
+    import copy
+
+    image, moments, latent, decoded = smooth
+    nhwc = copy.deepcopy(vae).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        for net in (vae, nhwc):
+            got = tiled_decode(net, latent, 128, 32, context=decoder_context(net, latent)), \
+                tiled_encode(net, image, 128, 32, context=encoder_context(net, image))
+            estimated = tiled_decode(net, latent, 128, 32, stats_px=128), tiled_encode(net, image, 128, 32, stats_px=128)
+            if net is vae:
+                ref, ref_estimated = got, estimated
+    for ours, want in zip(got + estimated, ref + ref_estimated):
+        assert ours.shape == want.shape and (ours - want).abs().max() < 1e-4
+    assert (got[0] - decoded).abs().max() < 2e-5 and (got[1] - moments).abs().max() < 2e-5

@@ -15,14 +15,18 @@ How a tile is made exact, and what stays approximate:
   statistics, and each tile's attention uses its own exact keys plus the recorded keys of the
   rest of the image, each weighted by the area it stands for. Recorded at full size this is
   exactly the untiled VAE (the tests check it).
-- **The one approximation.** To keep memory bounded, the whole-image pass runs on a copy
-  shrunk to ``stats_px``^2 pixels (by default one tile with its halo; area-averaged latent for
-  the decoder, antialiased image for the encoder). An image that fits is handled exactly;
-  a larger one gets statistics and distant attention keys estimated at a lower resolution, the
-  keys then averaged down to at most ``MAX_RECORDED_TOKENS`` cells (each weighted by its area:
-  the estimate stays as good, and a tile's attention costs little more than its own tokens).
-  By default an image that fits is not tiled at all: the pass would run it whole anyway, and
-  tiles after it would double the work (a thin strip longer than a tile is the common case).
+- **The one approximation.** To keep memory and work bounded, the whole-image pass runs on a
+  copy shrunk to ``stats_px``^2 pixels (area-averaged latent for the decoder, antialiased image
+  for the encoder). By default that is a quarter of the image, at most what one tile computes at
+  full resolution (the decoder's trimmed core, the encoder's core with its halo): the pass then
+  never needs more memory than a tile, nor more than a quarter of the image's own work. An image
+  that fits is handled exactly; a larger one gets statistics and distant attention keys
+  estimated at a lower resolution, the keys then averaged down to at most
+  ``MAX_RECORDED_TOKENS`` cells (each weighted by its area: the estimate stays as good, and a
+  tile's attention costs little more than its own tokens). By default an image that fits is
+  not tiled at all: the pass would run it whole anyway, and tiles after it would double the
+  work (a thin strip longer than a tile is the common case). (Tried and measured worse: the
+  statistics of full-resolution crops spread over the image instead of a shrunk copy.)
 - **Blending.** Neighbouring cores overlap by ``overlap_px``; outputs are blended with a linear
   feather across each overlap, so what differences remain fade out instead of forming seams.
   Cores are balanced: equal along each axis, as small as covers it with the fixed stride's count.
@@ -474,10 +478,21 @@ def _run_tiles(
     return out.div_(weight_sum).to(out_dtype)
 
 
-def _runs_untiled(hw, tile: int, stats: int, context: Optional[WholeImageContext]) -> bool:
-    """One tile covers the input, or the default statistics pass (``stats``^2) would run it whole."""
+def _runs_untiled(hw, tile: int, whole_area: int, context: Optional[WholeImageContext]) -> bool:
+    """One tile covers the input, or (with the default context) the statistics pass would run it
+    whole: its area is at most ``whole_area``."""
     h, w = hw
-    return (h <= tile and w <= tile) or (context is None and h * w <= stats * stats)
+    return (h <= tile and w <= tile) or (context is None and h * w <= whole_area)
+
+
+def _statistics_area(hw, tile_area: int, stats: Optional[int]) -> tuple[int, int]:
+    """(the statistics pass's area, the largest input run whole): ``stats``^2 for both when given;
+    by default a quarter of the input, at most ``tile_area`` (what one tile computes at full
+    resolution), and inputs up to ``tile_area`` run whole. So the pass never needs more memory
+    than a tile, nor more than a quarter of the image's own work."""
+    if stats is not None:
+        return stats * stats, stats * stats
+    return min(tile_area, hw[0] * hw[1] // 4), tile_area
 
 
 def _shrunk_size(h: int, w: int, max_area: int, multiple: int = 1) -> tuple[int, int]:
@@ -567,8 +582,9 @@ def tiled_decode(
     Returns the raw decoder output [B,3,8h,8w] on the latent's device (tiles run on the VAE's,
     so a CPU latent keeps the full-size result off the accelerator). ``halo_px`` defaults to the
     decoder's receptive field. ``context`` defaults to ``decoder_context`` on the latent shrunk
-    to at most ``stats_px``^2 output pixels (default: one tile with its halo, so no more memory
-    than a tile; larger is more faithful). Without ``context``, a latent no larger than that runs
+    to at most ``stats_px``^2 output pixels (default: a quarter of the image, at most the core
+    of a tile, or its whole context when untrimmed: no more memory than a tile; larger is more
+    faithful). Without ``context``, a latent no larger than that cap (or ``stats_px``^2) runs
     untiled. ``on_tile()`` is called after each tile. ``balanced`` (on): equal tiles per axis, see
     :func:`plan_spans` (off: fixed stride, the last tile flush with the edge). ``trim`` (on): the
     decoder drops each tile's spent halo after every up block (:class:`_KeptWindow`; the same
@@ -579,11 +595,13 @@ def tiled_decode(
     h, w = latent.shape[-2:]
     device, dtype = _vae_device_dtype(vae)
     halo = math.ceil((decoder_receptive_px(vae) if halo_px is None else halo_px) / factor)
-    stats = tile + 2 * halo if stats_px is None else max(1, stats_px // factor)
-    if _runs_untiled((h, w), tile, stats, context):
+    # a trimmed tile computes its core at full resolution, an untrimmed one its whole context
+    full_res = tile if trim else tile + 2 * halo
+    area, whole = _statistics_area((h, w), full_res * full_res, None if stats_px is None else max(1, stats_px // factor))
+    if _runs_untiled((h, w), tile, whole, context):
         return vae.decode(latent.to(device, dtype)).to(latent.device)
     if context is None:
-        context = decoder_context(vae, latent, stats * stats)
+        context = decoder_context(vae, latent, area)
 
     margins = decoder_trim_margins(vae) if trim else None
 
@@ -653,13 +671,13 @@ def tiled_encode(
     H, W = image.shape[-2:]
     device, dtype = _vae_device_dtype(vae)
     halo = math.ceil((encoder_receptive_px(vae) if halo_px is None else halo_px) / factor)
-    stats = (tile + 2 * halo) * factor if stats_px is None else stats_px
-    if _runs_untiled((H, W), tile * factor, stats, context):
+    area, whole = _statistics_area((H, W), ((tile + 2 * halo) * factor) ** 2, stats_px)  # a tile runs its context
+    if _runs_untiled((H, W), tile * factor, whole, context):
         return vae.encode_moments(image.to(device, dtype)).to(image.device)
     if H % factor or W % factor:
         raise ValueError(f"tiled encoding needs a size that is a multiple of {factor}, got {W}x{H}; crop or resize the image first")
     if context is None:
-        context = encoder_context(vae, image, stats * stats)
+        context = encoder_context(vae, image, area)
 
     def run(ctx, sy, sx):
         out = vae.quant_conv(vae.encoder(ctx.to(device, dtype)))
