@@ -155,7 +155,7 @@ class LatentTiling:
 class DecodeOptions:
     """The tiled VAE decode (final image and PSR steps). The official decoder tile is 1792 px; 1024
     px bounds each full-resolution 128-channel fp32 feature map at ~0.55 GB (1.7 GB at 1792 px), so
-    decoder memory stops growing with the image past 1312 px (larger images are tiled)."""
+    decoder memory stops growing with the image past one tile's area (larger images are tiled)."""
 
     tile_px: int = DEFAULT_VAE_TILE_PX
     overlap_px: int = 64

@@ -18,8 +18,8 @@ def run_selfcheck() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         models = load_tiny_models(write_tiny_kit(Path(tmp)))
         lr = torch.rand(1, 3, 40, 56, generator=torch.Generator().manual_seed(0))
-        # Small tiles on purpose: the check must cross the sampler's tile seams. (The VAE runs untiled:
-        # an image this small fits its statistics pass, and crossing its seams would need a 3x larger one.)
+        # Small tiles on purpose: the check must cross the sampler's and the VAE decoder's tile seams
+        # (the encoder runs whole: its statistics pass may hold a tile with its halo, and this fits).
         options = UpscaleOptions(process_size=128, latent_tile_px=128, latent_overlap_px=32, vae_encode_tile_px=128,
                                  vae_decode_tile_px=128, vae_overlap_px=32)
         out = upscale(models, lr, options)

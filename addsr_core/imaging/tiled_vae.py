@@ -36,11 +36,12 @@ How a tile is made exact, and what stays approximate:
   pixels, 28 % less time for a 1024 px tile (measured, bench/bench_tiles.py --vae-tiles 1024). (The encoder's costly layers come first,
   where nearly the whole halo is still needed, so it is not trimmed.)
 
-Memory: each tile, and the shrunk whole-image pass, holds activations of one (tile + halo)
-input; the attention of a tile spans its own tokens plus at most as many recorded ones. The
-full-size result buffer lives on the input's device (pass CPU tensors to keep it off the
-accelerator). When one tile covers the whole input, or (with the default context) its area is
-at most the statistics pass's, the plain untiled call runs (bit-identical).
+Memory: each tile holds activations of one (tile + halo) input (a trimmed decoder tile: of its
+core, at full resolution), and the shrunk whole-image pass no more; the attention of a tile
+spans its own tokens plus at most as many recorded ones. The full-size result buffer lives on
+the input's device (pass CPU tensors to keep it off the accelerator). When one tile covers the
+whole input, or (with the default context) its area is at most the statistics pass's cap, the
+plain untiled call runs (bit-identical).
 The official AddSR code tiles only the decoder (and never the encoder, which runs out of
 memory at 4320x7680); here both are tiled.
 """
