@@ -8,10 +8,11 @@
 - anything else (MPS, XPU, ...): fp32, the safe default.
 channels_last goes with every low-precision choice (the conv kernels of oneDNN and cuDNN run NHWC
 natively there). On a CPU that stays fp32, ``auto`` still makes the VAE NHWC: measured on an
-AVX2-only EPYC, a full-size 768 px decode 58.1 s / 3115 B per pixel against 68.7 s / 3947 B
-contiguous, an encode 29.4 s / 2615 B against 33.1 s / 3104 B (the UNet and ControlNet: within
-noise, so they stay contiguous). What stays fp32 regardless: the scheduler arithmetic and the latent between steps
-(the denoisers return float32), the colour fix, and the reductions inside GroupNorm and softmax,
+AVX2-only EPYC (``bench/bench_vae_layout.py``, full-size, 768 px), decode 43.5 s / 3226 B per
+pixel against 51.3 s / 3914 B contiguous (0.85x time, 0.82x memory), encode 20.3 s / 2576 B
+against 27.2 s / 3090 B (0.75x, 0.83x). The UNet and ControlNet were within noise, so they stay
+contiguous. What stays fp32 regardless: the scheduler arithmetic and the
+latent between steps (the denoisers return float32), the colour fix, and the reductions inside GroupNorm and softmax,
 which PyTorch accumulates in fp32 for bf16/fp16 inputs.
 """
 from __future__ import annotations

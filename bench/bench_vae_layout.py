@@ -26,13 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def run_one(kind: str, side: int, nhwc: bool) -> dict:
     from bench_pipeline import SD2_VAE, random_full_size
     from addsr_core.models.vae import AutoencoderKL
+    from addsr_core.precision import Precision, apply_precision
 
     vae = random_full_size(AutoencoderKL, SD2_VAE, torch.Generator().manual_seed(0)).eval()
+    apply_precision(vae, Precision(torch.float32, channels_last=False, vae_channels_last=nhwc))  # as auto does
     g = torch.Generator().manual_seed(1)
     x = torch.randn(1, 4, side // 8, side // 8, generator=g) if kind == "decode" else torch.rand(1, 3, side, side, generator=g) * 2 - 1
-    if nhwc:
-        vae = vae.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
     rss_gib = lambda: int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**30  # noqa: E731
     base = rss_gib()
     with torch.no_grad():

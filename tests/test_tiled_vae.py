@@ -269,14 +269,15 @@ def test_a_channels_last_vae_tiles_to_the_same_pixels(vae, smooth):
     import copy
 
     image, moments, latent, decoded = smooth
-    nhwc = copy.deepcopy(vae).to(memory_format=torch.channels_last)
-    with torch.no_grad():
-        for net in (vae, nhwc):
-            got = tiled_decode(net, latent, 128, 32, context=decoder_context(net, latent)), \
-                tiled_encode(net, image, 128, 32, context=encoder_context(net, image))
-            estimated = tiled_decode(net, latent, 128, 32, stats_px=128), tiled_encode(net, image, 128, 32, stats_px=128)
-            if net is vae:
-                ref, ref_estimated = got, estimated
-    for ours, want in zip(got + estimated, ref + ref_estimated):
+
+    def exact_and_estimated(net):  # decode and encode with the exact context, then estimated (128 px pass)
+        with torch.no_grad():
+            return (tiled_decode(net, latent, 128, 32, context=decoder_context(net, latent)),
+                    tiled_encode(net, image, 128, 32, context=encoder_context(net, image)),
+                    tiled_decode(net, latent, 128, 32, stats_px=128), tiled_encode(net, image, 128, 32, stats_px=128))
+
+    ref = exact_and_estimated(vae)
+    got = exact_and_estimated(copy.deepcopy(vae).to(memory_format=torch.channels_last))
+    for ours, want in zip(got, ref):
         assert ours.shape == want.shape and (ours - want).abs().max() < 1e-4
     assert (got[0] - decoded).abs().max() < 2e-5 and (got[1] - moments).abs().max() < 2e-5
