@@ -128,11 +128,36 @@ def _patched_forwards(patches: dict):
                 m.forward = old
 
 
+def _float32_affine(gn: nn.GroupNorm, device) -> tuple:
+    # The weights go to the activations' device: a partial (lowvram) load may leave them offloaded.
+    return tuple(None if p is None else p.to(device, torch.float32) for p in (gn.weight, gn.bias))
+
+
+def _dense(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with the canonical strides of its layout (NCHW or NHWC), as the native norm kernels need.
+
+    A dense NHWC map can carry an odd stride on a size-1 dim (a batch of one), which the kernels'
+    layout check does not accept; restriding it moves no data."""
+    if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        _, c, h, w = x.shape
+        return x.as_strided(x.shape, (c * h * w, 1, w * c, c))
+    return x.contiguous()
+
+
 def _recording_norm(gn: nn.GroupNorm, stats: GroupNormStats):
     def forward(x):
+        if x.device.type == "cpu":
+            # One pass for the output and the statistics, in float32 for any input dtype and on NHWC
+            # maps as they are: on a bf16 NHWC map 20x faster than the reshape below (an NHWC -> NCHW
+            # copy) plus var_mean plus group_norm (measured on CPU, where it is used).
+            b, c = x.shape[:2]
+            x = _dense(x)
+            out, mean, rstd = torch.native_group_norm(x, *_float32_affine(gn, x.device), b, c, x[0, 0].numel(),
+                                                      gn.num_groups, gn.eps)
+            stats.entries.setdefault(gn, []).append((mean.float(), (rstd.float().pow(-2) - gn.eps).clamp_min_(0)))
+            return out
         var, mean = torch.var_mean(_group_view(gn, x), dim=-1, unbiased=False)
         stats.entries.setdefault(gn, []).append((mean.float(), var.float()))
-        # The weights go to the activations' device: a partial (lowvram) load may leave them offloaded.
         weight = None if gn.weight is None else gn.weight.to(x.device)
         bias = None if gn.bias is None else gn.bias.to(x.device)
         return F.group_norm(x, gn.num_groups, weight, bias, gn.eps)
@@ -150,14 +175,21 @@ def _fixed_norm(gn: nn.GroupNorm, stats: GroupNormStats):
         calls[0] += 1
         if mean.shape[0] != x.shape[0]:
             raise ValueError(f"statistics were recorded for batch {mean.shape[0]}, got batch {x.shape[0]}")
-        # ((x - mean) * rsqrt(var + eps)) * weight + bias folded into one per-channel scale and
-        # shift, applied in one fused pass (float32 at least): the same map to float rounding, and
-        # 3x faster than the step-by-step form on a full-resolution tile.
         b, c = x.shape[:2]
-        inv = torch.rsqrt(var.to(x.device) + gn.eps).repeat_interleave(c // gn.num_groups, dim=1)  # [B, C]
-        shift = -mean.to(x.device).repeat_interleave(c // gn.num_groups, dim=1) * inv
-        if gn.weight is not None:
-            weight, bias = gn.weight.to(x.device, torch.float32), gn.bias.to(x.device, torch.float32)
+        mean = mean.to(x.device).repeat_interleave(c // gn.num_groups, dim=1)  # [B, C]
+        var = var.to(x.device).repeat_interleave(c // gn.num_groups, dim=1)
+        weight, bias = _float32_affine(gn, x.device)
+        if x.device.type == "cpu" and b == 1 and not (mean.requires_grad or var.requires_grad):
+            # A per-channel normalisation with given statistics is an inference-mode batch norm: one
+            # fused pass on any layout, in float32 for any input dtype (float32 statistics and affine);
+            # on a bf16 NHWC map 4.6x faster than the form below (measured on CPU, where it is used).
+            # Its statistics take no gradient: statistics recorded under autograd take the form below.
+            return F.batch_norm(x, mean[0], var[0], weight, bias, False, 0.0, gn.eps)
+        # ((x - mean) * rsqrt(var + eps)) * weight + bias folded into one per-channel scale and
+        # shift, applied in one fused pass (float32 at least): the same map to float rounding.
+        inv = torch.rsqrt(var + gn.eps)
+        shift = -mean * inv
+        if weight is not None:
             inv, shift = inv * weight, shift * weight + bias
         view = (b, c) + (1,) * (x.ndim - 2)
         xf = _float32_at_least(x)
@@ -281,8 +313,10 @@ def _tiled_attention(attn: nn.Module, recorded: Optional[GlobalTokens], full_hw:
             torch.cat([k_loc, k_loc.new_zeros(b, k_loc.shape[1], pad)], -1),
             torch.cat([kg, kg.new_full((b, kg.shape[1], 1), log_area / scale), kg.new_zeros(b, kg.shape[1], pad - 1)], -1),
         ], 1)
-        v_all = torch.cat([v_loc, vg], 1)
-        out = F.scaled_dot_product_attention(q_ext[:, None], k_ext[:, None], v_all[:, None], scale=scale)[:, 0]
+        # Values padded to the keys' width: the fused (flash) kernels need one head size for q, k and
+        # v, and the unfused fallback holds the whole [queries x keys] matrix (8x slower in bf16).
+        v_all = torch.cat([torch.cat([v_loc, vg], 1), v.new_zeros(b, v_loc.shape[1] + vg.shape[1], pad)], -1)
+        out = F.scaled_dot_product_attention(q_ext[:, None], k_ext[:, None], v_all[:, None], scale=scale)[:, 0, :, :c]
         return _attention_out(attn, out, x)
 
     return forward
