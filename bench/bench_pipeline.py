@@ -54,9 +54,10 @@ SEESR_VS_ADDSR = {
 SEESR_VS_ADDSR_LR = 128  # 4x: 512, one tile for both samplers
 
 
-def random_full_size(module_cls, config, generator):
+def random_full_size(module_cls, config, generator, dtype=torch.float32):
+    """Built on meta, materialised once in ``dtype`` (no fp32 copy first: peak RSS is the run's own)."""
     with torch.device("meta"):
-        module = module_cls(config)
+        module = module_cls(config).to(dtype)
     module = module.to_empty(device="cpu")
     with torch.no_grad():
         for p in module.parameters():
@@ -71,19 +72,20 @@ def tiny_configs() -> tuple:
     return tuple(UNetConfig.from_diffusers({**cfg, "cross_attention_dim": 1024}) for cfg in (TINY_UNET, TINY_CONTROLNET))
 
 
-def build_models(tiny_unet: bool = False, tiny: bool = False) -> AddSRModels:
+def build_models(tiny_unet: bool = False, tiny: bool = False, dtype: torch.dtype = torch.float32) -> AddSRModels:
     """Full-size networks; ``tiny_unet`` swaps in the tiny UNet and ControlNet (the VAE and RAM stay
-    full-size); ``tiny`` makes every network tiny (a smoke run: the timings mean nothing)."""
+    full-size); ``tiny`` makes every network tiny (a smoke run: the timings mean nothing). The
+    weights are drawn in ``dtype``."""
     from addsr_core.models.config import VAEConfig
     from addsr_core.ram.tiny import TINY_RAM_CONFIG
     from addsr_core.addsr.tiny import TINY_VAE
 
     g = torch.Generator().manual_seed(0)
     unet_cfg, control_cfg = tiny_configs() if tiny_unet or tiny else (SD2_UNET, SD2_UNET)
-    unet = random_full_size(UNet2DConditionModel, unet_cfg, g)
-    controlnet = random_full_size(ControlNetModel, control_cfg, g)
-    vae = random_full_size(AutoencoderKL, VAEConfig.from_diffusers(TINY_VAE) if tiny else SD2_VAE, g)
-    ram = random_full_size(RAM, TINY_RAM_CONFIG if tiny else RAMConfig(), g)
+    unet = random_full_size(UNet2DConditionModel, unet_cfg, g, dtype)
+    controlnet = random_full_size(ControlNetModel, control_cfg, g, dtype)
+    vae = random_full_size(AutoencoderKL, VAEConfig.from_diffusers(TINY_VAE) if tiny else SD2_VAE, g, dtype)
+    ram = random_full_size(RAM, TINY_RAM_CONFIG if tiny else RAMConfig(), g, dtype)
     ram.rebuild_buffers("cpu")
     return AddSRModels(unet, controlnet, vae, ram)
 
@@ -153,8 +155,8 @@ def build_models_in(dtype: str) -> tuple:
     from addsr_core.precision import apply_precision, resolve_precision
 
     t0 = time.perf_counter()
-    models = build_models()
     precision = resolve_precision(dtype, torch.device("cpu"))
+    models = build_models(dtype=precision.dtype)
     for network in (models.unet, models.controlnet, models.vae, models.ram):
         apply_precision(network, precision)
     return models, precision, time.perf_counter() - t0
@@ -222,13 +224,13 @@ def _scenario_process(name: str, dtype: str) -> dict:
 
 def run_precision(force_bf16: bool = False) -> None:
     """fp32 vs auto (the device policy) at 512 px, 4 and 1 step, side by side in one invocation (one
-    process per run, so peak RSS belongs to one run), with the ratio. bf16 runs too where the policy
-    picks it, or with ``force_bf16`` (on a CPU without AMX/AVX512-BF16 it is far slower)."""
+    process per run, so peak RSS belongs to one run), with the ratio. ``force_bf16`` adds a bf16 run
+    where auto is not bf16 (on a CPU without AMX/AVX512-BF16 it is far slower)."""
     from addsr_core.precision import auto_precision, cpu_has_fast_bf16
 
     auto = auto_precision(torch.device("cpu"))
     print(json.dumps({"auto_precision": auto.name, "fast_bf16": cpu_has_fast_bf16()}), flush=True)
-    dtypes = ["fp32", "auto"] + (["bf16"] if force_bf16 or cpu_has_fast_bf16() else [])
+    dtypes = ["fp32", "auto"] + (["bf16"] if force_bf16 and auto.dtype != torch.bfloat16 else [])
     for name in ("4step", "1step"):
         runs = {}
         for dtype in dtypes:

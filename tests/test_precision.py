@@ -5,14 +5,21 @@ import torch
 
 from addsr_core import precision
 from addsr_core.cli_upscale import resolve_dtype
-from addsr_core.pipeline import UpscaleOptions, upscale
+from addsr_core.pipeline import DEFAULT_VAE_TILE_PX, UpscaleOptions, upscale, vae_decode, vae_encode
 from addsr_core.precision import Precision, apply_precision, auto_precision, resolve_precision
 from addsr_core.addsr.tiny import load_tiny_models, write_tiny_kit
 
-# Measured on the tiny kit below (bf16+channels_last vs fp32, 2x of a 32x24 LR, 4 steps): max |diff|
-# 0.014 and 51.6 dB PSNR on the [0,1] output. The bounds leave about 3x margin on each.
+# bf16+channels_last vs fp32 on the [0,1] output. Measured: on the tiny kit below (2x of a 32x24 LR,
+# 4 steps) max |diff| 0.014, 51.6 dB; on the full-size networks (bench/bench_precision_accuracy.py,
+# 4x of a 128 px photo, 4 steps) 0.014, 52.2 dB. The bounds leave about 3x margin on each.
 BF16_MAX_ABS = 0.05
 BF16_MIN_PSNR_DB = 45.0
+# Each network's own relative error in bf16, fp32 inputs. Full-size (bench/bench_precision_accuracy.py):
+# VAE encode 0.17 %, RAM tokens 0.41 %, ControlNet residuals 0.65 %, UNet eps 0.41 %, VAE decode 0.3 %.
+# The tiny kit's networks, with larger weights and noise inputs, measured 1.4, 1.0, 1.2, 1.6 and 2.4 %:
+# the bounds are 3x those.
+VAE_TILE = (DEFAULT_VAE_TILE_PX, 32)  # (tile, overlap): the test images fit in one tile
+BF16_STAGE_REL = {"vae_encode": 0.04, "ram": 0.03, "controlnet": 0.036, "unet": 0.048, "vae_decode": 0.072}
 
 
 @pytest.fixture
@@ -109,3 +116,38 @@ def test_channels_last_alone_changes_nothing_beyond_reduction_order(tiny_kit):
     assert (nhwc - reference).abs().max() <= 1e-5
     vae_nhwc = _upscale(tiny_kit, Precision(torch.float32, channels_last=False, vae_channels_last=True))
     assert (vae_nhwc - reference).abs().max() <= 1e-5 and vae_nhwc.is_contiguous()
+
+
+def _relative(low: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((low.float() - ref.float()).norm() / ref.float().norm())
+
+
+def test_each_network_in_bf16_stays_within_its_measured_error(tiny_kit):
+    """Every network, as the pipeline calls it (the VAE through its tiled path, one tile here), gets
+    the same fp32 inputs in both precisions: each error is its own."""
+    ref, low = load_tiny_models(tiny_kit), load_tiny_models(tiny_kit, dtype=torch.bfloat16)
+    bf16 = Precision(torch.bfloat16, channels_last=True)
+    for network in (low.unet, low.controlnet, low.vae, low.ram):
+        apply_precision(network, bf16)
+    g = torch.Generator().manual_seed(3)
+    image = torch.rand(1, 3, 64, 64, generator=g)
+    z = torch.randn(1, 4, 8, 8, generator=g)
+    embeds = torch.randn(1, 77, ref.unet.config.cross_attention_dim, generator=g)
+    t = torch.tensor([999])
+    errors = {}
+    with torch.no_grad():
+        errors["vae_encode"] = _relative(vae_encode(low.vae, (image * 2 - 1).bfloat16(), *VAE_TILE)[:, :4],
+                                         vae_encode(ref.vae, image * 2 - 1, *VAE_TILE)[:, :4])
+        tokens = ref.ram.represent(image)
+        errors["ram"] = _relative(low.ram.represent(image), tokens)
+        down, mid, _, _ = ref.controlnet(z, t, embeds, image, 1.0, image_encoder_hidden_states=tokens)
+        b = [x.bfloat16() for x in (z, embeds, image, tokens)]
+        low_down, low_mid, _, _ = low.controlnet(b[0], t, b[1], b[2], 1.0, image_encoder_hidden_states=b[3])
+        errors["controlnet"] = _relative(torch.cat([r.flatten() for r in (*low_down, low_mid)]),
+                                         torch.cat([r.flatten() for r in (*down, mid)]))
+        eps = ref.unet(z, t, embeds, tokens, down, mid)
+        errors["unet"] = _relative(low.unet(b[0], t, b[1], b[3], [d.bfloat16() for d in down], mid.bfloat16()), eps)
+        errors["vae_decode"] = _relative(vae_decode(low.vae, z.bfloat16(), *VAE_TILE), vae_decode(ref.vae, z, *VAE_TILE))
+    assert low.unet.conv_in.weight.dtype == torch.bfloat16
+    for stage, error in errors.items():
+        assert 0 < error <= BF16_STAGE_REL[stage], (stage, error)
