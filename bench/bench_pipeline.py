@@ -5,6 +5,7 @@
     python bench/bench_pipeline.py --scenario thin --tiny-unet   # 8x1000 LR vs a square one, s per output MP
     python bench/bench_pipeline.py --scenario seesr_vs_addsr     # one LR: SeeSR-50, AddSR-4, AddSR-1 and ratios
     python bench/bench_pipeline.py --scenario seesr_vs_addsr --tiny   # smoke run: every network tiny
+    python bench/bench_pipeline.py --scenario seesr_vs_addsr --dtype auto   # any scenario in another precision
     python bench/bench_pipeline.py --precision               # 4 and 1 step: fp32 vs auto (bf16 where fast), ratios
 
 Reports wall time per stage (VAE encode, RAM, ControlNet+UNet per step, PSR decodes, final decode, finish)
@@ -150,13 +151,13 @@ def _peak_rss_gib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
 
 
-def build_models_in(dtype: str) -> tuple:
-    """Full-size networks in ``dtype``'s precision on the CPU: (models, precision, seconds to build)."""
+def build_models_in(dtype: str, tiny_unet: bool = False, tiny: bool = False) -> tuple:
+    """:func:`build_models` in ``dtype``'s precision on the CPU: (models, precision, seconds to build)."""
     from addsr_core.precision import apply_precision, resolve_precision
 
     t0 = time.perf_counter()
     precision = resolve_precision(dtype, torch.device("cpu"))
-    models = build_models(dtype=precision.dtype)
+    models = build_models(tiny_unet, tiny, dtype=precision.dtype)
     for network in (models.unet, models.controlnet, models.vae, models.ram):
         apply_precision(network, precision)
     return models, precision, time.perf_counter() - t0
@@ -181,9 +182,9 @@ def run_scenario(name: str, dtype: str = "fp32") -> dict:
     }
 
 
-def run_thin(tiny_unet: bool) -> dict:
+def run_thin(tiny_unet: bool, dtype: str = "fp32") -> dict:
     """The thin LR and the square one through the same models: seconds per output megapixel, and their ratio."""
-    models = build_models(tiny_unet)
+    models, precision, _ = build_models_in(dtype, tiny_unet)
     options = UpscaleOptions(steps=THIN_STEPS, use_tags=False)
     runs = {}
     for name, (h, w) in THIN.items():
@@ -192,22 +193,22 @@ def run_thin(tiny_unet: bool) -> dict:
         runs[name] = run
     ratio = runs["thin"]["s_per_output_mp"] / runs["square"]["s_per_output_mp"]
     return {
-        "scenario": "thin", "tiny_unet": tiny_unet, "steps": THIN_STEPS, **runs,
+        "scenario": "thin", "tiny_unet": tiny_unet, "precision": precision.name, "steps": THIN_STEPS, **runs,
         "thin_vs_square_per_mp": round(ratio, 2), "peak_rss_gib": _peak_rss_gib(), "threads": torch.get_num_threads(),
     }
 
 
-def run_seesr_vs_addsr(tiny_unet: bool, tiny: bool, lr_side: int = SEESR_VS_ADDSR_LR) -> dict:
+def run_seesr_vs_addsr(tiny_unet: bool, tiny: bool, lr_side: int = SEESR_VS_ADDSR_LR, dtype: str = "fp32") -> dict:
     """The same LR through SeeSR-50, AddSR-4 and AddSR-1 on the same models, after one untimed warm-up
     (AddSR, 1 step): each wall time and the SeeSR-50 : AddSR-4 : AddSR-1 ratio."""
-    models = build_models(tiny_unet, tiny)
+    models, precision, _ = build_models_in(dtype, tiny_unet, tiny)
     lr = torch.rand(1, 3, lr_side, lr_side, generator=torch.Generator().manual_seed(1))
     warmup = timed_upscale(models, lr, SEESR_VS_ADDSR["addsr_1"][1])
     runs = {name: timed_upscale(models, lr, options, method) for name, (method, options) in SEESR_VS_ADDSR.items()}
     base = runs["addsr_1"]["total_s"] or 1e-9
     ratio = ":".join(f"{runs[name]['total_s'] / base:.1f}" for name in SEESR_VS_ADDSR)
     return {
-        "scenario": "seesr_vs_addsr", "tiny_unet": tiny_unet, "tiny": tiny, "lr": lr_side,
+        "scenario": "seesr_vs_addsr", "tiny_unet": tiny_unet, "tiny": tiny, "precision": precision.name, "lr": lr_side,
         "output": runs["addsr_1"]["output"], "warmup_s": warmup["total_s"], **runs,
         "wall_s": {name: run["total_s"] for name, run in runs.items()},
         "ratio_seesr50_addsr4_addsr1": ratio, "peak_rss_gib": _peak_rss_gib(), "threads": torch.get_num_threads(),
@@ -251,7 +252,7 @@ def main():
     parser.add_argument("--tiny", action="store_true", help="seesr_vs_addsr: every network tiny (smoke run only)")
     parser.add_argument("--lr", type=int, default=SEESR_VS_ADDSR_LR, help="seesr_vs_addsr: LR side in pixels")
     parser.add_argument("--dtype", choices=("fp32", "auto", "bf16", "fp16"), default="fp32",
-                        help="a scenario's precision (addsr_core.precision; auto = the device policy)")
+                        help="a scenario's precision, thin and seesr_vs_addsr too (addsr_core.precision; auto = the device policy)")
     parser.add_argument("--precision", action="store_true",
                         help="4 and 1 step at 512 px in fp32 and auto (and bf16 where fast), one process each, ratios")
     parser.add_argument("--force-bf16", action="store_true", help="--precision: run bf16 even where it is slow")
@@ -260,10 +261,10 @@ def main():
         run_precision(args.force_bf16)
         return
     if args.scenario == "thin":
-        print(json.dumps(run_thin(args.tiny_unet)))
+        print(json.dumps(run_thin(args.tiny_unet, args.dtype)))
         return
     if args.scenario == "seesr_vs_addsr":
-        result = run_seesr_vs_addsr(args.tiny_unet, args.tiny, args.lr)
+        result = run_seesr_vs_addsr(args.tiny_unet, args.tiny, args.lr, args.dtype)
         print(json.dumps(result))
         walls = ", ".join(f"{name} {s} s" for name, s in result["wall_s"].items())
         print(f"{walls}; SeeSR-50 : AddSR-4 : AddSR-1 = {result['ratio_seesr50_addsr4_addsr1']}", file=sys.stderr)
