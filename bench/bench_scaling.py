@@ -1,6 +1,7 @@
 """How cost grows with the image: the whole upscale at several output sizes, DEFAULT options.
 
-    python bench/bench_scaling.py                        # 1 step: 512-4096 px; 4 steps: 512-2048 px (hours on a CPU)
+    python bench/bench_scaling.py                        # 1 step: 512-4096 px; 4 steps: 512-2048 px (~30 min in bf16 on
+                                                         # a 2-core AMX Xeon, hours in fp32)
     python bench/bench_scaling.py --steps 1 --sizes 1024 2048
     python bench/bench_scaling.py --dtype fp32           # default: auto (the device's precision policy)
 
