@@ -96,9 +96,20 @@ def resolve_precision(choice: str, device: torch.device) -> Precision:
     return Precision(dtype, channels_last=dtype != torch.float32)
 
 
-def apply_precision(module: nn.Module, precision: Precision) -> nn.Module:
-    """Cast in place; 4-D weights (convs) go NHWC where ``precision.nhwc(module)``."""
-    module.to(dtype=precision.dtype)
+def host_layout(dtype: torch.dtype, device: torch.device) -> Precision:
+    """The memory-format half of the policy, for weights whose dtype a host chose (ComfyUI picks it
+    from its own flags): NHWC with a low precision, and the VAE NHWC on a CPU in fp32, as ``auto``."""
+    return Precision(dtype, channels_last=dtype != torch.float32, vae_channels_last=torch.device(device).type == "cpu")
+
+
+def apply_layout(module: nn.Module, precision: Precision) -> nn.Module:
+    """Make ``module``'s convs NHWC where ``precision.nhwc(module)``; the dtype stays as it is."""
     if precision.nhwc(module):
         module.to(memory_format=torch.channels_last)
     return module
+
+
+def apply_precision(module: nn.Module, precision: Precision) -> nn.Module:
+    """Cast in place; 4-D weights (convs) go NHWC where ``precision.nhwc(module)``."""
+    module.to(dtype=precision.dtype)
+    return apply_layout(module, precision)

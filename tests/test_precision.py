@@ -151,3 +151,24 @@ def test_each_network_in_bf16_stays_within_its_measured_error(tiny_kit):
     assert low.unet.conv_in.weight.dtype == torch.bfloat16
     for stage, error in errors.items():
         assert 0 < error <= BF16_STAGE_REL[stage], (stage, error)
+
+
+def test_comfyui_managed_networks_take_the_layout_for_the_dtype_comfyui_picked():
+    """ComfyUI picks the dtype (its flags); our wrapper sets the memory format the policy gives it."""
+    from addsr_core.addsr.tiny import TINY_VAE
+    from addsr_core.models import AutoencoderKL
+    from addsr_core.models.config import VAEConfig
+    from nodes.comfy_bridge import ManagedModule
+
+    def nhwc(module):
+        return next(m for m in module.modules() if isinstance(m, torch.nn.Conv2d)).weight.is_contiguous(memory_format=torch.channels_last)
+
+    def managed(module, device="cpu"):
+        return ManagedModule(module, load_device=torch.device(device)).module
+
+    net = lambda: torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 8, 3))  # noqa: E731
+    assert nhwc(managed(net().to(torch.bfloat16))) and nhwc(managed(net().half(), "meta"))  # low precision: NHWC anywhere
+    assert not nhwc(managed(net())) and not nhwc(managed(net(), "meta"))  # fp32 UNet-like: contiguous
+    vae = AutoencoderKL(VAEConfig.from_diffusers(TINY_VAE))
+    assert nhwc(managed(vae))  # the VAE NHWC on a CPU in fp32, as `auto`
+    assert not nhwc(managed(AutoencoderKL(VAEConfig.from_diffusers(TINY_VAE)), "meta"))
