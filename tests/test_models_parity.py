@@ -81,3 +81,21 @@ def test_vae_matches_official():
         assert_matches(vae.decode(inputs["latent"]), expected["decode"], name="decode")
         assert_matches(vae.decode(inputs["latent_nonsquare"]), expected["decode_nonsquare"], name="decode_nonsquare")
         assert_matches(vae.decode(mean), expected["decode_of_mean"], name="decode_of_mean")
+
+
+def test_resnet_block_in_place_inference_gives_the_autograd_bits():
+    """Without autograd the block's SiLUs and skip run in place: the same bits, its input untouched."""
+    from addsr_core.models.layers import ResnetBlock2D
+
+    torch.manual_seed(0)
+    for cin, cout, temb in ((8, 8, None), (8, 16, 12)):
+        block = ResnetBlock2D(cin, cout, temb, 4, 1e-6)
+        x = torch.randn(2, cin, 6, 5)
+        t = torch.randn(2, temb) if temb else None
+        kept = x.clone()
+        with torch.no_grad():
+            fast = block(x, t)
+        slow = block(x, t)  # autograd on: the out-of-place path
+        assert slow.requires_grad and torch.equal(fast, slow.detach()) and torch.equal(x, kept)
+        slow.sum().backward()
+        assert block.conv1.weight.grad is not None
