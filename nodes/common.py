@@ -136,7 +136,9 @@ def as_addsr_vae(vae) -> VAEHandle:
     with torch.device("meta"):
         ours = AutoencoderKL(infer_vae_config(sd, norm_num_groups=groups), operations=comfy_bridge.operations(latent.dtype))
     try:
-        # assign=True shares storage with ComfyUI's weights: no second copy when this is built.
+        # assign=True shares storage with ComfyUI's weights: no second copy of them is loaded. (Where
+        # ManagedModule makes the convs NHWC, as the precision policy does on a CPU and in bf16/fp16,
+        # that copies the conv weights once; NHWC decodes are faster and need less activation memory.)
         assign_state_dict(ours, sd, family="SD2 VAE", source="the connected VAE")
     except CheckpointError as err:
         raise AddSRInputError(f"the connected VAE does not fit AddSR: {err}") from None
