@@ -266,9 +266,10 @@ def vae_encode(vae: AutoencoderKL, image_pm1: torch.Tensor, tile_px: int, overla
 
 
 def vae_decode(vae: AutoencoderKL, latent: torch.Tensor, tile_px: int, overlap_px: int) -> torch.Tensor:
+    """The raw decoder output in float32 (tiled: the blend's own buffer, no full-size copy)."""
     from .imaging.tiled_vae import tiled_decode
 
-    return tiled_decode(vae, latent, tile_px, overlap_px)
+    return tiled_decode(vae, latent, tile_px, overlap_px, out_dtype=torch.float32)
 
 
 def condition_from_lr(models: AddSRModels, lr: torch.Tensor, options: ConditionOptions) -> LRCondition:
@@ -350,8 +351,8 @@ def decode(models: AddSRModels, latent: torch.Tensor, options: DecodeOptions = D
     with torch.no_grad():
         raw = vae_decode(vae, latent.to(models.device_of(vae), next(vae.parameters()).dtype),
                          options.tile_px, options.overlap_px)
-    # raw is this call's own tensor: the same operations in place, no more full-size copies
-    return raw.float().div_(2).add_(0.5).clamp_(0, 1)
+    # raw is this call's own float32 tensor: the same operations in place, no full-size copy
+    return raw.div_(2).add_(0.5).clamp_(0, 1)
 
 
 def unscaled(vae: AutoencoderKL, z0: torch.Tensor) -> torch.Tensor:
@@ -359,23 +360,27 @@ def unscaled(vae: AutoencoderKL, z0: torch.Tensor) -> torch.Tensor:
     return z0 / vae.scaling_factor
 
 
-def finish(images: torch.Tensor, cond: LRCondition, options: FinishOptions = FinishOptions()) -> torch.Tensor:
-    """Colour fix against the upscaled LR, then resize to exactly LR size x scale (official order)."""
+def finish(images: torch.Tensor, cond: LRCondition, options: FinishOptions = FinishOptions(), *,
+           in_place: bool = False) -> torch.Tensor:
+    """Colour fix against the upscaled LR, then resize to exactly LR size x scale (official order).
+    ``in_place``: ``images`` are the caller's own to overwrite (the same bits, no full-size copy)."""
     from .imaging.colorfix import apply_color_fix
     from .imaging.prepare import resize_to
 
     options.validate()
     # One memory layout: the reductions of the colour fix round differently on NHWC (a decode's
     # output) and NCHW (an IMAGE converted back) tensors, and the node graph must match upscale().
-    images = images.contiguous()
+    contiguous = images.contiguous()
+    owned = in_place or contiguous is not images
+    images = contiguous
     source = cond.control_image.to(images.device, images.dtype).contiguous()
     if source.shape[0] not in (1, images.shape[0]):
         raise OptionsError(f"{images.shape[0]} images but the condition has {source.shape[0]}")
     official = options.rounding == "official"
     if official:  # the 8-bit images test_addsr.py hands to the colour fix
-        images, source = to_8bit_grid(images, torch.round), to_8bit_grid(source, torch.round)
-    fixed = apply_color_fix(options.color_fix, images, source.expand_as(images))
-    images = fixed.clamp_(0, 1) if fixed is not images else fixed.clamp(0, 1)  # never the caller's tensor
+        images, source, owned = to_8bit_grid(images, torch.round), to_8bit_grid(source, torch.round), True
+    fixed = apply_color_fix(options.color_fix, images, source.expand_as(images), in_place=owned)
+    images = fixed.clamp_(0, 1) if owned or fixed is not images else fixed.clamp(0, 1)  # never the caller's tensor
     if official and options.color_fix != "none":
         images = to_8bit_grid(images, torch.floor)  # ToPILImage truncates
     if tuple(images.shape[-2:]) != cond.output_size:
@@ -419,4 +424,4 @@ def upscale(models: AddSRModels, lr: torch.Tensor, options: UpscaleOptions, *, m
     prompt_embeds = models.text(build_prompts(tags, prompts, lr.shape[0]))
     negative = models.text([prompts.negative_prompt]) if options.guidance_scale > 1 else None
     z0 = run_sampling(models, cond, prompt_embeds, negative, options, method=method, on_tile=on_tile, on_step=on_step)
-    return finish(decode(models, unscaled(models.vae, z0), options.decoding), cond, options.finishing)
+    return finish(decode(models, unscaled(models.vae, z0), options.decoding), cond, options.finishing, in_place=True)

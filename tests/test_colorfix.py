@@ -110,3 +110,23 @@ def test_adain_in_place_arithmetic_is_the_official_expression():
     s_mean, s_std = channel_mean_std(source)
     official = (target - t_mean) / t_std * s_std + s_mean
     assert torch.equal(adain_color_fix(target, source), official)
+
+
+def test_adain_in_place_gives_the_same_bits_and_finish_leaves_the_caller_tensor():
+    """``in_place`` (the pipeline's own decode): adain written into the target, the same bits;
+    without it the caller's tensor is never touched."""
+    from addsr_core.imaging.colorfix import adain_color_fix, apply_color_fix
+    from addsr_core.pipeline import FinishOptions, LRCondition, finish
+
+    g = torch.Generator().manual_seed(2)
+    target, source = torch.rand(2, 3, 32, 40, generator=g) * 1.1, torch.rand(1, 3, 32, 40, generator=g)
+    expected = adain_color_fix(target, source.expand_as(target))
+    copy = target.clone()
+    assert apply_color_fix("adain", copy, source.expand_as(copy), in_place=True) is copy
+    assert torch.equal(copy, expected)
+    cond = LRCondition(source, torch.zeros(1, 145, 512), torch.zeros(1, 8, 4, 5), (8, 10), 4)
+    for fix in ("adain", "wavelet", "none"):
+        before = target.clone()
+        kept = finish(target, cond, FinishOptions(fix))
+        assert torch.equal(target, before), fix
+        assert torch.equal(finish(target.clone(), cond, FinishOptions(fix), in_place=True), kept), fix

@@ -129,3 +129,22 @@ def test_cfg_denoiser_wraps_the_tiled_denoiser():
     assert torch.equal(CFGDenoiser(tiled, 1.0)(z, t, image, tokens, pos), eps_pos)
     with pytest.raises(ValueError, match="negative"):
         CFGDenoiser(tiled, 2.0)
+
+
+def test_psr_written_into_the_decode_gives_the_same_bits(setup):
+    """``owns_decodes``: the PSR condition is written into the decode (a trace may keep the decode,
+    so the pipeline only does it untraced): the same condition, the same z0, input untouched."""
+    from addsr_core.addsr.sampler import psr_condition
+
+    g = torch.Generator().manual_seed(4)
+    decoded, lr = torch.randn(1, 3, 40, 48, generator=g) * 1.2, torch.rand(1, 3, 40, 48, generator=g)
+    kept, lr_before = decoded.clone(), lr.clone()
+    expected = psr_condition(decoded, lr, 0.4)
+    written = psr_condition(decoded, lr, 0.4, in_place=True)
+    assert written is decoded and torch.equal(written, expected) and torch.equal(lr, lr_before)
+    assert not torch.equal(decoded, kept)
+    control = setup["control_image"].clone()
+    with torch.no_grad():
+        plain = sample_addsr(**setup, options=AddSRSampling(), noise=SeededNoise(0)).z0
+        owned = sample_addsr(**setup, options=AddSRSampling(), noise=SeededNoise(0), owns_decodes=True).z0
+    assert torch.equal(plain, owned) and torch.equal(setup["control_image"], control)

@@ -174,3 +174,24 @@ def test_alpha_upscaled_separately_and_reattached(tmp_path):
         load_image(tmp_path / "missing.png")
     with pytest.raises(ValueError, match="one image"):
         save_image(torch.rand(2, 3, 4, 4), out)
+
+
+def test_uint8_conversion_in_strips_gives_the_same_bits(monkeypatch, tmp_path):
+    """to_uint8_round converts a few rows at a time (bounded float temporaries): the same bytes
+    as the whole conversion, for a batch, one image, and a saved RGBA PNG."""
+    from PIL import Image
+
+    from addsr_core.imaging import prepare
+
+    monkeypatch.setattr(prepare, "UINT8_STRIP_PIXELS", 7 * 13)  # 7 rows of 13 px per strip, uneven
+    g = torch.Generator().manual_seed(5)
+    images = torch.rand(2, 3, 30, 13, generator=g) * 1.2 - 0.1
+    whole = images.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1)
+    assert torch.equal(prepare.to_uint8_round(images), whole)
+    assert torch.equal(prepare.to_uint8_round(images[0]), whole[0])
+    alpha = torch.rand(1, 1, 30, 13, generator=g)
+    prepare.save_image(images[:1], tmp_path / "out.png", alpha=alpha)
+    saved = np.asarray(Image.open(tmp_path / "out.png"))
+    assert saved.shape == (30, 13, 4)
+    assert np.array_equal(saved[..., :3], whole[0].numpy())
+    assert np.array_equal(saved[..., 3], alpha[0, 0].mul(255).round().to(torch.uint8).numpy())

@@ -300,3 +300,28 @@ def test_a_bf16_nhwc_vae_tiles_within_its_own_rounding(vae, smooth):
         assert got.dtype == torch.bfloat16 and got.shape == fp32.shape
         bf16_error = (own - fp32).abs().max()
         assert (got.float() - own).abs().max() <= 1.5 * bf16_error
+
+
+def test_float32_output_is_the_blend_itself_and_the_weights_sum_per_axis(vae, smooth):
+    """``out_dtype=float32`` returns the tiles' float32 blend (what the VAE's dtype is rounded
+    from); the blend's weights are normalised by per-axis sums, equal to the full weight plane."""
+    import copy
+
+    from addsr_core.imaging.tiled_vae import _feather_sum
+
+    _, _, latent, _ = smooth
+    low = copy.deepcopy(vae).to(torch.bfloat16)
+    with torch.no_grad():
+        native = tiled_decode(low, latent, 128, 32, stats_px=128)
+        blend = tiled_decode(low, latent, 128, 32, stats_px=128, out_dtype=torch.float32)
+        whole = tiled_decode(low, latent[..., :8, :8], 128, 32, out_dtype=torch.float32)  # one tile: untiled
+    assert native.dtype == torch.bfloat16 and blend.dtype == torch.float32 and whole.dtype == torch.float32
+    assert torch.equal(blend.to(torch.bfloat16), native)
+    ys, xs = plan_spans(24, 16, 4, 6), plan_spans(32, 16, 4, 6)
+    plane = torch.zeros(24 * 8, 32 * 8)
+    for sy in ys:
+        for sx in xs:
+            f = lambda s: feather((s.end - s.start) * 8, s.ramp_before * 8, s.ramp_after * 8)  # noqa: E731
+            plane[sy.start * 8 : sy.end * 8, sx.start * 8 : sx.end * 8] += torch.outer(f(sy), f(sx))
+    separable = torch.outer(_feather_sum(ys, 8), _feather_sum(xs, 8))
+    assert len(ys) > 1 and len(xs) > 1 and torch.allclose(separable, plane, atol=1e-6) and plane.min() > 0.99

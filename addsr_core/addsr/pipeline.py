@@ -51,7 +51,7 @@ def sample(
     denoise = tiling.wrap(denoise, cond.moments.shape[-2:], on_tile)
 
     def decode_psr(latent):
-        return vae_decode(models.vae, latent.to(vae_dtype), psr_decode.tile_px, psr_decode.overlap_px).float()
+        return vae_decode(models.vae, latent.to(vae_dtype), psr_decode.tile_px, psr_decode.overlap_px)
 
     def represent(image01):
         return models.ram.represent(image01, resize="bicubic")
@@ -72,6 +72,7 @@ def sample(
                 noise=noise or SeededNoise(seed),
                 trace=trace,
                 on_step=on_step,
+                owns_decodes=trace is None,  # decode_psr's result is its own (a trace may keep it)
             )
             z0.append(result.z0)
     return torch.cat(z0)

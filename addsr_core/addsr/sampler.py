@@ -83,8 +83,12 @@ def encode_lr_latent(encode, control_image: torch.Tensor, noise: NoiseSource, sc
     return sample_posterior(moments, eps) * scaling_factor
 
 
-def psr_condition(decoded: torch.Tensor, lr_image: torch.Tensor, weight: float) -> torch.Tensor:
-    """Blend the decoded prediction with the LR: the next step's control image, in [0,1]."""
+def psr_condition(decoded: torch.Tensor, lr_image: torch.Tensor, weight: float, *, in_place: bool = False) -> torch.Tensor:
+    """Blend the decoded prediction with the LR: the next step's control image, in [0,1].
+    ``in_place``: written into ``decoded`` (the same operations, the same bits; one full-size
+    temporary instead of five)."""
+    if in_place:
+        return decoded.clamp_(-1, 1).div_(2).add_(0.5).mul_(weight).add_((1 - weight) * lr_image)
     return weight * (decoded.clamp(-1, 1) / 2 + 0.5) + (1 - weight) * lr_image
 
 
@@ -103,12 +107,15 @@ def sample_addsr(
     lr_latent: torch.Tensor | None = None,
     trace: Trace | None = None,
     on_step: Callable[[int, int, torch.Tensor], None] | None = None,
+    owns_decodes: bool = False,
 ) -> AddSRResult:
     """Run the AddSR loop on ``control_image`` (the upscaled LR, [B,3,H,W] in [0,1]).
 
     ``lr_tokens`` are the RAM tokens of the original LR (official step 1). ``lr_latent`` may be
     given (already scaled) to skip the VAE encode, e.g. when the caller tiled it. ``on_step`` is
     called after each step with (index, total, pred_z0) — for previews and cancellation.
+    ``owns_decodes``: ``decode`` returns a fresh tensor nobody else holds (not even ``trace``), so
+    the PSR condition is written into it (:func:`psr_condition` ``in_place``: the same bits).
     """
     options = options or AddSRSampling()
     options.validate()
@@ -145,9 +152,11 @@ def sample_addsr(
         t_tensor = torch.full((batch,), t, device=device, dtype=torch.long)
         if k > 0:
             # Official PSR decodes with the reciprocal of the scaling factor (one ulp off a divide).
+            image = None  # the last step's condition is done with: not held through the decode
             decoded = decode(pred_z0 * (1 / sf))
             trace(f"step{k}.psr_decode_raw", decoded)
-            image = psr_condition(decoded, control_image, options.psr_weight)
+            image = psr_condition(decoded, control_image, options.psr_weight, in_place=owns_decodes)
+            del decoded
             if options.recompute_tokens:
                 tokens = represent(image)
         trace(f"step{k}.timestep", t_tensor)

@@ -49,10 +49,12 @@ def channel_mean_std(x: torch.Tensor, eps: float = ADAIN_EPS) -> tuple[torch.Ten
     return flat.mean(dim=2).view(b, c, 1, 1), std
 
 
-def adain_color_fix(target: torch.Tensor, source: torch.Tensor, eps: float = ADAIN_EPS) -> torch.Tensor:
+def adain_color_fix(target: torch.Tensor, source: torch.Tensor, eps: float = ADAIN_EPS, *,
+                     in_place: bool = False) -> torch.Tensor:
     """Match each channel's mean and std to the source's (official ``adaptive_instance_normalization``).
 
-    Returns the unclamped result in the target's dtype. Any source size works.
+    Returns the unclamped result in the target's dtype. Any source size works. ``in_place``: a
+    float32/64 target is overwritten (the same bits, no full-size temporary).
     """
     _check_pair(target, source)
     wd = _working_dtype(target)
@@ -60,8 +62,10 @@ def adain_color_fix(target: torch.Tensor, source: torch.Tensor, eps: float = ADA
     t_mean, t_std = channel_mean_std(t, eps)
     s_mean, s_std = channel_mean_std(s, eps)
     # The official ((t - mean) / std * s_std + s_mean), same operations in the same order, in place on
-    # one new tensor: one full-size temporary instead of four (an 8K float image is 400 MB each).
-    return (t - t_mean).div_(t_std).mul_(s_std).add_(s_mean).to(target.dtype)
+    # one new tensor (or on the target): at most one full-size temporary instead of four (an 8K float
+    # image is 400 MB each).
+    shifted = t.sub_(t_mean) if in_place and t is target else t - t_mean
+    return shifted.div_(t_std).mul_(s_std).add_(s_mean).to(target.dtype)
 
 
 def wavelet_blur(x: torch.Tensor, radius: int) -> torch.Tensor:
@@ -104,12 +108,15 @@ _FIXES = {"adain": adain_color_fix, "wavelet": wavelet_color_fix}
 COLOR_FIXES = ("adain", "wavelet", "none")  # what every node and command offers; adain: the official default
 
 
-def apply_color_fix(method: str, target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-    """``method`` in {"adain", "wavelet", "none"}; returns the unclamped result."""
+def apply_color_fix(method: str, target: torch.Tensor, source: torch.Tensor, *, in_place: bool = False) -> torch.Tensor:
+    """``method`` in {"adain", "wavelet", "none"}; returns the unclamped result. ``in_place``: the
+    target may be overwritten (adain then writes into it)."""
     if method == "none":
         return target
     if method not in _FIXES:
         raise ValueError(f"unknown colour fix {method!r}; choose one of {list(COLOR_FIXES)}")
+    if method == "adain":
+        return adain_color_fix(target, source, in_place=in_place)
     return _FIXES[method](target, source)
 
 

@@ -183,19 +183,30 @@ def save_image(image: torch.Tensor, path: Union[str, Path], alpha: Optional[torc
         image = image[0]
     if image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"save_image expects [3,H,W] RGB, got {tuple(image.shape)}")
-    planes = [image]
+    planes = [to_uint8_round(image).numpy()]
     if alpha is not None:
         alpha = alpha.reshape(1, *alpha.shape[-2:])
         if alpha.shape[-2:] != image.shape[-2:]:
             raise ValueError(f"alpha {tuple(alpha.shape[-2:])} and image {tuple(image.shape[-2:])} differ in size")
-        planes.append(alpha.to(image.device, image.dtype))
-    arr = to_uint8_round(torch.cat(planes)).numpy()
+        planes.append(to_uint8_round(alpha).numpy())
+    arr = np.concatenate(planes, axis=-1) if len(planes) > 1 else planes[0]
     Image.fromarray(arr, "RGBA" if alpha is not None else "RGB").save(path)
 
 
+UINT8_STRIP_PIXELS = 1 << 22  # the float temporaries of to_uint8_round cover at most ~4 MP at a time
+
+
 def to_uint8_round(x: torch.Tensor) -> torch.Tensor:
-    """[C,H,W] or [B,C,H,W] float in [0,1] -> HWC / BHWC uint8, rounded (the pipeline's own PIL output)."""
-    out = x.detach().float().clamp(0.0, 1.0).mul(255).round().to(torch.uint8).cpu()
+    """[C,H,W] or [B,C,H,W] float in [0,1] -> HWC / BHWC uint8, rounded (the pipeline's own PIL output).
+
+    Converted in strips of rows: its float temporaries are bounded (an 8K image is not copied
+    four times over), the same bits as converting it whole."""
+    x = x.detach()
+    out = torch.empty(x.shape, dtype=torch.uint8)
+    rows = max(1, UINT8_STRIP_PIXELS // max(1, x.shape[-1]))
+    for r in range(0, x.shape[-2], rows):
+        strip = x[..., r : r + rows, :]
+        out[..., r : r + rows, :] = strip.float().clamp(0.0, 1.0).mul(255).round().to(torch.uint8).cpu()
     return out.permute(0, 2, 3, 1) if out.ndim == 4 else out.permute(1, 2, 0)
 
 

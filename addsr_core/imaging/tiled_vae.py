@@ -481,10 +481,15 @@ def _run_tiles(
     out_scale: int,
     region: TileRegion,
     on_tile: Optional[Callable[[], None]] = None,
+    out_dtype: Optional[torch.dtype] = None,
 ) -> torch.Tensor:
     """Blend ``run(context, span_y, span_x)`` (the tile's core, from its context) over the tile grid.
-    Spans are in latent units; ``*_scale`` = px per latent."""
-    out = weight_sum = None
+    Spans are in latent units; ``*_scale`` = px per latent. Returns the blend in ``out_dtype``
+    (default: the tiles' dtype); in float32 it is the accumulator itself, no full-size copy."""
+    # The tiles form a grid and each tile's weight is an outer product of its two feathers, so the
+    # weights' sum is the outer product of the per-axis sums: no full-size weight plane.
+    sum_y, sum_x = (_feather_sum(spans, out_scale) for spans in (ys, xs))
+    out = None
     for sx in xs:
         for sy in ys:
             region.box = (sy.ctx_start, sy.ctx_end, sx.ctx_start, sx.ctx_end)
@@ -493,24 +498,28 @@ def _run_tiles(
             th, tw = (sy.end - sy.start) * out_scale, (sx.end - sx.start) * out_scale
             if tuple(result.shape[-2:]) != (th, tw):
                 raise RuntimeError(f"a VAE tile returned {tuple(result.shape[-2:])}, expected its core {(th, tw)}")
-            core = result.to(source.device, torch.float32)
             if out is None:
-                h, w = ys[-1].end * out_scale, xs[-1].end * out_scale
-                out = torch.zeros(*core.shape[:2], h, w, device=source.device)
-                weight_sum = torch.zeros(h, w, device=source.device)
-                out_dtype = result.dtype
-            del result
+                out = torch.zeros(*result.shape[:2], sum_y.numel(), sum_x.numel(), device=source.device)
+                out_dtype = out_dtype or result.dtype
+            ys0, xs0 = sy.start * out_scale, sx.start * out_scale
             weight = torch.outer(
                 feather(th, sy.ramp_before * out_scale, sy.ramp_after * out_scale),
                 feather(tw, sx.ramp_before * out_scale, sx.ramp_after * out_scale),
-            ).to(source.device)
-            ys0, xs0 = sy.start * out_scale, sx.start * out_scale
-            out[..., ys0 : ys0 + th, xs0 : xs0 + tw] += core * weight
-            weight_sum[ys0 : ys0 + th, xs0 : xs0 + tw] += weight
-            del core
+            ).to(result.device)
+            out[..., ys0 : ys0 + th, xs0 : xs0 + tw] += (result.float() * weight).to(source.device)
+            del result
             if on_tile is not None:
                 on_tile()
-    return out.div_(weight_sum).to(out_dtype)
+    out.div_(sum_y.to(out.device)[:, None]).div_(sum_x.to(out.device))
+    return out if out_dtype == torch.float32 else out.to(out_dtype)
+
+
+def _feather_sum(spans: Sequence[Span], scale: int) -> torch.Tensor:
+    """Along one axis, the sum of the tiles' feathers (``feather``) at each output pixel."""
+    total = torch.zeros(spans[-1].end * scale)
+    for s in spans:
+        total[s.start * scale : s.end * scale] += feather((s.end - s.start) * scale, s.ramp_before * scale, s.ramp_after * scale)
+    return total
 
 
 def _runs_untiled(hw, tile: int, whole_area: int, context: Optional[WholeImageContext]) -> bool:
@@ -611,6 +620,7 @@ def tiled_decode(
     on_tile: Optional[Callable[[], None]] = None,
     balanced: bool = True,
     trim: bool = True,
+    out_dtype: Optional[torch.dtype] = None,
 ) -> torch.Tensor:
     """``vae.decode`` of an UNSCALED latent [B,C,h,w] in tiles of ``tile_px`` output pixels.
 
@@ -623,7 +633,8 @@ def tiled_decode(
     untiled. ``on_tile()`` is called after each tile. ``balanced`` (on): equal tiles per axis, see
     :func:`plan_spans` (off: fixed stride, the last tile flush with the edge). ``trim`` (on): the
     decoder drops each tile's spent halo after every up block (:class:`_KeptWindow`; the same
-    pixels, far less work at full resolution).
+    pixels, far less work at full resolution). ``out_dtype``: the result's dtype (default: the
+    VAE's, as ``vae.decode``); float32 returns the tiles' accumulator itself, no full-size copy.
     """
     factor = _latent_factor(vae)
     tile, overlap = _check_tiling_args(tile_px, overlap_px, factor)
@@ -634,7 +645,7 @@ def tiled_decode(
     full_res = tile if trim else tile + 2 * halo
     area, whole = _statistics_area((h, w), full_res * full_res, None if stats_px is None else max(1, stats_px // factor))
     if _runs_untiled((h, w), tile, whole, context):
-        return vae.decode(latent.to(device, dtype)).to(latent.device)
+        return vae.decode(latent.to(device, dtype)).to(latent.device, out_dtype or dtype)
     if context is None:
         context = decoder_context(vae, latent, area)
 
@@ -648,7 +659,7 @@ def tiled_decode(
     region = TileRegion()
     ys, xs = plan_spans(h, tile, overlap, halo, balanced), plan_spans(w, tile, overlap, halo, balanced)
     with tiled_context(vae.decoder, context, region, decoder_attention_reach(vae)):
-        return _run_tiles(run, latent, ys, xs, 1, factor, region, on_tile)
+        return _run_tiles(run, latent, ys, xs, 1, factor, region, on_tile, out_dtype)
 
 
 class _KeptWindow:

@@ -154,7 +154,7 @@ def decode_cfw(vae: CFWAutoencoder, z0: torch.Tensor, image: torch.Tensor, fidel
     with torch.no_grad():
         feats = vae.lr_features(image.to(device, dtype)) if fidelity != 0 else None
         decoded = vae.decode((z0 / vae.scaling_factor).to(device, dtype), feats, fidelity).float()
-    return apply_color_fix(color_fix, decoded, image.to(decoded.device, decoded.dtype))
+    return apply_color_fix(color_fix, decoded, image.to(decoded.device, decoded.dtype), in_place=True)
 
 
 def upscale_tile(
@@ -204,8 +204,9 @@ def upscale(
 
 
 def finish(result: torch.Tensor, prepared: PreparedLR) -> torch.Tensor:
-    """[-1,1] network output -> [0,1], padding removed, at exactly the output size."""
-    images = ((result.float() + 1) / 2).clamp(0, 1)
+    """[-1,1] network output -> [0,1], padding removed, at exactly the output size. ``result`` is
+    the caller's own blend: in float32 it is overwritten (the same bits, no full-size copies)."""
+    images = result.float().add_(1).div_(2).clamp_(0, 1)
     images = images[..., : prepared.upscaled_hw[0], : prepared.upscaled_hw[1]]
     if tuple(images.shape[-2:]) != tuple(prepared.output_hw):
         images = F.interpolate(images, size=prepared.output_hw, mode="bicubic").clamp(0, 1)
