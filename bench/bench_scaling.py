@@ -4,7 +4,7 @@
                                                          # a 2-core AMX Xeon, hours in fp32)
     python bench/bench_scaling.py --steps 1 --sizes 1024 2048
     python bench/bench_scaling.py --dtype fp32           # default: auto (the device's precision policy)
-    python bench/bench_scaling.py --tiny --steps 4 --sizes 1024 4096 8192   # what the image itself holds
+    python bench/bench_scaling.py --tiny --steps 1 --sizes 1024 2048   # what the image itself holds
 
 Each size runs in its own process (so its peak RSS is its own) on the full-size networks with random
 weights: a square LR of side/4 through ``UpscaleOptions()`` as the CLI and the all-in-one node use

@@ -88,11 +88,13 @@ def wavelet_decomposition(x: torch.Tensor, levels: int = WAVELET_LEVELS) -> tupl
     return high, low
 
 
-def wavelet_color_fix(target: torch.Tensor, source: torch.Tensor, levels: int = WAVELET_LEVELS) -> torch.Tensor:
+def wavelet_color_fix(target: torch.Tensor, source: torch.Tensor, levels: int = WAVELET_LEVELS, *,
+                      in_place: bool = False) -> torch.Tensor:
     """Keep the target's high bands, take the source's low band (official ``wavelet_reconstruction``).
 
     A source of a different size is allowed (our extension, see the module docstring).
-    Returns the unclamped result in the target's dtype.
+    Returns the unclamped result in the target's dtype. ``in_place`` is accepted as for
+    :func:`adain_color_fix`; the bands are new tensors either way (the target is never written).
     """
     _check_pair(target, source)
     wd = _working_dtype(target)
@@ -101,7 +103,7 @@ def wavelet_color_fix(target: torch.Tensor, source: torch.Tensor, levels: int = 
         s = F.interpolate(s, size=t.shape[-2:], mode="bicubic", align_corners=False, antialias=True)
     high, _ = wavelet_decomposition(t, levels)
     _, low = wavelet_decomposition(s, levels)
-    return (high + low).to(target.dtype)
+    return high.add_(low).to(target.dtype)  # high + low, written into the high band (its own tensor)
 
 
 _FIXES = {"adain": adain_color_fix, "wavelet": wavelet_color_fix}
@@ -115,9 +117,7 @@ def apply_color_fix(method: str, target: torch.Tensor, source: torch.Tensor, *, 
         return target
     if method not in _FIXES:
         raise ValueError(f"unknown colour fix {method!r}; choose one of {list(COLOR_FIXES)}")
-    if method == "adain":
-        return adain_color_fix(target, source, in_place=in_place)
-    return _FIXES[method](target, source)
+    return _FIXES[method](target, source, in_place=in_place)
 
 
 # --- The official PIL-in / PIL-out wrappers -----------------------------------------------------

@@ -502,10 +502,7 @@ def _run_tiles(
                 out = torch.zeros(*result.shape[:2], sum_y.numel(), sum_x.numel(), device=source.device)
                 out_dtype = out_dtype or result.dtype
             ys0, xs0 = sy.start * out_scale, sx.start * out_scale
-            weight = torch.outer(
-                feather(th, sy.ramp_before * out_scale, sy.ramp_after * out_scale),
-                feather(tw, sx.ramp_before * out_scale, sx.ramp_after * out_scale),
-            ).to(result.device)
+            weight = torch.outer(_span_feather(sy, out_scale), _span_feather(sx, out_scale)).to(result.device)
             out[..., ys0 : ys0 + th, xs0 : xs0 + tw] += (result.float() * weight).to(source.device)
             del result
             if on_tile is not None:
@@ -514,11 +511,16 @@ def _run_tiles(
     return out if out_dtype == torch.float32 else out.to(out_dtype)
 
 
+def _span_feather(span: Span, scale: int) -> torch.Tensor:
+    """One tile's blend weight along one axis (``feather`` over its core, ``scale`` px per latent)."""
+    return feather((span.end - span.start) * scale, span.ramp_before * scale, span.ramp_after * scale)
+
+
 def _feather_sum(spans: Sequence[Span], scale: int) -> torch.Tensor:
-    """Along one axis, the sum of the tiles' feathers (``feather``) at each output pixel."""
+    """Along one axis, the sum of the tiles' feathers at each output pixel."""
     total = torch.zeros(spans[-1].end * scale)
     for s in spans:
-        total[s.start * scale : s.end * scale] += feather((s.end - s.start) * scale, s.ramp_before * scale, s.ramp_after * scale)
+        total[s.start * scale : s.end * scale] += _span_feather(s, scale)
     return total
 
 
