@@ -236,7 +236,9 @@ class UpscaleOptions:
 class LRCondition:
     """What the sampler needs about the LR image (ComfyUI's ``ADDSR_COND`` carries one)."""
 
-    control_image: torch.Tensor  # [B,3,H,W] upscaled LR in [0,1], H and W multiples of 8
+    # [B,3,H,W] upscaled LR, H and W multiples of 8: uint8 (0-255, the official 8-bit image, a
+    # quarter of the float's memory) or float in [0,1]; ``unit_float`` reads either
+    control_image: torch.Tensor
     lr_tokens: torch.Tensor  # [B,145,512] RAM tokens of the original LR
     moments: torch.Tensor  # [B,8,H/8,W/8] VAE posterior of the control image
     lr_size: tuple  # (h, w) of the original LR
@@ -277,15 +279,16 @@ def condition_from_lr(models: AddSRModels, lr: torch.Tensor, options: ConditionO
 
     ``lr`` is [B,3,h,w] RGB in [0,1] (alpha already split off).
     """
-    from .imaging.prepare import official_condition_image
+    from .imaging.prepare import official_condition_uint8, unit_float
 
     options.validate()
     vae = models.vae
     device, dtype = models.device_of(vae), next(vae.parameters()).dtype
-    control = official_condition_image(lr, options.scale, options.process_size).to(device)
+    control = official_condition_uint8(lr, options.scale, options.process_size).to(device)
     lr_tokens = models.ram.represent(lr.to(device), resize=LR_TOKEN_RESIZE)
-    with torch.no_grad():
-        moments = vae_encode(vae, (control * 2 - 1).to(dtype), options.vae_tile_px, options.vae_overlap_px)
+    with torch.no_grad():  # the [-1, 1] image written into its own float copy: the same bits, one copy
+        image_pm1 = unit_float(control).mul_(2).sub_(1).to(dtype)
+        moments = vae_encode(vae, image_pm1, options.vae_tile_px, options.vae_overlap_px)
     return LRCondition(control, lr_tokens, moments.float(), tuple(lr.shape[-2:]), options.scale)
 
 
@@ -326,12 +329,14 @@ def upscale_calls(options: UpscaleOptions, lr_hw, batch: int = 1, method=None) -
 
 def per_image(cond: LRCondition, prompt_embeds: torch.Tensor, negative_embeds: Optional[torch.Tensor], device):
     """The samplers' batch loop: each image's condition, prompt and negative (None stays None) on
-    ``device`` in float32 (one sampled at a time: the same draws alone or batched, memory of one)."""
+    ``device`` in float32, the control image as it is held (uint8 stays uint8: the denoisers read
+    it per tile); one sampled at a time: the same draws alone or batched, memory of one."""
     positives = batch_rows(prompt_embeds, cond.batch, "prompt_embeds")
     negatives = batch_rows(negative_embeds, cond.batch, "negative_embeds")
     for i in range(cond.batch):
         one = cond.item(i)
-        one = dataclasses.replace(one, control_image=one.control_image.to(device).float(),
+        control = one.control_image.to(device)
+        one = dataclasses.replace(one, control_image=control if control.dtype == torch.uint8 else control.float(),
                                   lr_tokens=one.lr_tokens.to(device).float(), moments=one.moments.to(device).float())
         yield one, positives[i].to(device).float(), None if negatives[i] is None else negatives[i].to(device).float()
 
@@ -365,7 +370,7 @@ def finish(images: torch.Tensor, cond: LRCondition, options: FinishOptions = Fin
     """Colour fix against the upscaled LR, then resize to exactly LR size x scale (official order).
     ``in_place``: ``images`` are the caller's own to overwrite (the same bits, no full-size copy)."""
     from .imaging.colorfix import apply_color_fix
-    from .imaging.prepare import resize_to
+    from .imaging.prepare import resize_to, unit_float
 
     options.validate()
     # One memory layout: the reductions of the colour fix round differently on NHWC (a decode's
@@ -373,7 +378,7 @@ def finish(images: torch.Tensor, cond: LRCondition, options: FinishOptions = Fin
     contiguous = images.contiguous()
     owned = in_place or contiguous is not images
     images = contiguous
-    source = cond.control_image.to(images.device, images.dtype).contiguous()
+    source = unit_float(cond.control_image.to(images.device), images.dtype).contiguous()
     if source.shape[0] not in (1, images.shape[0]):
         raise OptionsError(f"{images.shape[0]} images but the condition has {source.shape[0]}")
     official = options.rounding == "official"

@@ -150,3 +150,34 @@ def test_upscale_tags_from_the_condition_tokens_without_a_second_ram_pass(loaded
         assert reused == tag_images(models, lr) == ram.tagger.tags(lr) and len(calls) == 2
     finally:
         del models.ram.forward
+
+
+@pytest.mark.parametrize("color_fix", ["adain", "wavelet"])
+def test_the_8bit_condition_gives_the_float_conditions_image_bit_for_bit(loaded, color_fix):
+    """The condition image is held as the 8-bit image it is (a quarter of the float's memory) and
+    read as float per tile, per PSR strip and at the colour fix: every stage sees the bits the
+    float condition gave (tiled case: 4 steps, so the PSR decodes and the tiled VAE run too)."""
+    import dataclasses
+
+    from addsr_core.imaging.prepare import official_condition_image, unit_float
+    from addsr_core.pipeline import ConditionOptions, condition_from_lr, decode, finish, run_sampling, unscaled
+
+    model, ram, vae, clip = loaded
+    lr = image_to_bchw(lr_batch(1, 40, 72, seed=5))
+    models = AddSRModels(model.unet.module, model.controlnet.module, as_addsr_vae(vae).vae, ram.encoder.module)
+    options = UpscaleOptions(steps=4, process_size=64, color_fix=color_fix, latent_tile_px=256,
+                             latent_overlap_px=64, vae_encode_tile_px=256, vae_decode_tile_px=256)
+    cond = condition_from_lr(models, lr, options.condition)
+    float_cond = dataclasses.replace(cond, control_image=unit_float(cond.control_image))
+    assert cond.control_image.dtype == torch.uint8
+    assert torch.equal(float_cond.control_image, official_condition_image(lr, 4, 64))
+    width = models.unet.config.cross_attention_dim
+    prompt = torch.randn(1, 77, width, generator=torch.Generator().manual_seed(6))
+
+    def image_of(c):
+        z0 = run_sampling(models, c, prompt, None, options)
+        return finish(decode(models, unscaled(models.vae, z0), options.decoding), c, options.finishing, in_place=True)
+
+    held = image_of(cond)
+    assert torch.equal(held, image_of(float_cond))
+    assert held.shape == (1, 3, 160, 288) and held.std() > 0

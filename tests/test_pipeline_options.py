@@ -148,3 +148,19 @@ def test_psr_written_into_the_decode_gives_the_same_bits(setup):
         plain = sample_addsr(**setup, options=AddSRSampling(), noise=SeededNoise(0)).z0
         owned = sample_addsr(**setup, options=AddSRSampling(), noise=SeededNoise(0), owns_decodes=True).z0
     assert torch.equal(plain, owned) and torch.equal(setup["control_image"], control)
+
+
+def test_psr_blend_of_an_8bit_lr_in_strips_gives_the_float_bits(monkeypatch):
+    """The pipeline holds the LR condition as uint8: the in-place blend reads it a strip of rows at
+    a time (here 7 rows: strips that do not divide the image), the bits of the float LR blended whole."""
+    from addsr_core.addsr import sampler
+
+    g = torch.Generator().manual_seed(5)
+    decoded = torch.randn(1, 3, 40, 48, generator=g) * 1.2
+    lr8 = torch.randint(0, 256, (1, 3, 40, 48), generator=g, dtype=torch.uint8)
+    expected = sampler.psr_condition(decoded, lr8.float() / 255, 0.4)
+    monkeypatch.setattr(sampler, "PSR_STRIP_PX", 7 * 48)
+    assert torch.equal(sampler.psr_condition(decoded, lr8, 0.4), expected)
+    nhwc = decoded.to(memory_format=torch.channels_last)  # a decode's layout
+    assert torch.equal(sampler.psr_condition(nhwc, lr8, 0.4, in_place=True), expected)
+

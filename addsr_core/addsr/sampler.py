@@ -17,6 +17,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from ..errors import OptionsError
+from ..imaging.prepare import unit_float
 from ..models.vae import sample_posterior
 from ..sampling.denoisers import CFGDenoiser
 from ..sampling.noise import NoiseSource, SeededNoise
@@ -72,24 +73,31 @@ class AddSRSampling:
 @dataclass
 class AddSRResult:
     z0: torch.Tensor  # scaled latent (the diffusion model's space)
-    control_image: torch.Tensor  # the last condition image, [0,1]
+    control_image: torch.Tensor  # the last condition image, as held (uint8 0-255 or float [0,1])
     steps: list = field(default_factory=list)  # per step: dict(t, pred_z0)
 
 
 def encode_lr_latent(encode, control_image: torch.Tensor, noise: NoiseSource, scaling_factor: float) -> torch.Tensor:
     """The official LR latent: a posterior SAMPLE (not the mean) of the [0,1] image, scaled."""
-    moments = encode(control_image * 2 - 1)
+    moments = encode(unit_float(control_image) * 2 - 1)
     eps = noise.draw("posterior_eps", moments[:, : moments.shape[1] // 2].shape, device=moments.device, dtype=moments.dtype)
     return sample_posterior(moments, eps) * scaling_factor
 
 
+PSR_STRIP_PX = 1 << 20  # pixels per strip of the in-place blend: its temporaries stay ~12 MB
+
+
 def psr_condition(decoded: torch.Tensor, lr_image: torch.Tensor, weight: float, *, in_place: bool = False) -> torch.Tensor:
-    """Blend the decoded prediction with the LR: the next step's control image, in [0,1].
-    ``in_place``: written into ``decoded`` (the same operations, the same bits; one full-size
-    temporary instead of five)."""
-    if in_place:
-        return decoded.clamp_(-1, 1).div_(2).add_(0.5).mul_(weight).add_((1 - weight) * lr_image)
-    return weight * (decoded.clamp(-1, 1) / 2 + 0.5) + (1 - weight) * lr_image
+    """Blend the decoded prediction with the LR (uint8 0-255 or float [0,1]): the next step's
+    control image, in [0,1]. ``in_place``: written into ``decoded`` a strip of rows at a time (the
+    same operations on each element, the same bits; no full-size temporary instead of five)."""
+    if not in_place:
+        return weight * (decoded.clamp(-1, 1) / 2 + 0.5) + (1 - weight) * unit_float(lr_image)
+    rows = max(1, PSR_STRIP_PX // max(1, decoded.shape[-1]))
+    for r in range(0, decoded.shape[-2], rows):
+        lr = unit_float(lr_image[..., r : r + rows, :])
+        decoded[..., r : r + rows, :].clamp_(-1, 1).div_(2).add_(0.5).mul_(weight).add_((1 - weight) * lr)
+    return decoded
 
 
 def sample_addsr(
@@ -120,7 +128,7 @@ def sample_addsr(
     options = options or AddSRSampling()
     options.validate()
     noise = noise or SeededNoise(0)
-    trace = trace or (lambda name, value: None)
+    tracing, trace = trace is not None, trace or (lambda name, value: None)
     device = control_image.device
     ac = (options.alphas_cumprod if options.alphas_cumprod is not None else scaled_linear_alphas_cumprod()).to(device)
     sf = options.scaling_factor
@@ -161,7 +169,7 @@ def sample_addsr(
                 tokens = represent(image)
         trace(f"step{k}.timestep", t_tensor)
         trace(f"step{k}.latent_in", z)
-        trace(f"step{k}.controlnet_cond", image)
+        trace(f"step{k}.controlnet_cond", unit_float(image) if tracing else image)
         trace(f"step{k}.ram_embeds", tokens)
         eps = guided(z, t_tensor, image, tokens, prompt_embeds)
         trace(f"step{k}.noise_pred", eps)

@@ -313,6 +313,13 @@ def official_condition_pil(image: Image.Image, scale: int = 4, process_size: int
     return image
 
 
+def _check_condition_input(lr: torch.Tensor) -> None:
+    if lr.ndim != 4 or lr.shape[1] != 3:
+        raise ValueError(f"expected an RGB batch [B,3,h,w], got {tuple(lr.shape)}")
+    if not torch.isfinite(lr).all():
+        raise ValueError("LR image contains NaN or infinite values")
+
+
 def official_condition_image(
     lr: torch.Tensor, scale: int = 4, process_size: int = 512, method: str = "pil"
 ) -> torch.Tensor:
@@ -321,20 +328,32 @@ def official_condition_image(
     ``method="pil"`` reproduces the official uint8 result exactly (after rounding the input to 8
     bits); ``method="torch"`` resizes once, in float, straight to the final size.
     """
-    if lr.ndim != 4 or lr.shape[1] != 3:
-        raise ValueError(f"expected an RGB batch [B,3,h,w], got {tuple(lr.shape)}")
-    if not torch.isfinite(lr).all():
-        raise ValueError("LR image contains NaN or infinite values")
-    sizes = condition_sizes(lr.shape[-2:], scale, process_size)
+    _check_condition_input(lr)
     if method == "torch":
-        return resize_to(lr.float(), sizes[-1]).clamp(0.0, 1.0)
+        return resize_to(lr.float(), condition_sizes(lr.shape[-2:], scale, process_size)[-1]).clamp(0.0, 1.0)
     if method != "pil":
         raise ValueError(f"method must be 'pil' or 'torch', got {method!r}")
+    return unit_float(official_condition_uint8(lr, scale, process_size))
+
+
+def official_condition_uint8(lr: torch.Tensor, scale: int = 4, process_size: int = 512) -> torch.Tensor:
+    """The official condition image as the 8-bit image it is: uint8 [B,3,H,W] (0-255) on ``lr``'s
+    device, a quarter of the float's memory; :func:`unit_float` gives the float, the same bits."""
+    _check_condition_input(lr)
     out = []
     for arr in to_uint8_round(lr).numpy():
         prepared = official_condition_pil(Image.fromarray(arr, "RGB"), scale, process_size)
         out.append(np.asarray(prepared))
-    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float().div(255).to(lr.device)
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).to(lr.device)
+
+
+def unit_float(image: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """An image in [0,1] as ``dtype``. A uint8 one (0-255: the condition image as the pipeline holds
+    it) is divided by 255 in float32 first, the bits the float condition always had; a float one is
+    only cast (no copy when it already is ``dtype``)."""
+    if image.dtype == torch.uint8:
+        return image.float().div_(255).to(dtype)
+    return image.to(dtype)
 
 
 def output_size(lr_hw: Sequence[int], scale: int = 4) -> tuple[int, int]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from ..imaging.prepare import unit_float
 from ..models import ControlNetModel, UNet2DConditionModel
 
 
@@ -14,7 +15,8 @@ class ControlNetDenoiser:
 
     def __call__(self, z, t, control_image, tokens, prompt_embeds):
         dtype = self.unet.dtype
-        z, control_image, tokens, prompt_embeds = (x.to(dtype) for x in (z, control_image, tokens, prompt_embeds))
+        z, tokens, prompt_embeds = (x.to(dtype) for x in (z, tokens, prompt_embeds))
+        control_image = unit_float(control_image, dtype)  # a uint8 condition becomes float per call (per tile)
         down, mid, _, _ = self.controlnet(
             z, t, prompt_embeds, control_image, self.conditioning_scale, image_encoder_hidden_states=tokens
         )
