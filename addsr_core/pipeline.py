@@ -378,7 +378,8 @@ def finish(images: torch.Tensor, cond: LRCondition, options: FinishOptions = Fin
     contiguous = images.contiguous()
     owned = in_place or contiguous is not images
     images = contiguous
-    source = unit_float(cond.control_image.to(images.device), images.dtype).contiguous()
+    # contiguous before the float conversion: one float copy of the source, not two
+    source = unit_float(cond.control_image.to(images.device).contiguous(), images.dtype).contiguous()
     if source.shape[0] not in (1, images.shape[0]):
         raise OptionsError(f"{images.shape[0]} images but the condition has {source.shape[0]}")
     official = options.rounding == "official"
