@@ -379,7 +379,7 @@ def finish(images: torch.Tensor, cond: LRCondition, options: FinishOptions = Fin
     owned = in_place or contiguous is not images
     images = contiguous
     # contiguous before the float conversion: one float copy of the source, not two
-    source = unit_float(cond.control_image.to(images.device).contiguous(), images.dtype).contiguous()
+    source = unit_float(cond.control_image.to(images.device).contiguous(), images.dtype)
     if source.shape[0] not in (1, images.shape[0]):
         raise OptionsError(f"{images.shape[0]} images but the condition has {source.shape[0]}")
     official = options.rounding == "official"

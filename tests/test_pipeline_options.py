@@ -163,4 +163,3 @@ def test_psr_blend_of_an_8bit_lr_in_strips_gives_the_float_bits(monkeypatch):
     assert torch.equal(sampler.psr_condition(decoded, lr8, 0.4), expected)
     nhwc = decoded.to(memory_format=torch.channels_last)  # a decode's layout
     assert torch.equal(sampler.psr_condition(nhwc, lr8, 0.4, in_place=True), expected)
-

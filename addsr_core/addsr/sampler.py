@@ -17,7 +17,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from ..errors import OptionsError
-from ..imaging.prepare import unit_float
+from ..imaging.prepare import row_strips, unit_float
 from ..models.vae import sample_posterior
 from ..sampling.denoisers import CFGDenoiser
 from ..sampling.noise import NoiseSource, SeededNoise
@@ -93,10 +93,9 @@ def psr_condition(decoded: torch.Tensor, lr_image: torch.Tensor, weight: float, 
     same operations on each element, the same bits; no full-size temporary instead of five)."""
     if not in_place:
         return weight * (decoded.clamp(-1, 1) / 2 + 0.5) + (1 - weight) * unit_float(lr_image)
-    rows = max(1, PSR_STRIP_PX // max(1, decoded.shape[-1]))
-    for r in range(0, decoded.shape[-2], rows):
-        lr = unit_float(lr_image[..., r : r + rows, :])
-        decoded[..., r : r + rows, :].clamp_(-1, 1).div_(2).add_(0.5).mul_(weight).add_((1 - weight) * lr)
+    for rows in row_strips(decoded.shape[-2:], PSR_STRIP_PX):
+        lr = unit_float(lr_image[..., rows, :])
+        decoded[..., rows, :].clamp_(-1, 1).div_(2).add_(0.5).mul_(weight).add_((1 - weight) * lr)
     return decoded
 
 

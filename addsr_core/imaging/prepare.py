@@ -196,6 +196,13 @@ def save_image(image: torch.Tensor, path: Union[str, Path], alpha: Optional[torc
 UINT8_STRIP_PIXELS = 1 << 22  # the float temporaries of to_uint8_round cover at most ~4 MP at a time
 
 
+def row_strips(hw: Sequence[int], pixels: int) -> list[slice]:
+    """Row slices that cover an image of ``hw`` = (H, W) in strips of at most ``pixels`` (at least
+    one row each): elementwise work strip by strip keeps its temporaries bounded, with the same bits."""
+    rows = max(1, pixels // max(1, int(hw[1])))
+    return [slice(r, r + rows) for r in range(0, int(hw[0]), rows)]
+
+
 def to_uint8_round(x: torch.Tensor) -> torch.Tensor:
     """[C,H,W] or [B,C,H,W] float in [0,1] -> HWC / BHWC uint8, rounded (the pipeline's own PIL output).
 
@@ -203,10 +210,8 @@ def to_uint8_round(x: torch.Tensor) -> torch.Tensor:
     four times over), the same bits as converting it whole."""
     x = x.detach()
     out = torch.empty(x.shape, dtype=torch.uint8)
-    rows = max(1, UINT8_STRIP_PIXELS // max(1, x.shape[-1]))
-    for r in range(0, x.shape[-2], rows):
-        strip = x[..., r : r + rows, :]
-        out[..., r : r + rows, :] = strip.float().clamp(0.0, 1.0).mul(255).round().to(torch.uint8).cpu()
+    for rows in row_strips(x.shape[-2:], UINT8_STRIP_PIXELS):
+        out[..., rows, :] = x[..., rows, :].float().clamp(0.0, 1.0).mul(255).round().to(torch.uint8).cpu()
     return out.permute(0, 2, 3, 1) if out.ndim == 4 else out.permute(1, 2, 0)
 
 
@@ -328,12 +333,12 @@ def official_condition_image(
     ``method="pil"`` reproduces the official uint8 result exactly (after rounding the input to 8
     bits); ``method="torch"`` resizes once, in float, straight to the final size.
     """
-    _check_condition_input(lr)
-    if method == "torch":
-        return resize_to(lr.float(), condition_sizes(lr.shape[-2:], scale, process_size)[-1]).clamp(0.0, 1.0)
-    if method != "pil":
+    if method == "pil":
+        return unit_float(official_condition_uint8(lr, scale, process_size))
+    if method != "torch":
         raise ValueError(f"method must be 'pil' or 'torch', got {method!r}")
-    return unit_float(official_condition_uint8(lr, scale, process_size))
+    _check_condition_input(lr)
+    return resize_to(lr.float(), condition_sizes(lr.shape[-2:], scale, process_size)[-1]).clamp(0.0, 1.0)
 
 
 def official_condition_uint8(lr: torch.Tensor, scale: int = 4, process_size: int = 512) -> torch.Tensor:
