@@ -39,10 +39,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def needs_torchvision_stub(python: str) -> bool:
-    """True when ``import torchvision`` fails in that Python (no CPU build exists on PyPI)."""
-    probe = subprocess.run([python, "-c", "import torchvision"], capture_output=True, timeout=120)
-    return probe.returncode != 0
+STUBBED_PACKAGES = ("torchvision", "torchaudio")  # no CPU builds on PyPI; ComfyUI 0.33 imports both at start-up
+
+
+def stub_paths(python: str) -> list[str]:
+    """The PYTHONPATH entries that give ``python`` an import-only stand-in (tools/comfy_stubs) for
+    each of STUBBED_PACKAGES that does not import there; empty when all of them import."""
+    missing = [name for name in STUBBED_PACKAGES
+               if subprocess.run([python, "-c", f"import {name}"], capture_output=True, timeout=120).returncode != 0]
+    return [str(STUBS / "import_only"), *(str(STUBS / name) for name in missing)] if missing else []
 
 
 class ComfyServer:
@@ -103,7 +108,7 @@ class ComfyServer:
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
-        paths = [str(STUBS)] if needs_torchvision_stub(self.python) else []
+        paths = stub_paths(self.python)
         if env.get("PYTHONPATH"):
             paths.append(env["PYTHONPATH"])
         if paths:
