@@ -237,7 +237,7 @@ def check_outputs(files_by_node: dict, workflow: dict, lr: Image.Image, scale: i
     expected = (lr.width * scale, lr.height * scale)
     saves = [str(n["id"]) for n in workflow["nodes"] if n["type"] == "SaveImage"]
     previews = [str(n["id"]) for n in workflow["nodes"] if n["type"] == "PreviewImage"]
-    assert saves and previews
+    assert saves
     for node_id in saves + previews:
         files = files_by_node.get(node_id)
         assert files, f"node {node_id} saved nothing"
