@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from comfy_host.fixtures import comfy, comfy_server, dynamic_vram_server, requires_comfyui  # noqa: F401
+from comfy_host.inputs import lr_photo, shrink_for_cpu
 from comfy_host.models import COMFYUI, INPROCESS, LOADERS, UnsupportedLoaderError, install_tiny_models
 from comfy_host.pack import load_pack
 from comfy_host.standins import core_standins, saved_files
@@ -203,33 +204,6 @@ def test_standins_match_the_core_definitions(tmp_path, offline_definitions):
 
 # ---------------------------------------------------------------------------------------------
 # Running the graphs
-
-
-def lr_photo(width: int, height: int) -> Image.Image:
-    """A real photo (skimage's astronaut), degraded: a face crop shrunk to width x height."""
-    from skimage import data
-
-    photo = Image.fromarray(data.astronaut())
-    return photo.crop((120, 20, 340, 220)).resize((width, height), Image.BICUBIC)
-
-
-def shrink_for_cpu(prompt: dict, min_tile: bool) -> dict:
-    """Same graph, CPU-sized: no enlarging of small inputs, 2 steps for samplers shipped with more
-    than 4 (AddSR ships 1-4 and keeps them), and (optionally) the smallest tiles, so a small image
-    still crosses tile borders. Everything else stays as shipped."""
-    for node in prompt.values():
-        inputs = node["inputs"]
-        if "min_size" in inputs:
-            inputs["min_size"] = 64
-        if isinstance(inputs.get("steps"), int) and inputs["steps"] > 4:
-            inputs["steps"] = 2
-        if min_tile:
-            for key in ("tile_size", "vae_tile_size"):
-                if key in inputs and not isinstance(inputs[key], list):
-                    inputs[key] = 256
-            if "tile_overlap" in inputs:
-                inputs["tile_overlap"] = 64
-    return prompt
 
 
 def check_outputs(files_by_node: dict, workflow: dict, lr: Image.Image, scale: int = 4) -> None:
