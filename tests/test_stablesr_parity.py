@@ -8,6 +8,7 @@ the prepared LR, the LR latent, x_T, the per-step latents / blended model output
 canvas tile's model output, the final latent, the CFW decode with the colour fix, and the image.
 """
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -219,26 +220,55 @@ def test_stablesr_parity_sampling_script(loops_fixture, loop_networks, name):
         assert_matches(result, expected["color_fixed" if "color_fixed" in expected else "decoded"], name=f"{name}: result")
 
 
-# DDPM-200 is left out: the same stages as above, twice the test time.
+def _official_blend(tensors, name: str) -> torch.Tensor:
+    """The script's [-1,1] result before its finish: ImageSpliterTh.gather() or the one tile's."""
+    if f"{name}.expected.gathered" in tensors:
+        return tensors[f"{name}.expected.gathered"]
+    _, expected = _tile_records(tensors, name, 0)
+    return expected["color_fixed" if "color_fixed" in expected else "decoded"]
+
+
+def _official_image(tensors, name: str, prepared) -> torch.Tensor:
+    """The script's image: its ``im_sr`` cropped to the unpadded upscaled size. The fixture holds
+    ``im_sr`` where the script resized it; elsewhere it is ``clamp((blend + 1) / 2)`` (script lines 375, 393)."""
+    key = f"{name}.expected.final"
+    final = tensors[key] if key in tensors else ((_official_blend(tensors, name) + 1) / 2).clamp(0, 1)
+    return final[..., : prepared.upscaled_hw[0], : prepared.upscaled_hw[1]]
+
+
+@pytest.mark.parametrize("name", sorted(LOOPS["cases"]))
+def test_stablesr_parity_finish(loops_fixture, name):
+    """``official_finish`` is the script's finish; the default crops the padding before resizing,
+    which differs only when the factor was raised to reach input_size (the script then keeps the padding)."""
+    case = LOOPS["cases"][name]
+    options = _options(case)
+    prepared = prepare_lr(_lr(loops_fixture, name), options)
+    official = _official_image(loops_fixture, name, prepared)
+    blend = _official_blend(loops_fixture, name)
+    assert_matches(stablesr_pipeline.finish(blend.clone(), prepared, official=True), official, name=f"{name}: official finish")
+    ours = stablesr_pipeline.finish(blend.clone(), prepared)
+    h, w = case["lr_hw"]
+    assert tuple(ours.shape[-2:]) == (h * 4, w * 4)
+    if prepared.official_hw:  # 12x13 LR: upscaled 64x69, padded 96x96, resized to 72x72, "cropped" to 64x69
+        assert tuple(official.shape[-2:]) == (64, 69) and tuple(loops_fixture[f"{name}.expected.png"].shape) == (64, 69, 3)
+    else:
+        assert torch.equal(ours, official)
+
+
+# DDPM-200 is left out: the same stages as test_stablesr_parity_sampling_script, twice the test time.
 @pytest.mark.parametrize("name", sorted(n for n in LOOPS["cases"] if LOOPS["cases"][n]["args"]["ddpm_steps"] < 200))
 def test_stablesr_parity_upscale_is_the_official_image(loops_fixture, loop_networks, name, monkeypatch):
-    """``upscale`` (prepare, pixel tiles, Gaussian blend, crop) against the script's result and PNG,
-    each pixel tile given that tile's official draws (the official script reseeds per tile)."""
+    """``upscale(official_finish=True)`` (prepare, pixel tiles, Gaussian blend, finish) is the
+    script's image and PNG, each pixel tile given that tile's official draws (the script reseeds per tile)."""
     case = LOOPS["cases"][name]
+    options = replace(_options(case), official_finish=True)
     tiles = iter(range(len(case["pixel_tiles"])))
     monkeypatch.setattr(stablesr_pipeline, "SeededNoise", lambda seed: ReplayNoise(_tile_records(loops_fixture, name, next(tiles))[0]))
+    lr = _lr(loops_fixture, name)
     with torch.no_grad():
-        ours = upscale(loop_networks[case["prediction_type"]], _lr(loops_fixture, name), loops_fixture["inputs.context"], _options(case))
+        ours = upscale(loop_networks[case["prediction_type"]], lr, loops_fixture["inputs.context"], options)
     assert next(tiles, None) is None
-    if f"{name}.expected.gathered" in loops_fixture:  # ImageSpliterTh.gather()
-        official = loops_fixture[f"{name}.expected.gathered"]
-    else:
-        _, expected = _tile_records(loops_fixture, name, 0)
-        official = expected["color_fixed" if "color_fixed" in expected else "decoded"]
-    h, w = case["lr_hw"]
-    size = (int(h * case["args"]["upscale"]), int(w * case["args"]["upscale"]))
-    official = ((official + 1) / 2).clamp(0, 1)[..., : size[0], : size[1]]  # the script: clamp((x+1)/2), crop the padding
-    assert_matches(ours, official, name=f"{name}: image")
+    assert_matches(ours, _official_image(loops_fixture, name, prepare_lr(lr, options)), name=f"{name}: image")
     png = loops_fixture[f"{name}.expected.png"].permute(2, 0, 1)[None].float()
     assert (ours * 255).floor().sub(png).abs().max() <= 1  # the script writes (x * 255).astype(uint8)
 

@@ -10,7 +10,8 @@ already installs, so a throwaway environment is::
     python3 -m venv --system-site-packages /work/venvs/stablesr
     /work/venvs/stablesr/bin/pip install omegaconf opencv-python-headless
     git --git-dir=<StableSR mirror> archive HEAD | tar -x -C /tmp/StableSR
-    /work/venvs/stablesr/bin/python tools/record_stablesr_parity.py --stablesr /tmp/StableSR
+    /work/venvs/stablesr/bin/python tools/record_stablesr_parity.py --stablesr /tmp/StableSR \
+        --commit "$(git --git-dir=<StableSR mirror> rev-parse HEAD)"
 
 Two fixture folders are written (``case.json`` + ``cases.safetensors`` each):
 
@@ -24,10 +25,11 @@ Two fixture folders are written (``case.json`` + ``cases.safetensors`` each):
   end to end (its ``main()`` with a command line, as the README runs it) on a 2-level seeded UNet
   (:data:`LOOP_STABLESR`, small enough that the real 200-step loop takes seconds) and ``TINY_CFW``:
   DDPM-200 (adain), Turbo-4 over a latent of 2x3 canvas tiles (wavelet; every tile's output kept),
-  Turbo-4 in two official pixel tiles (``ImageSpliterTh``), and a v-prediction run (no colour fix,
-  w = 0). Every random draw is recorded, with the per-step latents (all of them), the blended model
+  Turbo-4 in two official pixel tiles (``ImageSpliterTh``), a v-prediction run (no colour fix,
+  w = 0), and an LR smaller than ``input_size / upscale`` (the script's resize of the padded result). Every random draw is recorded, with the per-step latents (all of them), the blended model
   output and x0 (every 20th step and the last), the LR latent, the CFW decode, the colour-fixed
-  result and the PNG the script writes.
+  result, the script's final image and the PNG it writes. The recording is deterministic (a rerun
+  writes the same bytes).
 
 The weights are :mod:`addsr_core.stablesr.tiny`'s seeded builders (``seeded_weights``) written in
 the release layout (``model.diffusion_model.*``, ``structcond_stage_model.*``,
@@ -51,13 +53,14 @@ Run-time patches (behaviour unchanged):
   directory, so it runs in a temporary directory holding the tiny version of that file;
 - ``torch.randn``/``torch.randn_like``, ``encode_first_stage``, ``get_first_stage_encoding``,
   ``apply_model``, ``predict_start_from_noise``/``_z_and_v``, ``p_sample_canvas``, the CFW
-  ``decode``, the colour fixes and ``ImageSpliterTh.gather`` are wrapped to record their inputs and
-  outputs.
+  ``decode``, the colour fixes, ``ImageSpliterTh.gather`` and ``Tensor.cpu`` (the final image) are
+  wrapped to record their inputs and outputs.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import importlib
 import importlib.abc
 import importlib.machinery
@@ -102,14 +105,24 @@ SCRIPT = "scripts/sr_val_ddpm_text_T_vqganfin_oldcanvas_tile.py"
 LOOP_CASES = {
     "ddpm200": dict(lr_hw=(16, 16), prediction="epsilon", args=dict(
         ddpm_steps=200, dec_w=0.5, colorfix_type="adain", seed=42, input_size=64, tile_overlap=4, upscale=4.0)),
-    "turbo4_canvas": dict(lr_hw=(20, 28), prediction="epsilon", keep_image=True, args=dict(
+    "turbo4_canvas": dict(lr_hw=(20, 28), prediction="epsilon", args=dict(
         ddpm_steps=4, dec_w=0.5, colorfix_type="wavelet", seed=7, input_size=64, tile_overlap=4, upscale=4.0)),
     "turbo4_pixel_tiles": dict(lr_hw=(16, 24), prediction="epsilon", args=dict(
         ddpm_steps=4, dec_w=1.0, colorfix_type="adain", seed=3, input_size=64, tile_overlap=4, upscale=4.0,
         vqgantile_size=64, vqgantile_stride=48)),
     "v4": dict(lr_hw=(16, 16), prediction="v_prediction", args=dict(
         ddpm_steps=4, dec_w=0.0, colorfix_type="nofix", seed=11, input_size=64, tile_overlap=4, upscale=4.0)),
+    # 12 px < input_size / upscale: the factor is raised to 64 / 12 and the script resizes the padded result;
+    # 64 x 69 is padded to 96 x 96 (the side that is a multiple of 32 gets 32 more)
+    "turbo4_small_lr": dict(lr_hw=(12, 13), prediction="epsilon", keep_image=True, args=dict(
+        ddpm_steps=4, dec_w=0.5, colorfix_type="wavelet", seed=5, input_size=64, tile_overlap=4, upscale=4.0)),
 }
+SOURCES = (SCRIPT, "scripts/util_image.py", "scripts/wavelet_color_fix.py", "ldm/models/diffusion/ddpm.py",
+           "ldm/models/autoencoder.py", "ldm/modules/diffusionmodules/openaimodel.py", "ldm/modules/diffusionmodules/model.py",
+           "ldm/modules/diffusionmodules/util.py", "ldm/modules/attention.py", "ldm/modules/spade.py",
+           "ldm/modules/distributions/distributions.py", "basicsr/archs/rrdbnet_arch.py",
+           "configs/stableSRNew/v2-finetune_text_T_512.yaml", "configs/stableSRNew/v2-finetune_text_T_768v.yaml",
+           "configs/autoencoder/autoencoder_kl_64x64x4_resi.yaml")
 
 
 # --- environment --------------------------------------------------------------------------------------
@@ -205,7 +218,7 @@ def install_stubs() -> list[str]:
     ]
 
 
-def import_official(root: Path):
+def import_official(root: Path, commit: str | None = None):
     sys.path[:0] = [str(root), str(root / "scripts")]
     patches = install_stubs()
     import omegaconf
@@ -216,8 +229,9 @@ def import_official(root: Path):
     import util_image
 
     env = {"torch": torch.__version__, "numpy": np.__version__, "omegaconf": omegaconf.__version__}
+    sources = {"commit": commit, "sha256": {path: hashlib.sha256((root / path).read_bytes()).hexdigest() for path in SOURCES}}
     return types.SimpleNamespace(root=root, ddpm=ddpm, autoencoder=autoencoder, instantiate=instantiate_from_config,
-                                 colorfix=colorfix, util_image=util_image, env=env, patches=patches)
+                                 colorfix=colorfix, util_image=util_image, env=env, patches=patches, sources=sources)
 
 
 # --- weights and configs ------------------------------------------------------------------------------
@@ -389,6 +403,7 @@ class ScriptRecorder:
         self._wrap(official.colorfix, "adaptive_instance_normalization", self._color_fix)
         self._wrap(official.colorfix, "wavelet_reconstruction", self._color_fix)
         self._wrap(official.util_image.ImageSpliterTh, "gather", self._gather)
+        self._wrap(torch.Tensor, "cpu", self._cpu)
 
     def _wrap(self, owner, name, hook):
         original = getattr(owner, name)
@@ -403,7 +418,7 @@ class ScriptRecorder:
 
     @contextlib.contextmanager
     def recording(self):
-        self.tiles, self.gathered, self.t, self.active = [], None, None, True
+        self.tiles, self.gathered, self.final, self.t, self.active = [], None, None, None, True
         try:
             yield self
         finally:
@@ -473,6 +488,11 @@ class ScriptRecorder:
         out = original(content, style)
         self.tile["color_fixed"] = out.clone()
         return out
+
+    def _cpu(self, original, tensor, *args, **kwargs):
+        if tensor.ndim == 4:  # the script's last: im_sr.cpu().numpy().transpose(0, 2, 3, 1) * 255, before the crop
+            self.final = tensor.clone()
+        return original(tensor, *args, **kwargs)
 
     def _gather(self, original, spliter):
         out = original(spliter)
@@ -558,7 +578,7 @@ def record_loops(official, recorder: ScriptRecorder, tmp: Path) -> tuple[dict, d
         "source": f"github:IceClear/StableSR {SCRIPT} main(), ldm/models/diffusion/ddpm.py (LatentDiffusionSRTextWT."
                   "sample_canvas / p_sample_canvas / p_mean_variance_canvas), ldm/models/autoencoder.py (AutoencoderKLResi), "
                   "scripts/util_image.py (ImageSpliterTh), scripts/wavelet_color_fix.py",
-        "environment": official.env, "run_time_patches": official.patches,
+        "environment": official.env, "run_time_patches": official.patches, "official_sources": official.sources,
         "weights": {"builder": "seeded_weights(StableSRModel(replace(configs[prediction]...)), seeds[prediction]); "
                                "addsr_core.stablesr.tiny.tiny_cfw(seeds['cfw'])",
                     "seeds": LOOP_SEEDS, "configs": configs, "fingerprint": fingerprints},
@@ -571,6 +591,11 @@ def record_loops(official, recorder: ScriptRecorder, tmp: Path) -> tuple[dict, d
                     "(also at t=0, where it is multiplied by 0). Without pixel tiles the stream continues after model "
                     "construction; init_latent is channels_last (read_image's numpy transpose), so randn_like takes torch's "
                     "element-wise CPU normal: the official draws are not a seeded stream, they are replayed",
+        "expected_note": "per pixel tile: lr_latent (get_first_stage_encoding), x_T, t{t}.z / .model_out (blended) / .x0, "
+                         "t{t}.tile{k}.model_out (canvas tile k in the official visit order), z0, color_fixed (or decoded "
+                         "without a colour fix), image (the padded upscaled LR, where kept); per case: gathered "
+                         "(ImageSpliterTh.gather), final (the script's im_sr in [0,1] before its crop to the unpadded size; "
+                         "only where the script resized it, else it is clamp((blend + 1) / 2)), png (the file it writes, HWC uint8)",
         "tolerance": "max|ours - expected| <= 1e-4 * max(1, max|expected|), fp32 CPU",
         "cases": {},
     }
@@ -590,6 +615,9 @@ def record_loops(official, recorder: ScriptRecorder, tmp: Path) -> tuple[dict, d
                                  "shapes": {k: list(v.shape) for k, v in {**draws, **expected}.items()}})
         if recorder.gathered is not None:
             tensors[f"{name}.expected.gathered"] = recorder.gathered
+        blend = recorder.gathered if recorder.gathered is not None else recorder.tiles[0].get("color_fixed", recorder.tiles[0]["decoded"])
+        if recorder.final.shape != blend.shape:  # resized; else it is clamp((blend + 1) / 2), kept out of the fixture
+            tensors[f"{name}.expected.final"] = recorder.final
         tensors[f"{name}.expected.png"] = png
         report["cases"][name] = {
             "prediction_type": case["prediction"], "lr_hw": list(case["lr_hw"]), "args": case["args"],
@@ -616,16 +644,18 @@ def save(folder: Path, tensors: dict, report: dict) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stablesr", type=Path, default=os.environ.get("STABLESR_PATH"), help="extracted StableSR checkout")
+    parser.add_argument("--commit", default=os.environ.get("STABLESR_COMMIT"),
+                        help="the checkout's commit, for case.json (e.g. git --git-dir=<mirror> rev-parse HEAD)")
     parser.add_argument("--out", type=Path, default=REPO / "tests" / "fixtures", help="folder for stablesr_modules/ and stablesr_loops/")
     args = parser.parse_args(argv)
     if args.stablesr is None or not (args.stablesr / SCRIPT).is_file():
         parser.error(f"--stablesr (or STABLESR_PATH) must point at a StableSR checkout with {SCRIPT}")
     torch.set_num_threads(1)  # one thread: the recording does not depend on the machine's core count
-    official = import_official(args.stablesr.resolve())
+    official = import_official(args.stablesr.resolve(), args.commit)
     recorder = ScriptRecorder(official)
     with tempfile.TemporaryDirectory() as tmp:
         tensors, report = record_modules(official, Path(tmp))
-        report.update(environment=official.env, run_time_patches=official.patches)
+        report.update(environment=official.env, run_time_patches=official.patches, official_sources=official.sources)
         save(args.out / "stablesr_modules", tensors, report)
         tensors, report = record_loops(official, recorder, Path(tmp))
         save(args.out / "stablesr_loops", tensors, report)
