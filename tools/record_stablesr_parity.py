@@ -26,10 +26,11 @@ Two fixture folders are written (``case.json`` + ``cases.safetensors`` each):
   (:data:`LOOP_STABLESR`, small enough that the real 200-step loop takes seconds) and ``TINY_CFW``:
   DDPM-200 (adain), Turbo-4 over a latent of 2x3 canvas tiles (wavelet; every tile's output kept),
   Turbo-4 in two official pixel tiles (``ImageSpliterTh``), a v-prediction run (no colour fix,
-  w = 0), and an LR smaller than ``input_size / upscale`` (the script's resize of the padded result). Every random draw is recorded, with the per-step latents (all of them), the blended model
-  output and x0 (every 20th step and the last), the LR latent, the CFW decode, the colour-fixed
-  result, the script's final image and the PNG it writes. The recording is deterministic (a rerun
-  writes the same bytes).
+  w = 0), and an LR smaller than ``input_size / upscale`` (the script's resize of the padded
+  result). Every random draw is recorded, with the per-step latent, blended model output and x0
+  (every step of the 4-step loops; every 20th step and the last of DDPM-200), every canvas tile's
+  model output, the LR latent, x_T, the final latent, the colour-fixed CFW decode, the script's
+  final image and the PNG it writes. The recording is deterministic (a rerun writes the same bytes).
 
 The weights are :mod:`addsr_core.stablesr.tiny`'s seeded builders (``seeded_weights``) written in
 the release layout (``model.diffusion_model.*``, ``structcond_stage_model.*``,
@@ -215,6 +216,8 @@ def install_stubs() -> list[str]:
         f"stub modules {list(_StubFinder.roots)} (imported, never called)",
         "Tensor.cuda / Module.cuda return self (CPU run)",
         "cond_stage_config -> FixedPromptEmbedding (seeded empty-prompt embedding)",
+        "the script runs in a temporary working directory holding the tiny configs/autoencoder/autoencoder_kl_64x64x4_resi.yaml",
+        "recording wrappers (inputs and outputs cloned, values unchanged), see the tool's docstring",
     ]
 
 
