@@ -6,11 +6,14 @@ Use in a test module with::
     pytestmark = [pytest.mark.comfyui, requires_comfyui]
 
 Modules that import the fixtures share one server (started on first use, stopped when the last
-user's session teardown runs, or at interpreter exit at the latest).
+user's session teardown runs, or at interpreter exit at the latest). A module whose checks need
+servers of its own (their own model folders) starts them with :func:`private_servers`.
 """
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
+import contextlib
 import os
 import shutil
 import tempfile
@@ -55,6 +58,29 @@ def _shutdown() -> None:
         server.stop()
     if root and not os.environ.get("COMFYUI_KEEP_TMP"):
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def private_servers(count: int, prepare=None):
+    """``count`` servers of the caller's own (not the shared one), each in its own temp folder,
+    started side by side; ``prepare(servers)`` runs while they start (e.g. to install model files:
+    the server lists its folders on each request). Stopped and removed on exit."""
+    servers = [ComfyServer(COMFYUI_PATH, tempfile.mkdtemp(prefix="addsr-comfyui-"),
+                           start_timeout=float(os.environ.get("COMFYUI_START_TIMEOUT", "180")))
+               for _ in range(count)]
+    try:
+        with concurrent.futures.ThreadPoolExecutor(count) as pool:
+            starting = [pool.submit(server.start) for server in servers]
+            if prepare is not None:
+                prepare(servers)
+            for future in starting:
+                future.result()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+            if not os.environ.get("COMFYUI_KEEP_TMP"):
+                shutil.rmtree(server.root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
