@@ -91,7 +91,6 @@ _PANEL_JS = """() => {
         sections: sections.map(id => id.slice('error-group-'.length)),
         downloads: Array.from(panel.querySelectorAll('[data-testid=missing-model-download]'))
             .map(b => (b.getAttribute('aria-label') || '').replace(/^Download /, '')),
-        text: panel.innerText,
     };
 }"""
 _CLOSE_PANEL_JS = f"() => {_PINIA}.get('rightSidePanel').closePanel()"
@@ -132,7 +131,6 @@ class IssuesPanel:
     overlay: str | None  # the overlay's text; None when no overlay is shown
     sections: list[str] | None = None  # e.g. ["missing-model", "missing-media"]; None: panel not opened
     downloads: list[str] = field(default_factory=list)  # file names with a Download button
-    text: str = ""
 
     @property
     def overlay_count(self) -> int:
@@ -283,14 +281,13 @@ class Frontend:
 
     def open_issues(self, loaded: LoadedGraph) -> IssuesPanel:
         """Clicks the overlay's "View details", as a user would, and reads the panel into
-        ``loaded.issues`` (sections, the files offered for download, its text)."""
+        ``loaded.issues`` (its sections and the files it offers to download)."""
         self.page.click("[data-testid=error-overlay-see-errors]", timeout=self.timeout_ms)
         self.page.wait_for_selector("[data-testid=properties-panel] [data-testid^='error-group-']",
                                     timeout=self.timeout_ms)
         time.sleep(0.5)  # rows of later sections render on the next frames
         panel = self.page.evaluate(_PANEL_JS)
-        loaded.issues.sections, loaded.issues.downloads, loaded.issues.text = (
-            panel["sections"], panel["downloads"], panel["text"])
+        loaded.issues.sections, loaded.issues.downloads = panel["sections"], panel["downloads"]
         return loaded.issues
 
     def close_panel(self) -> None:
