@@ -8,11 +8,13 @@ Use in a test module with::
 Modules that import a fixture share its server (started on first use, stopped when the last user's
 session teardown runs, or at interpreter exit at the latest). ``comfy_server`` is ComfyUI as
 started on a CPU; ``dynamic_vram_server`` the same host with DynamicVRAM switched on as main.py does
-on NVIDIA GPUs (tests/comfy_host/dynamic_vram_switch; hosts 0.16 and later).
+on NVIDIA GPUs (tests/comfy_host/dynamic_vram_switch; hosts 0.16 and later). A module whose checks
+need servers of its own (their own model folders) starts them with :func:`private_servers`.
 """
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import contextlib
 import os
 import shutil
@@ -89,6 +91,29 @@ def dynamic_vram_server():
     with _serving("dynamic_vram") as server:
         assert DYNAMIC_VRAM_LOG_LINE in server.log_text(), f"DynamicVRAM was not switched on:\n{server.log_tail()}"
         yield server
+
+
+@contextlib.contextmanager
+def private_servers(count: int, prepare=None):
+    """``count`` servers of the caller's own (not the shared ones), each in its own temp folder,
+    started side by side; ``prepare(servers)`` runs while they start (e.g. to install model files:
+    the server lists its folders on each request). Stopped and removed on exit."""
+    servers = [ComfyServer(COMFYUI_PATH, tempfile.mkdtemp(prefix="addsr-comfyui-"),
+                           start_timeout=float(os.environ.get("COMFYUI_START_TIMEOUT", "180")))
+               for _ in range(count)]
+    try:
+        with concurrent.futures.ThreadPoolExecutor(count) as pool:
+            starting = [pool.submit(server.start) for server in servers]
+            if prepare is not None:
+                prepare(servers)
+            for future in starting:
+                future.result()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+            if not os.environ.get("COMFYUI_KEEP_TMP"):
+                shutil.rmtree(server.root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
