@@ -145,6 +145,18 @@ def import_pipeline(one_step: bool = False):
     return pipeline, sys.modules[name]
 
 
+class _NoTextEncoder(torch.nn.Module):
+    """The pipeline reads only the text encoder's dtype when it is given ``prompt_embeds``."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("anchor", torch.zeros(1))
+
+    @property
+    def dtype(self):
+        return torch.float32
+
+
 class _RAMAdapter:
     """The official ``RAM.generate_image_embeds`` (normalised 384² image -> tokens) on our RAM."""
 
@@ -179,7 +191,7 @@ def official_upscale(kit: Path, lr_png: Path, out_png: Path, steps: int, draws: 
     for m in (unet, controlnet, vae):
         m.requires_grad_(False).eval()
     pipe = pipeline_mod.StableDiffusionControlNetPipeline(
-        vae=vae, text_encoder=None, tokenizer=None, feature_extractor=None, unet=unet, controlnet=controlnet,
+        vae=vae, text_encoder=_NoTextEncoder(), tokenizer=None, feature_extractor=None, unet=unet, controlnet=controlnet,
         scheduler=scheduler_mod.DDPMScheduler(**SCHEDULER), safety_checker=None, requires_safety_checker=False,
     )
     pipe._init_tiled_vae(decoder_tile_size=224)  # test_addsr.py's default --vae_tiled_size
