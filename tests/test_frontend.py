@@ -247,6 +247,19 @@ def test_a_stablesr_workflow_saved_before_the_widget_rename_still_loads(installe
     assert loaded.node(cfw["id"])["widgets"] == ["cfw_file", "dtype", "fusion_file"]
 
 
+def test_a_workflow_saved_before_the_compile_input_still_loads(installed, ours):
+    """AddSR Load Model gained an optional ``compile`` widget at the end: a file saved without it
+    loads with its three values where they were and compile at its default (off)."""
+    current = read_workflow(REPO / "workflows" / "addsr_basic_4x.json")
+    old = copy.deepcopy(current)
+    loader = next(n for n in old["nodes"] if n["type"] == "AddSRModelLoader")
+    assert loader["widgets_values"][-1] == "off"
+    loader["widgets_values"] = loader["widgets_values"][:-1]
+    loaded = installed.load(old, "addsr_saved_before_compile.json")
+    assert installed_problems(current, loaded, ours) == []  # the values of the current file, compile "off" included
+    assert loaded.widgets_values[str(loader["id"])] == loader["widgets_values"] + ["off"]
+
+
 def _first_with_widgets(workflow: dict, ours: set[str]) -> dict:
     return next(n for n in workflow["nodes"] if n["type"] in ours and n.get("widgets_values"))
 
