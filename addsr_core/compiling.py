@@ -17,13 +17,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .errors import OptionsError
+
 COMPILE_MODES = ("off", "inductor", "freezing")
 
 
 def compile_network(module: nn.Module, mode: str = "off") -> nn.Module:
     """Compile ``module``'s forward in place (``mode`` in COMPILE_MODES) and return it."""
     if mode not in COMPILE_MODES:
-        raise ValueError(f"unknown compile mode {mode!r}: use one of {', '.join(COMPILE_MODES)}")
+        raise OptionsError(f"unknown compile mode {mode!r}: use one of {', '.join(COMPILE_MODES)}")
     if mode == "off":
         return module
     if mode == "freezing":

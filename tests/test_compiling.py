@@ -6,6 +6,7 @@ import torch
 from addsr_core import cli
 from addsr_core.addsr.tiny import TINY_CONTROLNET, TINY_UNET, randomize
 from addsr_core.compiling import COMPILE_MODES, compile_network
+from addsr_core.errors import OptionsError
 from addsr_core.models import ControlNetModel, UNet2DConditionModel, UNetConfig
 
 
@@ -34,7 +35,7 @@ def test_off_leaves_the_module_as_it_is():
 
 def test_unknown_mode_is_refused():
     unet, _ = tiny_pair()
-    with pytest.raises(ValueError, match="unknown compile mode 'fast'"):
+    with pytest.raises(OptionsError, match="unknown compile mode 'fast'"):
         compile_network(unet, "fast")
 
 

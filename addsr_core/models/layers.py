@@ -203,7 +203,7 @@ class Transformer2DModel(nn.Module):
         x = self.proj_out(x).reshape(b, h, w, c).permute(0, 3, 1, 2)
         # The residual goes first: an add's output takes its first input's layout, so the block's
         # output keeps the input's memory format. ``x + residual`` made every map after the first
-        # attention NHWC under NCHW weights, and each conv then copied its weight (the same bits).
+        # attention NHWC under NCHW weights, and each conv then copied its weight per call.
         return residual + x
 
 
