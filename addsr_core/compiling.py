@@ -7,8 +7,8 @@
   for the whole process, and needs the networks frozen (no gradients), as inference has them.
 
 The first call of each input shape compiles (minutes on a CPU); later calls of that shape reuse it.
-What it costs and gains per device is measured in docs/performance.md: on a 2-core CPU the
-compile time is not recovered within one image, so the switch is for long batches on one tile size.
+What it costs and gains per device is not yet measured at full size (docs/performance.md): it
+is offered for long batches of one tile size, where a compile can pay for itself.
 The module keeps its class and attributes (``nn.Module.compile``): loaders, hosts and tests see the
 same network.
 """
