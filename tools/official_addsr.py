@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import tempfile
 import sys
 import types
 from pathlib import Path
@@ -139,9 +140,12 @@ def import_pipeline(one_step: bool = False):
         if old not in text:
             raise RuntimeError(f"{path}: expected {old!r} (another official version?)")
         text = text.replace(old, new)
-    pipeline = types.ModuleType("pipelines.pipeline_addsr")
-    pipeline.__file__ = str(path)
-    exec(compile(text, str(path), "exec"), pipeline.__dict__)
+    # The patched source goes to a file of its own and is imported from there (no exec of a string).
+    patched = Path(tempfile.mkdtemp(prefix="addsr-official-")) / "pipeline_addsr.py"
+    patched.write_text(text)
+    spec = iu.spec_from_file_location("pipelines.pipeline_addsr", patched)
+    pipeline = iu.module_from_spec(spec)
+    spec.loader.exec_module(pipeline)
     return pipeline, sys.modules[name]
 
 
