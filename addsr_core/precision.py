@@ -113,3 +113,12 @@ def apply_precision(module: nn.Module, precision: Precision) -> nn.Module:
     """Cast in place; 4-D weights (convs) go NHWC where ``precision.nhwc(module)``."""
     module.to(dtype=precision.dtype)
     return apply_layout(module, precision)
+
+
+def unit_float(image: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """An image in [0,1] as ``dtype`` (the network's). A uint8 one (0-255: the condition image as the
+    pipeline holds it, a quarter of a float's memory) is divided by 255 in float32 first, the bits the
+    float condition always had; a float one is only cast (no copy when it already is ``dtype``)."""
+    if image.dtype == torch.uint8:
+        return image.float().div_(255).to(dtype)
+    return image.to(dtype)

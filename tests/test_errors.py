@@ -14,7 +14,7 @@ from addsr_core.addsr.pipeline import sample
 from addsr_core.pipeline import AddSRModels, UpscaleOptions
 from addsr_core.ram import load_ram
 from addsr_core.sampling.noise import SeededNoise
-from addsr_core.stablesr.checkpoint import read_checkpoint
+from addsr_core.loading.lightning import read_checkpoint
 from addsr_core.stablesr.loading import checkpoint_keys
 from addsr_core.stablesr.pipeline import StableSROptions, sample_latent
 from addsr_core.stablesr.tiny import write_tiny_stablesr_files

@@ -17,8 +17,9 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from ..errors import OptionsError
-from ..imaging.prepare import row_strips, unit_float
+from ..imaging.prepare import row_strips
 from ..models.vae import sample_posterior
+from ..precision import unit_float
 from ..sampling.denoisers import CFGDenoiser
 from ..sampling.noise import NoiseSource, SeededNoise
 from ..sampling.schedule import add_noise, predict_z0, scaled_linear_alphas_cumprod

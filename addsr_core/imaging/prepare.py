@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..precision import unit_float
+
 # --- Normalisation ----------------------------------------------------------------------------------
 
 _PIL_TO_RGB_MODES = {"CMYK", "YCbCr", "LAB", "HSV", "RGBX", "P"}
@@ -343,22 +345,13 @@ def official_condition_image(
 
 def official_condition_uint8(lr: torch.Tensor, scale: int = 4, process_size: int = 512) -> torch.Tensor:
     """The official condition image as the 8-bit image it is: uint8 [B,3,H,W] (0-255) on ``lr``'s
-    device, a quarter of the float's memory; :func:`unit_float` gives the float, the same bits."""
+    device, a quarter of the float's memory; :func:`~addsr_core.precision.unit_float` gives the float, the same bits."""
     _check_condition_input(lr)
     out = []
     for arr in to_uint8_round(lr).numpy():
         prepared = official_condition_pil(Image.fromarray(arr, "RGB"), scale, process_size)
         out.append(np.asarray(prepared))
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).to(lr.device)
-
-
-def unit_float(image: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """An image in [0,1] as ``dtype``. A uint8 one (0-255: the condition image as the pipeline holds
-    it) is divided by 255 in float32 first, the bits the float condition always had; a float one is
-    only cast (no copy when it already is ``dtype``)."""
-    if image.dtype == torch.uint8:
-        return image.float().div_(255).to(dtype)
-    return image.to(dtype)
 
 
 def output_size(lr_hw: Sequence[int], scale: int = 4) -> tuple[int, int]:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from ..imaging.prepare import unit_float
 from ..models import ControlNetModel, UNet2DConditionModel
+from ..precision import unit_float
 
 
 class ControlNetDenoiser:
