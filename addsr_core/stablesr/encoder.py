@@ -8,7 +8,6 @@ The layers come from ``operations`` (default torch.nn, see :mod:`addsr_core.mode
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -148,11 +147,3 @@ class TimeAwareEncoder(nn.Module):
                 raise ValueError(f"latent width {lr_latent.shape[-1]} is too small: two encoder levels have width {key}")
             features[key] = tran(tap, emb)
         return features
-
-
-def encoder_widths(width: int, levels: int = 4) -> list[int]:
-    """The widths the encoder (and the UNet) see for a latent ``width``: stride-2, pad-1 convs."""
-    widths = [width]
-    for _ in range(levels - 1):
-        widths.append(math.floor((widths[-1] - 1) / 2) + 1)
-    return widths

@@ -29,7 +29,6 @@ FAMILY = "SD2 text encoder (CLIPTextModel)"
 WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin", "model.fp16.safetensors", "pytorch_model.fp16.bin")
 # transformers < 4.31 saved the (constant) position ids; we always use 0..T-1.
 IGNORED_TRANSFORMERS_KEYS = ("text_model.embeddings.position_ids", "embeddings.position_ids")
-OPENCLIP_CHECKPOINT_PREFIX = "cond_stage_model.model."
 # Read from a big single file only what a text encoder can be made of (safetensors skips the rest).
 SINGLE_FILE_PREFIXES = (
     "cond_stage_model.", "token_embedding.", "positional_embedding", "transformer.", "ln_final.",

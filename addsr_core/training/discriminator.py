@@ -138,9 +138,6 @@ class ProjectedDiscriminator(nn.Module):
         self.heads.train(mode)
         return self
 
-    def head_parameters(self):
-        return self.heads.parameters()
-
     def _crop_or_keep(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         size = self.dino.img_resolution
         if x.shape[-1] <= size:
