@@ -1,6 +1,7 @@
 """Issue 11, 2.3: broken files, refused pickles and SD 1.x conditioning give errors that name the
 file or input, say what was expected and what to do, never torch's or safetensors' bare words."""
 import os
+import pickle
 import struct
 
 import pytest
@@ -14,6 +15,7 @@ from addsr_core.addsr.pipeline import sample
 from addsr_core.pipeline import AddSRModels, UpscaleOptions
 from addsr_core.ram import load_ram
 from addsr_core.sampling.noise import SeededNoise
+from addsr_core.loading.io import plain_pickle_imports
 from addsr_core.loading.lightning import read_checkpoint
 from addsr_core.stablesr.loading import checkpoint_keys
 from addsr_core.stablesr.pipeline import StableSROptions, sample_latent
@@ -109,6 +111,35 @@ def test_malicious_pickle_is_refused_without_torchs_unsafe_advice(tmp_path, lega
         assert "download the official file again" in message and ".safetensors copy" in message, message
         assert not any(advice in message for advice in TORCH_ADVICE), message
         assert err.value.__cause__ is None and err.value.__suppress_context__
+    assert not marker.exists()
+
+
+class _MakesDirectory:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):  # called by pickle.dump, which only records (os.makedirs, (path,)); nothing runs
+        return os.makedirs, (self.path,)
+
+
+@pytest.mark.parametrize("protocol", [4, 5])
+def test_plain_pickle_with_code_is_refused_as_code_not_as_corrupt(tmp_path, protocol):
+    """pickle.dump, not torch.save: torch's reader stops at protocol 4's FRAME opcode ("Unsupported
+    operand 149"), before any import. The file is intact and holds code: the message says so, not "re-download"."""
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "plain.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": {"w": [1.0, 2.0]}, "payload": _MakesDirectory(str(marker))}, f, protocol=protocol)
+    code = f"{os.makedirs.__module__}.makedirs"
+    assert plain_pickle_imports(path) == [code]  # read statically
+    for read in (lambda: read_state_dict(path, family="RAM"), lambda: read_checkpoint(path), lambda: load_ram(path)):
+        with pytest.raises(CheckpointError) as err:
+            read()
+        message = str(err.value)
+        assert "plain.pth" in message and f"`{code}`" in message and "running code from the file" in message, message
+        assert "download the official file again" in message and ".safetensors copy" in message, message
+        assert "corrupt" not in message and REDOWNLOAD not in message and "operand" not in message, message
+        assert not any(advice in message for advice in TORCH_ADVICE), message
     assert not marker.exists()
 
 
