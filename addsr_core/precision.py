@@ -23,6 +23,8 @@ from functools import lru_cache
 import torch
 from torch import nn
 
+from .errors import OptionsError
+
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CHOICES = ("auto",) + tuple(DTYPES)
 _NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
@@ -91,7 +93,7 @@ def resolve_precision(choice: str, device: torch.device) -> Precision:
     if choice == "auto":
         return auto_precision(device)
     if choice not in DTYPES:
-        raise ValueError(f"unknown precision {choice!r}: use one of {', '.join(CHOICES)}")
+        raise OptionsError(f"unknown precision {choice!r}: use one of {', '.join(CHOICES)}")
     dtype = DTYPES[choice]
     return Precision(dtype, channels_last=dtype != torch.float32)
 

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 import nodes
+from addsr_core.errors import InputError, OptionsError
 from addsr_core.loading import CheckpointError, read_safetensors_metadata, read_state_dict
 from addsr_core.loading.pack import load_addsr
 from addsr_core.addsr.pipeline import sample
@@ -165,6 +166,58 @@ def test_torn_pickle_is_a_redownload_error_without_torchs_advice(tmp_path, legac
         message = str(err.value)
         assert file.name in message and "not a readable PyTorch checkpoint" in message and REDOWNLOAD in message
         assert not any(advice in message for advice in TORCH_ADVICE), message
+
+
+# --- bad images and options -------------------------------------------------------------------------
+
+
+def _user_errors():
+    import numpy as np
+
+    from addsr_core.imaging.colorfix import adain_color_fix, apply_color_fix
+    from addsr_core.imaging.prepare import condition_sizes, official_condition_image, official_final_resize, to_rgb_float
+    from addsr_core.precision import resolve_precision
+    from addsr_core.sampling.ddpm import ddpm_timesteps
+    from addsr_core.sampling.denoisers import TiledDenoiser
+    from addsr_core.sampling.tiling import effective_tile
+
+    image = torch.rand(1, 3, 8, 8)
+    return {
+        "empty array": (lambda: to_rgb_float(np.zeros((0, 4, 3), np.uint8)), InputError, "image is empty"),
+        "empty tensor": (lambda: to_rgb_float(torch.zeros(1, 3, 0, 4)), InputError, "image is empty"),
+        "NaN": (lambda: to_rgb_float(torch.full((1, 3, 4, 4), float("nan"))), InputError, "NaN"),
+        "channels": (lambda: to_rgb_float(np.zeros((4, 4, 5), np.uint8)), InputError, "5 channels"),
+        "image type": (lambda: to_rgb_float("photo.png"), InputError, "unsupported image type"),
+        "tiny": (lambda: condition_sizes((1, 1), scale=1, process_size=0), InputError, "smaller than 8 px"),
+        "LR NaN": (lambda: official_condition_image(torch.full((1, 3, 8, 8), float("nan"))), InputError, "NaN"),
+        "scale": (lambda: condition_sizes((16, 16), scale=0), OptionsError, "scale must be >= 1"),
+        "resize method": (lambda: official_final_resize(image, (3, 3), method="lanczos"), OptionsError, "method"),
+        "colour fix channels": (lambda: adain_color_fix(image, torch.rand(1, 1, 8, 8)), InputError, "channels"),
+        "colour fix name": (lambda: apply_color_fix("histogram", image, image), OptionsError, "unknown colour fix"),
+        "precision": (lambda: resolve_precision("fp8", torch.device("cpu")), OptionsError, "fp8"),
+        "steps": (lambda: ddpm_timesteps(0), OptionsError, "steps must be between"),
+        "tile": (lambda: effective_tile(8, 8, 0), OptionsError, "tile must be positive"),
+        "overlap": (lambda: TiledDenoiser(None, tile=4, overlap=4), OptionsError, "larger than the overlap"),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_user_errors()))
+def test_bad_images_and_options_raise_addsr_errors(case):
+    """What a user can get wrong is an AddSRError (the CLI exits 2 with the message, the nodes show it)."""
+    call, error, words = _user_errors()[case]
+    with pytest.raises(error, match=words):
+        call()
+
+
+def test_an_unreadable_image_names_the_file(tmp_path):
+    from addsr_core.imaging.prepare import load_image
+
+    text = tmp_path / "notes.png"
+    text.write_text("not a picture")
+    with pytest.raises(InputError, match="notes.png.*PNG, JPEG"):
+        load_image(text)
+    with pytest.raises(InputError, match="missing.png: no such file"):
+        load_image(tmp_path / "missing.png")
 
 
 # --- in the nodes ----------------------------------------------------------------------------------

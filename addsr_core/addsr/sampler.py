@@ -134,7 +134,7 @@ def sample_addsr(
     sf = options.scaling_factor
     cfg = options.guidance_scale > 1.0
     if cfg and negative_embeds is None:
-        raise ValueError("guidance_scale > 1 needs negative prompt embeddings")
+        raise OptionsError("guidance_scale > 1 needs negative prompt embeddings; pass negative_embeds, or set guidance_scale to 1")
 
     batch = control_image.shape[0]
     prompt_embeds = _match_batch(prompt_embeds, batch)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InputError
 from ..models.layers import broadcast_timesteps, timestep_embedding
 from ..models.operations import resolve_operations
 from .spade import group_norm32
@@ -144,6 +145,7 @@ class TimeAwareEncoder(nn.Module):
         for tap, tran in zip(taps, self.fea_tran):
             key = str(tap.shape[-1])
             if key in features:
-                raise ValueError(f"latent width {lr_latent.shape[-1]} is too small: two encoder levels have width {key}")
+                raise InputError(f"latent width {lr_latent.shape[-1]} is too small: two encoder levels have width {key}; "
+                                 "use a larger input image (or min_size)")
             features[key] = tran(tap, emb)
         return features
