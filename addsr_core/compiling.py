@@ -14,7 +14,6 @@ same network.
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from .errors import OptionsError

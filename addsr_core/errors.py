@@ -18,3 +18,8 @@ class AddSRError(ValueError):
 
 class OptionsError(AddSRError):
     """An option (steps, a tile size, a weight, a choice among names) outside what is accepted."""
+
+
+class InputError(AddSRError):
+    """An input that cannot be used: an image that is empty, unreadable, not finite, or of a shape,
+    channel count or value range the library does not take."""

@@ -23,6 +23,8 @@ from functools import lru_cache
 import torch
 from torch import nn
 
+from .errors import OptionsError
+
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CHOICES = ("auto",) + tuple(DTYPES)
 _NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
@@ -91,7 +93,7 @@ def resolve_precision(choice: str, device: torch.device) -> Precision:
     if choice == "auto":
         return auto_precision(device)
     if choice not in DTYPES:
-        raise ValueError(f"unknown precision {choice!r}: use one of {', '.join(CHOICES)}")
+        raise OptionsError(f"unknown precision {choice!r}: use one of {', '.join(CHOICES)}")
     dtype = DTYPES[choice]
     return Precision(dtype, channels_last=dtype != torch.float32)
 
@@ -113,3 +115,12 @@ def apply_precision(module: nn.Module, precision: Precision) -> nn.Module:
     """Cast in place; 4-D weights (convs) go NHWC where ``precision.nhwc(module)``."""
     module.to(dtype=precision.dtype)
     return apply_layout(module, precision)
+
+
+def unit_float(image: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """An image in [0,1] as ``dtype`` (the network's). A uint8 one (0-255: the condition image as the
+    pipeline holds it, a quarter of a float's memory) is divided by 255 in float32 first, the bits the
+    float condition always had; a float one is only cast (no copy when it already is ``dtype``)."""
+    if image.dtype == torch.uint8:
+        return image.float().div_(255).to(dtype)
+    return image.to(dtype)

@@ -8,9 +8,23 @@ from pathlib import Path
 import torch
 
 
+def load_tiny_models(paths: dict, *, dtype=None, device="cpu"):
+    """AddSRModels from :func:`~addsr_core.addsr.tiny.write_tiny_kit`'s files, through the real loaders."""
+    from .loading.models import load_vae
+    from .loading.pack import load_addsr
+    from .pipeline import AddSRModels
+    from .ram import load_ram
+    from .text import TextConditioner
+
+    unet, controlnet = load_addsr(paths["addsr"], dtype=dtype, device=device)
+    ram, tagger = load_ram(paths["ram"], paths["dape"], tag_list=paths["tag_list"], dtype=dtype, device=device)
+    text = TextConditioner.from_pretrained(paths["sd2"], dtype=dtype, device=device)
+    return AddSRModels(unet, controlnet, load_vae(paths["sd2"], dtype=dtype, device=device), ram, tagger, text)
+
+
 def run_selfcheck() -> int:
+    from .addsr.tiny import write_tiny_kit
     from .pipeline import UpscaleOptions, upscale
-    from .addsr.tiny import load_tiny_models, write_tiny_kit
 
     print("AddSR self-check: this checks that the INSTALL works (loaders, sampler, tiling, colour fix).")
     print("It uses a tiny model with random weights, so the picture it makes is noise: it says nothing about quality.")

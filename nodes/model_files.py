@@ -100,10 +100,6 @@ def _parents(name: str) -> list[str]:
     return [""] + ["/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
-def _join(parent: str, name: str) -> str:
-    return f"{parent}/{name}" if parent else name
-
-
 def list_models(kind: str, *, folders_with: str | None = None) -> list[str]:
     """Weight files (relative names) under the ``kind`` folders, and release folders containing
     ``folders_with`` (e.g. ``unet``: a folder with ``unet/config.json``) listed by their folder

@@ -1,6 +1,7 @@
 """Issue 11, 2.3: broken files, refused pickles and SD 1.x conditioning give errors that name the
 file or input, say what was expected and what to do, never torch's or safetensors' bare words."""
 import os
+import pickle
 import struct
 
 import pytest
@@ -8,13 +9,15 @@ import torch
 from safetensors.torch import save_file
 
 import nodes
+from addsr_core.errors import InputError, OptionsError
 from addsr_core.loading import CheckpointError, read_safetensors_metadata, read_state_dict
 from addsr_core.loading.pack import load_addsr
 from addsr_core.addsr.pipeline import sample
 from addsr_core.pipeline import AddSRModels, UpscaleOptions
 from addsr_core.ram import load_ram
 from addsr_core.sampling.noise import SeededNoise
-from addsr_core.stablesr.checkpoint import read_checkpoint
+from addsr_core.loading.io import plain_pickle_imports
+from addsr_core.loading.lightning import read_checkpoint
 from addsr_core.stablesr.loading import checkpoint_keys
 from addsr_core.stablesr.pipeline import StableSROptions, sample_latent
 from addsr_core.stablesr.tiny import write_tiny_stablesr_files
@@ -112,6 +115,35 @@ def test_malicious_pickle_is_refused_without_torchs_unsafe_advice(tmp_path, lega
     assert not marker.exists()
 
 
+class _MakesDirectory:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):  # called by pickle.dump, which only records (os.makedirs, (path,)); nothing runs
+        return os.makedirs, (self.path,)
+
+
+@pytest.mark.parametrize("protocol", [4, 5])
+def test_plain_pickle_with_code_is_refused_as_code_not_as_corrupt(tmp_path, protocol):
+    """pickle.dump, not torch.save: torch's reader stops at protocol 4's FRAME opcode ("Unsupported
+    operand 149"), before any import. The file is intact and holds code: the message says so, not "re-download"."""
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "plain.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": {"w": [1.0, 2.0]}, "payload": _MakesDirectory(str(marker))}, f, protocol=protocol)
+    code = f"{os.makedirs.__module__}.makedirs"
+    assert plain_pickle_imports(path) == [code]  # read statically
+    for read in (lambda: read_state_dict(path, family="RAM"), lambda: read_checkpoint(path), lambda: load_ram(path)):
+        with pytest.raises(CheckpointError) as err:
+            read()
+        message = str(err.value)
+        assert "plain.pth" in message and f"`{code}`" in message and "running code from the file" in message, message
+        assert "download the official file again" in message and ".safetensors copy" in message, message
+        assert "corrupt" not in message and REDOWNLOAD not in message and "operand" not in message, message
+        assert not any(advice in message for advice in TORCH_ADVICE), message
+    assert not marker.exists()
+
+
 def test_refused_class_names_the_object(tmp_path):
     path = tmp_path / "with_object.ckpt"
     torch.save({"w": torch.ones(1), "cfg": struct.Struct}, path)  # a class: a global torch refuses
@@ -134,6 +166,58 @@ def test_torn_pickle_is_a_redownload_error_without_torchs_advice(tmp_path, legac
         message = str(err.value)
         assert file.name in message and "not a readable PyTorch checkpoint" in message and REDOWNLOAD in message
         assert not any(advice in message for advice in TORCH_ADVICE), message
+
+
+# --- bad images and options -------------------------------------------------------------------------
+
+
+def _user_errors():
+    import numpy as np
+
+    from addsr_core.imaging.colorfix import adain_color_fix, apply_color_fix
+    from addsr_core.imaging.prepare import condition_sizes, official_condition_image, official_final_resize, to_rgb_float
+    from addsr_core.precision import resolve_precision
+    from addsr_core.sampling.ddpm import ddpm_timesteps
+    from addsr_core.sampling.denoisers import TiledDenoiser
+    from addsr_core.sampling.tiling import effective_tile
+
+    image = torch.rand(1, 3, 8, 8)
+    return {
+        "empty array": (lambda: to_rgb_float(np.zeros((0, 4, 3), np.uint8)), InputError, "image is empty"),
+        "empty tensor": (lambda: to_rgb_float(torch.zeros(1, 3, 0, 4)), InputError, "image is empty"),
+        "NaN": (lambda: to_rgb_float(torch.full((1, 3, 4, 4), float("nan"))), InputError, "NaN"),
+        "channels": (lambda: to_rgb_float(np.zeros((4, 4, 5), np.uint8)), InputError, "5 channels"),
+        "image type": (lambda: to_rgb_float("photo.png"), InputError, "unsupported image type"),
+        "tiny": (lambda: condition_sizes((1, 1), scale=1, process_size=0), InputError, "smaller than 8 px"),
+        "LR NaN": (lambda: official_condition_image(torch.full((1, 3, 8, 8), float("nan"))), InputError, "NaN"),
+        "scale": (lambda: condition_sizes((16, 16), scale=0), OptionsError, "scale must be >= 1"),
+        "resize method": (lambda: official_final_resize(image, (3, 3), method="lanczos"), OptionsError, "method"),
+        "colour fix channels": (lambda: adain_color_fix(image, torch.rand(1, 1, 8, 8)), InputError, "channels"),
+        "colour fix name": (lambda: apply_color_fix("histogram", image, image), OptionsError, "unknown colour fix"),
+        "precision": (lambda: resolve_precision("fp8", torch.device("cpu")), OptionsError, "fp8"),
+        "steps": (lambda: ddpm_timesteps(0), OptionsError, "steps must be between"),
+        "tile": (lambda: effective_tile(8, 8, 0), OptionsError, "tile must be positive"),
+        "overlap": (lambda: TiledDenoiser(None, tile=4, overlap=4), OptionsError, "larger than the overlap"),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_user_errors()))
+def test_bad_images_and_options_raise_addsr_errors(case):
+    """What a user can get wrong is an AddSRError (the CLI exits 2 with the message, the nodes show it)."""
+    call, error, words = _user_errors()[case]
+    with pytest.raises(error, match=words):
+        call()
+
+
+def test_an_unreadable_image_names_the_file(tmp_path):
+    from addsr_core.imaging.prepare import load_image
+
+    text = tmp_path / "notes.png"
+    text.write_text("not a picture")
+    with pytest.raises(InputError, match="notes.png.*PNG, JPEG"):
+        load_image(text)
+    with pytest.raises(InputError, match="missing.png: no such file"):
+        load_image(tmp_path / "missing.png")
 
 
 # --- in the nodes ----------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ from addsr_core import precision
 from addsr_core.cli_upscale import resolve_dtype
 from addsr_core.pipeline import DEFAULT_VAE_TILE_PX, UpscaleOptions, upscale, vae_decode, vae_encode
 from addsr_core.precision import Precision, apply_precision, auto_precision, resolve_precision
-from addsr_core.addsr.tiny import load_tiny_models, write_tiny_kit
+from addsr_core.addsr.tiny import write_tiny_kit
+from addsr_core.selfcheck import load_tiny_models
 
 # bf16+channels_last vs fp32 on the [0,1] output. Measured: on the tiny kit below (2x of a 32x24 LR,
 # 4 steps) max |diff| 0.014, 51.6 dB; on the full-size networks (bench/bench_precision_accuracy.py,

@@ -255,20 +255,12 @@ def test_oom_halves_the_latent_tile_then_gives_up(loaded, monkeypatch):
 # --- workflows ---------------------------------------------------------------------------------------
 
 
-def _builder():
-    import sys
-
-    if str(REPO / "tools") not in sys.path:
-        sys.path.insert(0, str(REPO / "tools"))
-    import stablesr_workflows
-
-    return stablesr_workflows
-
-
 @pytest.mark.parametrize("name", WORKFLOWS)
 def test_shipped_workflow_is_what_the_builder_writes(name):
+    from tools.workflows import stablesr
+
     shipped = json.loads((REPO / "workflows" / f"{name}.json").read_text())
-    assert shipped == _builder().build_workflows()[name]
+    assert shipped == stablesr.WORKFLOWS[name]()
     thumbnail = REPO / "workflows" / f"{name}.png"
     assert thumbnail.is_file() and thumbnail.stat().st_size < 200_000
     loaders = [n for n in shipped["nodes"] if n["type"] in ("StableSRModelLoader", "StableSRCFWLoader", "CheckpointLoaderSimple")]

@@ -12,7 +12,8 @@ from addsr_core.imaging.prepare import MAX_ENLARGED_AREA_VS_SQUARE, condition_si
 from addsr_core.imaging.tiled_vae import decoder_context, tiled_decode
 from addsr_core.loading.models import load_vae
 from addsr_core.pipeline import UpscaleOptions, upscale
-from addsr_core.addsr.tiny import load_tiny_models, write_tiny_kit
+from addsr_core.addsr.tiny import write_tiny_kit
+from addsr_core.selfcheck import load_tiny_models
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # small tensors: a second thread only adds contention
 

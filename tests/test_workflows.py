@@ -1,16 +1,15 @@
 """The shipped workflows (workflows/*.json): what the frontend and the server would say about them,
 and that they run end to end.
 
-Offline, core nodes are checked against tests/comfy_host/core_object_info.json (recorded from
-ComfyUI 0.3.64 / frontend 1.27.10, the oldest supported host, by tools/snapshot_object_info.py; the
-workflows are built from it, so they use only what every supported host has) and our nodes against
+Offline, core nodes are checked against tools/workflows/core_object_info.json (recorded from
+ComfyUI 0.3.64 / frontend 1.27.10, the oldest supported host, by tests/comfy_host/snapshot_object_info.py;
+the workflows are built from it, so they use only what every supported host has) and our nodes against
 the pack's own classes; then each graph is executed in this process (execute_api_prompt) on tiny
 seeded checkpoints, with stand-ins for the core nodes. With COMFYUI_PATH set, the same checks run
 against the live server's /object_info, each workflow is queued through the HTTP API on tiny
 checkpoints, and again with DynamicVRAM switched on (0.33: the same images).
 """
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +32,12 @@ from comfy_host.workflow_graph import (
     validate_api_prompt,
 )
 
+from tools.workflows import build
+from tools.workflows.builder import min_node_size, node_rect, rects_overlap
+from tools.workflows.definitions import core_definitions
+
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO / "tools") not in sys.path:
-    sys.path.insert(0, str(REPO / "tools"))
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
-CORE_SNAPSHOT = Path(__file__).parent / "comfy_host" / "core_object_info.json"
 # COMBO inputs whose choices are the files installed on the user's machine: any name is accepted.
 FILE_INPUTS = frozenset({
     "image", "ckpt_name", "vae_name", "clip_name",  # core loaders
@@ -57,8 +57,7 @@ workflow_params = [pytest.param(p, id=p.name) for p in WORKFLOWS] or [
 
 @pytest.fixture(scope="module")
 def offline_definitions():
-    core = json.loads(CORE_SNAPSHOT.read_text())["nodes"]
-    return {**core, **load_pack().NODE_CLASS_MAPPINGS}
+    return {**core_definitions(), **load_pack().NODE_CLASS_MAPPINGS}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,8 +75,6 @@ def test_workflow_loads_without_problems(path, offline_definitions):
 @pytest.mark.parametrize("path", workflow_params)
 def test_workflow_is_shareable(path, offline_definitions):
     """Thumbnail, a Note that names the files, properties.models the frontend can use, tidy layout."""
-    import build_workflows
-
     workflow = load_ui_workflow(path)
     thumb = path.with_suffix(".png")
     assert thumb.is_file() and thumb.stat().st_size < 200_000, f"{thumb.name}: missing or >= 200 KB"
@@ -108,17 +105,17 @@ def test_workflow_is_shareable(path, offline_definitions):
     # Nothing overlaps, even after the frontend grows each node to its computed size.
     rects = []
     for node in workflow["nodes"]:
-        min_w, min_h = build_workflows.min_node_size(node, specs)
+        min_w, min_h = min_node_size(node, specs)
         assert node["size"][0] >= min_w - 1 and node["size"][1] >= min_h - 1, f"node {node['id']} too small"
-        rects.append((node["id"], build_workflows.node_rect(node)))
+        rects.append((node["id"], node_rect(node)))
     for i, (a_id, a) in enumerate(rects):
         for b_id, b in rects[i + 1:]:
-            assert not build_workflows.rects_overlap(a, b), f"nodes {a_id} and {b_id} overlap"
+            assert not rects_overlap(a, b), f"nodes {a_id} and {b_id} overlap"
     groups = [g["bounding"] for g in workflow.get("groups", [])]
     boxes = [(x, y, x + w, y + h) for x, y, w, h in groups]
     for i, a in enumerate(boxes):
         for b in boxes[i + 1:]:
-            assert not build_workflows.rects_overlap(a, b), "groups overlap"
+            assert not rects_overlap(a, b), "groups overlap"
 
 
 def download_problem(entry: dict) -> str | None:
@@ -147,13 +144,11 @@ def test_properties_models_are_downloadable_by_the_frontend(path):
 
 
 def test_builder_reproduces_the_shipped_files(tmp_path):
-    """workflows/*.json are exactly what tools/build_workflows.py writes (no hand edits drift)."""
-    import build_workflows
-
-    ours = set(build_workflows.WORKFLOWS)  # every family's (AddSR, SeeSR, StableSR)
+    """workflows/*.json are exactly what ``python -m tools.workflows`` writes (no hand edits drift)."""
+    ours = set(build.WORKFLOWS)  # every family's (AddSR, SeeSR, StableSR)
     assert ours == {p.stem for p in WORKFLOWS}
     for name in sorted(ours):
-        written = build_workflows.write_workflow(name, tmp_path)
+        written = build.write_workflow(name, tmp_path)
         assert json.loads(written.read_text()) == json.loads((REPO / "workflows" / f"{name}.json").read_text()), name
 
 

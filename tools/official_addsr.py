@@ -15,7 +15,6 @@ pillow), so a per-call comparison uses one torch for both.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import tempfile
 import sys
@@ -52,10 +51,6 @@ def official_src() -> Path:
             "set ADDSR_OFFICIAL_SRC to an extracted NJU-PCALab/AddSR checkout (with pipelines/pipeline_addsr.py)"
         )
     return Path(src)
-
-
-def diffusers_available() -> bool:
-    return importlib.util.find_spec("diffusers") is not None
 
 
 def _on_path() -> Path:

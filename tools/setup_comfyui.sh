@@ -109,9 +109,9 @@ if [ "$SMOKE" = "--smoke" ]; then
     COMFYUI_PYTHON="$PY" "$PY" - "$COMFYUI_PATH" "$REPO" <<'EOF'
 import sys, tempfile
 comfyui, repo = sys.argv[1], sys.argv[2]
-sys.path[:0] = [repo + "/tests"]
+sys.path[:0] = [repo, repo + "/tests"]
 from comfy_host.server import ComfyServer
-from comfy_host.pack import load_pack
+from tools.workflows.definitions import load_pack
 
 ours = set(load_pack().NODE_CLASS_MAPPINGS)
 with tempfile.TemporaryDirectory(prefix="addsr-comfyui-smoke-") as root, ComfyServer(comfyui, root) as server:

@@ -17,8 +17,9 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from ..errors import OptionsError
-from ..imaging.prepare import row_strips, unit_float
+from ..imaging.prepare import row_strips
 from ..models.vae import sample_posterior
+from ..precision import unit_float
 from ..sampling.denoisers import CFGDenoiser
 from ..sampling.noise import NoiseSource, SeededNoise
 from ..sampling.schedule import add_noise, predict_z0, scaled_linear_alphas_cumprod
@@ -133,7 +134,7 @@ def sample_addsr(
     sf = options.scaling_factor
     cfg = options.guidance_scale > 1.0
     if cfg and negative_embeds is None:
-        raise ValueError("guidance_scale > 1 needs negative prompt embeddings")
+        raise OptionsError("guidance_scale > 1 needs negative prompt embeddings; pass negative_embeds, or set guidance_scale to 1")
 
     batch = control_image.shape[0]
     prompt_embeds = _match_batch(prompt_embeds, batch)

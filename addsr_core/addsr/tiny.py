@@ -116,16 +116,3 @@ def write_tiny_kit(root: Path, seed: int = 0) -> dict:
     paths.update(write_tiny_ram(root / "ram", seed + 2))
     return paths
 
-
-def load_tiny_models(paths: dict, *, dtype=None, device="cpu"):
-    """AddSRModels from :func:`write_tiny_kit`'s files, through the real loaders."""
-    from ..loading.models import load_vae
-    from ..loading.pack import load_addsr
-    from ..pipeline import AddSRModels
-    from ..ram import load_ram
-    from ..text import TextConditioner
-
-    unet, controlnet = load_addsr(paths["addsr"], dtype=dtype, device=device)
-    ram, tagger = load_ram(paths["ram"], paths["dape"], tag_list=paths["tag_list"], dtype=dtype, device=device)
-    text = TextConditioner.from_pretrained(paths["sd2"], dtype=dtype, device=device)
-    return AddSRModels(unet, controlnet, load_vae(paths["sd2"], dtype=dtype, device=device), ram, tagger, text)

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError, OptionsError
+
 ADAIN_EPS = 1e-5
 WAVELET_LEVELS = 5
 _BLUR = ((1.0, 2.0, 1.0), (2.0, 4.0, 2.0), (1.0, 2.0, 1.0))  # /16
@@ -25,13 +27,13 @@ _BLUR = ((1.0, 2.0, 1.0), (2.0, 4.0, 2.0), (1.0, 2.0, 1.0))  # /16
 def _check_pair(target: torch.Tensor, source: torch.Tensor) -> None:
     for name, x in (("target", target), ("source", source)):
         if not torch.is_tensor(x) or x.ndim != 4:
-            raise ValueError(f"colour fix: {name} must be a [B,C,H,W] tensor, got {type(x).__name__} {tuple(getattr(x, 'shape', ()))}")
+            raise InputError(f"colour fix: {name} must be a [B,C,H,W] tensor, got {type(x).__name__} {tuple(getattr(x, 'shape', ()))}")
         if x.shape[-1] == 0 or x.shape[-2] == 0:
-            raise ValueError(f"colour fix: {name} is empty ({tuple(x.shape)})")
+            raise InputError(f"colour fix: {name} is empty ({tuple(x.shape)}); use an image with pixels")
     if target.shape[1] != source.shape[1]:
-        raise ValueError(f"colour fix: target has {target.shape[1]} channels but source has {source.shape[1]}")
+        raise InputError(f"colour fix: target has {target.shape[1]} channels but source has {source.shape[1]}; give both RGB images")
     if source.shape[0] not in (1, target.shape[0]):
-        raise ValueError(f"colour fix: source batch ({source.shape[0]}) must be 1 or match the target batch ({target.shape[0]})")
+        raise InputError(f"colour fix: source batch ({source.shape[0]}) must be 1 or match the target batch ({target.shape[0]})")
 
 
 def _working_dtype(x: torch.Tensor) -> torch.dtype:
@@ -44,7 +46,7 @@ def channel_mean_std(x: torch.Tensor, eps: float = ADAIN_EPS) -> tuple[torch.Ten
     b, c = x.shape[:2]
     flat = x.reshape(b, c, -1)
     if flat.shape[-1] < 2:
-        raise ValueError("colour fix: AdaIN needs at least 2 pixels per image (unbiased variance)")
+        raise InputError("colour fix: AdaIN needs at least 2 pixels per image (unbiased variance); use wavelet or none for a 1-pixel image")
     std = (flat.var(dim=2) + eps).sqrt().view(b, c, 1, 1)
     return flat.mean(dim=2).view(b, c, 1, 1), std
 
@@ -116,7 +118,7 @@ def apply_color_fix(method: str, target: torch.Tensor, source: torch.Tensor, *, 
     if method == "none":
         return target
     if method not in _FIXES:
-        raise ValueError(f"unknown colour fix {method!r}; choose one of {list(COLOR_FIXES)}")
+        raise OptionsError(f"unknown colour fix {method!r}; choose one of {list(COLOR_FIXES)}")
     return _FIXES[method](target, source, in_place=in_place)
 
 
@@ -127,7 +129,7 @@ def uint8_hwc_to_tensor(image) -> torch.Tensor:
     """torchvision ``ToTensor`` of an RGB uint8 image (HWC array or PIL) -> [1,3,H,W] float32."""
     arr = np.asarray(image)
     if arr.dtype != np.uint8 or arr.ndim != 3:
-        raise ValueError(f"expected an HWC uint8 image, got {arr.dtype} {arr.shape}")
+        raise InputError(f"expected an RGB uint8 image (HWC array or PIL), got {arr.dtype} {arr.shape}")
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)[None].float().div(255)
 
 

@@ -31,6 +31,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..errors import InputError, OptionsError
+from ..precision import unit_float
+
 # --- Normalisation ----------------------------------------------------------------------------------
 
 _PIL_TO_RGB_MODES = {"CMYK", "YCbCr", "LAB", "HSV", "RGBX", "P"}
@@ -86,7 +89,7 @@ def _integer_scale(arr: np.ndarray) -> tuple[float, int]:
     # PIL's "I" mode (32-bit ints) is how 16-bit PNGs often arrive.
     lo, hi = int(arr.min()), int(arr.max())
     if lo < 0 or hi > 65535:
-        raise ValueError(f"integer image values span [{lo}, {hi}]; expected 8-bit (0..255) or 16-bit (0..65535) data")
+        raise InputError(f"integer image values span [{lo}, {hi}]; expected 8-bit (0..255) or 16-bit (0..65535) data")
     return 65535.0, 16
 
 
@@ -98,7 +101,7 @@ def _array_to_float(arr: np.ndarray) -> tuple[torch.Tensor, int]:
         return torch.from_numpy(arr.astype(np.float32) / np.float32(scale)), bits
     if np.issubdtype(arr.dtype, np.floating):
         return torch.from_numpy(np.array(arr, dtype=np.float32)), 32  # a copy: PIL arrays are read-only
-    raise ValueError(f"unsupported image dtype {arr.dtype}; use uint8, uint16 or float data")
+    raise InputError(f"unsupported image dtype {arr.dtype}; use uint8, uint16 or float data")
 
 
 def _tensor_to_float(t: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -110,7 +113,7 @@ def _tensor_to_float(t: torch.Tensor) -> tuple[torch.Tensor, int]:
         return t.float(), 32
     if t.dtype in (torch.int16, torch.int32, torch.int64) or t.dtype == getattr(torch, "uint16", None):
         return _array_to_float(t.detach().cpu().numpy())
-    raise ValueError(f"unsupported image dtype {t.dtype}; use uint8, uint16 or float data")
+    raise InputError(f"unsupported image dtype {t.dtype}; use uint8, uint16 or float data")
 
 
 def to_rgb_float(image, *, channels_last: Optional[bool] = None) -> LoadedImage:
@@ -122,20 +125,20 @@ def to_rgb_float(image, *, channels_last: Optional[bool] = None) -> LoadedImage:
     """
     if isinstance(image, Image.Image):
         if image.width == 0 or image.height == 0:
-            raise ValueError(f"image is empty ({image.width}x{image.height})")
+            raise InputError(f"image is empty ({image.width}x{image.height}); use an image with pixels")
         image = _pil_to_array(image)
     if isinstance(image, np.ndarray):
         if image.size == 0:
-            raise ValueError(f"image is empty (shape {image.shape})")
+            raise InputError(f"image is empty (shape {image.shape}); use an image with pixels")
         data, bits = _array_to_float(image)
         channels_last = True if channels_last is None else channels_last
     elif torch.is_tensor(image):
         if image.numel() == 0:
-            raise ValueError(f"image is empty (shape {tuple(image.shape)})")
+            raise InputError(f"image is empty (shape {tuple(image.shape)}); use an image with pixels")
         data, bits = _tensor_to_float(image)
         channels_last = False if channels_last is None else channels_last
     else:
-        raise ValueError(f"unsupported image type {type(image).__name__}; pass a PIL image, numpy array or torch tensor")
+        raise InputError(f"unsupported image type {type(image).__name__}; pass a PIL image, numpy array or torch tensor")
 
     if data.ndim == 2:
         data = data[None, None]
@@ -144,17 +147,17 @@ def to_rgb_float(image, *, channels_last: Optional[bool] = None) -> LoadedImage:
     elif data.ndim == 4:
         data = data.permute(0, 3, 1, 2) if channels_last else data
     else:
-        raise ValueError(f"image must have 2 to 4 dimensions, got shape {tuple(data.shape)}")
+        raise InputError(f"image must have 2 to 4 dimensions ([H,W], [H,W,C] or a batch), got shape {tuple(data.shape)}")
     b, c, h, w = data.shape
     if min(b, c, h, w) == 0:
-        raise ValueError(f"image is empty ({w}x{h}, batch {b})")
+        raise InputError(f"image is empty ({w}x{h}, batch {b}); use an image with pixels")
     if c not in (1, 2, 3, 4):
         layout = "channels last" if channels_last else "channels first"
-        raise ValueError(
+        raise InputError(
             f"image has {c} channels (read {layout}); expected 1 (gray), 2 (gray+alpha), 3 (RGB) or 4 (RGBA)"
         )
     if not torch.isfinite(data).all():
-        raise ValueError("image contains NaN or infinite values")
+        raise InputError("image contains NaN or infinite values; fix the step that produced it")
     data = data.clamp(0.0, 1.0)
     color = data[:, : 1 if c <= 2 else 3]
     rgb = color.expand(-1, 3, -1, -1) if color.shape[1] == 1 else color
@@ -170,9 +173,14 @@ def load_image(path: Union[str, Path]) -> LoadedImage:
         with Image.open(path) as im:
             im.load()
             im = ImageOps.exif_transpose(im)
+    except FileNotFoundError:
+        raise InputError(f"cannot read image {path}: no such file; check the path") from None
     except OSError as err:
-        raise ValueError(f"cannot read image {path}: {err}") from None
-    return to_rgb_float(im)
+        raise InputError(f"cannot read image {path}: {err}; use a PNG, JPEG, WebP or TIFF file") from None
+    try:
+        return to_rgb_float(im)
+    except InputError as err:
+        raise InputError(f"{path}: {err}") from None
 
 
 def save_image(image: torch.Tensor, path: Union[str, Path], alpha: Optional[torch.Tensor] = None) -> None:
@@ -256,7 +264,7 @@ def resize_pil(images: torch.Tensor, size_hw: Sequence[int], rounding: str = "ro
     elif rounding == "round":
         arrays = to_uint8_round(images).numpy()
     else:
-        raise ValueError(f"rounding must be 'round' or 'truncate', got {rounding!r}")
+        raise OptionsError(f"rounding must be 'round' or 'truncate', got {rounding!r}")
     out = [np.asarray(Image.fromarray(a, "RGB").resize((w, h), Image.BICUBIC)) for a in arrays]
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float().div(255).to(images.device)
 
@@ -292,9 +300,9 @@ def condition_sizes(lr_hw: Sequence[int], scale: int = 4, process_size: int = 51
     """
     h, w = (int(v) for v in lr_hw)
     if h < 1 or w < 1:
-        raise ValueError(f"LR image is empty ({w}x{h})")
+        raise InputError(f"LR image is empty ({w}x{h}); use an image with pixels")
     if scale < 1:
-        raise ValueError(f"scale must be >= 1, got {scale}")
+        raise OptionsError(f"scale must be >= 1, got {scale}")
     sizes = []
     short = process_size // scale
     if w < short or h < short:
@@ -305,7 +313,7 @@ def condition_sizes(lr_hw: Sequence[int], scale: int = 4, process_size: int = 51
     sizes.append((h, w))
     h8, w8 = h // 8 * 8, w // 8 * 8
     if h8 < 8 or w8 < 8:
-        raise ValueError(f"the upscaled image ({w}x{h}) is smaller than 8 px on a side; use a larger image or scale")
+        raise InputError(f"the upscaled image ({w}x{h}) is smaller than 8 px on a side; use a larger image or scale")
     sizes.append((h8, w8))
     return sizes
 
@@ -320,9 +328,9 @@ def official_condition_pil(image: Image.Image, scale: int = 4, process_size: int
 
 def _check_condition_input(lr: torch.Tensor) -> None:
     if lr.ndim != 4 or lr.shape[1] != 3:
-        raise ValueError(f"expected an RGB batch [B,3,h,w], got {tuple(lr.shape)}")
+        raise InputError(f"expected an RGB batch [B,3,h,w], got {tuple(lr.shape)}; convert the image to RGB first")
     if not torch.isfinite(lr).all():
-        raise ValueError("LR image contains NaN or infinite values")
+        raise InputError("LR image contains NaN or infinite values; fix the step that produced it")
 
 
 def official_condition_image(
@@ -336,29 +344,20 @@ def official_condition_image(
     if method == "pil":
         return unit_float(official_condition_uint8(lr, scale, process_size))
     if method != "torch":
-        raise ValueError(f"method must be 'pil' or 'torch', got {method!r}")
+        raise OptionsError(f"method must be 'pil' or 'torch', got {method!r}")
     _check_condition_input(lr)
     return resize_to(lr.float(), condition_sizes(lr.shape[-2:], scale, process_size)[-1]).clamp(0.0, 1.0)
 
 
 def official_condition_uint8(lr: torch.Tensor, scale: int = 4, process_size: int = 512) -> torch.Tensor:
     """The official condition image as the 8-bit image it is: uint8 [B,3,H,W] (0-255) on ``lr``'s
-    device, a quarter of the float's memory; :func:`unit_float` gives the float, the same bits."""
+    device, a quarter of the float's memory; :func:`~addsr_core.precision.unit_float` gives the float, the same bits."""
     _check_condition_input(lr)
     out = []
     for arr in to_uint8_round(lr).numpy():
         prepared = official_condition_pil(Image.fromarray(arr, "RGB"), scale, process_size)
         out.append(np.asarray(prepared))
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).to(lr.device)
-
-
-def unit_float(image: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """An image in [0,1] as ``dtype``. A uint8 one (0-255: the condition image as the pipeline holds
-    it) is divided by 255 in float32 first, the bits the float condition always had; a float one is
-    only cast (no copy when it already is ``dtype``)."""
-    if image.dtype == torch.uint8:
-        return image.float().div_(255).to(dtype)
-    return image.to(dtype)
 
 
 def output_size(lr_hw: Sequence[int], scale: int = 4) -> tuple[int, int]:
@@ -380,5 +379,5 @@ def official_final_resize(
     if method == "pil":
         return resize_pil(images, size, rounding)
     if method != "torch":
-        raise ValueError(f"method must be 'pil' or 'torch', got {method!r}")
+        raise OptionsError(f"method must be 'pil' or 'torch', got {method!r}")
     return resize_to(images, size).clamp(0.0, 1.0)

@@ -6,8 +6,10 @@ execute a pickle's code.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
+import pickletools
 import re
 import zipfile
 from typing import Iterable, Mapping
@@ -31,6 +33,7 @@ GENUINE_RELEASE_HINT = ("A genuine release file holds only weights: download the
                         ".safetensors copy (`python -m addsr_core convert safetensors` makes one from a trusted "
                         "plain-weights .pth/.ckpt, not from this file).")
 _MAX_SAFETENSORS_HEADER = 100 << 20  # safetensors' own limit on the JSON header
+_PICKLE_SCAN_BYTES = 1 << 20  # a pickle names what it imports before its data
 
 
 def _named(path: str, family: str | None) -> str:
@@ -170,10 +173,64 @@ def _pickle_error(path: str, family: str, err: Exception) -> CheckpointError:
             f"{_named(path, family)} was not loaded: it contains the Python object `{refused.group(1)}`, and "
             f"loading it would mean running code from the file, which we never do. {GENUINE_RELEASE_HINT}"
         )
+    # A plain pickle (pickle.dump, not torch.save) stops torch's reader at its first opcode it does
+    # not take (protocol 4's FRAME: "Unsupported operand 149"), before any import: read what it would
+    # import ourselves, without running it.
+    imported = [] if zipfile.is_zipfile(path) else plain_pickle_imports(path)
+    if imported:
+        names = ", ".join(f"`{name}`" for name in imported[:3]) + (", ..." if len(imported) > 3 else "")
+        return CheckpointError(
+            f"{_named(path, family)} was not loaded: it is a plain Python pickle, not a PyTorch checkpoint, and it "
+            f"imports the Python object{'s' if len(imported) > 1 else ''} {names}; loading it would mean running "
+            f"code from the file, which we never do. {GENUINE_RELEASE_HINT}"
+        )
     return CheckpointError(
         f"{_named(path, family)} is not a readable PyTorch checkpoint ({_pickle_problem(path, err)}); it is "
         f"probably truncated or corrupt. {REDOWNLOAD_HINT}"
     )
+
+
+_DOTTED_NAME = re.compile(r"^[A-Za-z_][\w.]*\.[A-Za-z_]\w*$")
+_STRING_OPCODES = frozenset({"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE",
+                             "SHORT_BINUNICODE", "BINUNICODE8"})
+
+
+def plain_pickle_imports(path: str | os.PathLike) -> list[str]:
+    """The ``module.name`` objects the first pickle in ``path`` would import, in order, read statically
+    (``pickletools.genops`` parses opcodes, it never builds objects); what a torn file shows before
+    it breaks off. Only its first megabyte is read, and only a pickle of protocol 2 or later (it
+    starts with PROTO) counts, so random bytes never read as one."""
+    with open(path, "rb") as f:
+        data = f.read(_PICKLE_SCAN_BYTES)
+    found, memo, strings, last = [], {}, [], None
+    try:
+        for index, (opcode, arg, _) in enumerate(pickletools.genops(io.BytesIO(data))):
+            name = opcode.name
+            if index == 0 and not (name == "PROTO" and arg >= 2):
+                return []
+            if name in ("GLOBAL", "INST"):
+                found.append(".".join(str(arg).split(" ", 1)))
+            elif name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            if name in _STRING_OPCODES:
+                last = arg if isinstance(arg, str) else arg.decode("latin-1") if isinstance(arg, bytes) else None
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                last = memo.get(arg)
+            elif name == "MEMOIZE":
+                memo[len(memo)] = last
+                continue
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[arg] = last
+                continue
+            else:
+                last = None
+            if last is not None:
+                strings.append(last)
+            if name == "STOP":
+                break
+    except Exception:  # truncated or not a pickle at all: keep what was read
+        pass
+    return [name for name in dict.fromkeys(found) if _DOTTED_NAME.match(name)]
 
 
 def _pickle_problem(path: str, err: Exception) -> str:

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import re
 
-import torch
-
 # Older diffusers VAE uploads name the mid-block attention like this (README §1).
 LEGACY_VAE_ATTENTION = {".query.": ".to_q.", ".key.": ".to_k.", ".value.": ".to_v.", ".proj_attn.": ".to_out.0."}
 LDM_VAE_PREFIX = "first_stage_model."
@@ -97,9 +95,3 @@ def looks_like_ldm_vae(state_dict: dict) -> bool:
 
 def strip_prefix(state_dict: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-
-
-def cast_floats(state_dict: dict, dtype: torch.dtype | None) -> dict:
-    if dtype is None:
-        return state_dict
-    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}

@@ -135,7 +135,3 @@ def diffusers_unet_to_ldm(state_dict: dict, layers_per_block: int = 2, prefix: s
             raise KeyError(f"{key!r} is not a key of an SD2-style UNet; cannot name it in the LDM layout")
         out[prefix + new] = value
     return out
-
-
-def looks_like_ldm_unet(state_dict) -> bool:
-    return any(k.startswith(LDM_UNET_PREFIX + "input_blocks.") or k.startswith("input_blocks.") for k in state_dict)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import OptionsError
 from ..models import ControlNetModel, UNet2DConditionModel, UNetConfig
 from .io import CheckpointError, read_safetensors_metadata, read_state_dict
 from .keymaps import strip_prefix
@@ -45,9 +46,9 @@ def pack_release(folder, out_file, *, dtype: str = "fp16", include_vae: bool = F
 
     folder, out_file = Path(folder), Path(out_file)
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+        raise OptionsError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
     if family is not None and family not in FAMILIES:
-        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+        raise OptionsError(f"family must be one of {FAMILIES}, got {family!r}")
     tensors, metadata = {}, {"format": FORMAT, "format_version": FORMAT_VERSION, "dtype": dtype}
     if family is not None:
         metadata[METADATA_KEY] = family

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .io import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, CheckpointError
+from .lightning import read_checkpoint_with_metadata
 
 
 def default_output(source: str | os.PathLike) -> Path:
@@ -23,8 +24,6 @@ def default_output(source: str | os.PathLike) -> Path:
 def write_safetensors_copy(source: str | os.PathLike, output: str | os.PathLike | None = None) -> Path:
     """Write the tensors of ``source`` to ``output`` (default: beside it, ``.safetensors``)."""
     from safetensors.torch import save_file
-
-    from ..stablesr.checkpoint import read_checkpoint_with_metadata
 
     source = Path(source)
     output = Path(output) if output is not None else default_output(source)

@@ -24,6 +24,7 @@ from typing import Mapping, Optional
 
 import torch
 
+from ..errors import OptionsError
 from ..loading.identify import describe_checkpoint
 from ..loading.io import (
     SAFETENSORS_SUFFIXES,
@@ -278,7 +279,7 @@ def save_merged_ram(model: RAM, path: str | os.PathLike, *, dape: str = "DAPE") 
 
     path = Path(path)
     if path.suffix.lower() not in SAFETENSORS_SUFFIXES:
-        raise ValueError(f"save merged RAM as .safetensors, not {path.suffix!r}")
+        raise OptionsError(f"save merged RAM as .safetensors, not {path.suffix!r}")
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     metadata = {"format": MERGED_FORMAT, "config": json.dumps(model.config.to_dict()), "dape": dape}
     path.parent.mkdir(parents=True, exist_ok=True)

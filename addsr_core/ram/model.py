@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import OptionsError
 from ..models.config import ConfigError
 from ..models.operations import compute_device, resolve_operations
 from .config import RAMConfig
@@ -32,7 +33,7 @@ RESIZE_MODES = ("bilinear", "bicubic")
 def ram_preprocess(images01: torch.Tensor, size: int, resize: str = "bilinear", *, antialias: bool = False) -> torch.Tensor:
     """[B,3,H,W] RGB in [0,1] -> [B,3,size,size] ImageNet-normalised float32 (see RESIZE_MODES)."""
     if resize not in RESIZE_MODES:
-        raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+        raise OptionsError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
     if images01.ndim != 4 or images01.shape[1] != 3:
         raise ValueError(f"RAM expects RGB images [B,3,H,W] in [0,1], got shape {tuple(images01.shape)}")
     x = images01.float()
@@ -83,7 +84,7 @@ class RAM(nn.Module):
     def tag_logits(self, tokens: torch.Tensor) -> torch.Tensor:
         """[B,145,512] image tokens -> [B, num_classes] tag logits (official ``generate_tag``)."""
         if not self.has_tag_head:
-            raise RuntimeError("this RAM was built without its tag head; load it with a tag list to get tags")
+            raise OptionsError("this RAM was built without its tag head; load it with a tag list to get tags")
         queries = torch.relu(self.wordvec_proj(self.label_embed.to(tokens.device))).to(tokens.dtype)
         queries = queries.unsqueeze(0).expand(tokens.shape[0], -1, -1)
         return self.fc(self.tagging_head(queries, tokens)).squeeze(-1)

@@ -18,6 +18,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from ..errors import OptionsError
 from .noise import NoiseSource
 from .schedule import NUM_TRAIN_TIMESTEPS, scaled_linear_alphas_cumprod
 
@@ -42,7 +43,7 @@ def ddpm_timesteps(steps: int, *, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS
                    steps_offset: int = SD2_STEPS_OFFSET) -> list[int]:
     """``DDPMScheduler.set_timesteps(steps)``: 50 leading steps with offset 1 are 981, 961, ..., 1."""
     if not 1 <= steps <= num_train_timesteps:
-        raise ValueError(f"steps must be between 1 and {num_train_timesteps}, got {steps}")
+        raise OptionsError(f"steps must be between 1 and {num_train_timesteps}, got {steps}")
     if spacing == "leading":
         ratio = num_train_timesteps // steps
         ts = (np.arange(0, steps) * ratio).round()[::-1].astype(np.int64) + steps_offset
@@ -51,7 +52,7 @@ def ddpm_timesteps(steps: int, *, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS
     elif spacing == "linspace":
         ts = np.linspace(0, num_train_timesteps - 1, steps).round()[::-1].astype(np.int64)
     else:
-        raise ValueError(f"timestep spacing must be one of {SPACINGS}, got {spacing!r}")
+        raise OptionsError(f"timestep spacing must be one of {SPACINGS}, got {spacing!r}")
     return [int(t) for t in ts]
 
 

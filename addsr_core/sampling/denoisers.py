@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from ..imaging.prepare import unit_float
+from ..errors import OptionsError
 from ..models import ControlNetModel, UNet2DConditionModel
+from ..precision import unit_float
 
 
 class ControlNetDenoiser:
@@ -71,7 +72,7 @@ class TiledDenoiser:
     def __init__(self, denoise, tile: int, overlap: int, scale: int = 8, on_tile=None, square: bool = False):
         # A (h, w) pair may already be clamped to a thin side; tiling halves the overlap there.
         if max(tile if isinstance(tile, tuple) else (tile,)) <= overlap:
-            raise ValueError(f"latent tile ({tile}) must be larger than the overlap ({overlap})")
+            raise OptionsError(f"latent tile ({tile}) must be larger than the overlap ({overlap}); lower the overlap or raise the tile")
         self.denoise, self.tile, self.overlap, self.scale, self.on_tile = denoise, tile, overlap, scale, on_tile
         self.square = square
 

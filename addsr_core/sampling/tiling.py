@@ -27,6 +27,8 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from ..errors import OptionsError
+
 GAUSSIAN_VAR = 0.01
 
 TileSize = Union[int, Sequence[int]]
@@ -54,7 +56,7 @@ def _pair(value: TileSize, what: str) -> tuple[int, int]:
         return value, value
     pair = tuple(int(v) for v in value)
     if len(pair) != 2:
-        raise ValueError(f"{what} must be an int or (height, width), got {value!r}")
+        raise OptionsError(f"{what} must be an int or (height, width), got {value!r}")
     return pair
 
 
@@ -68,10 +70,10 @@ def effective_tile(h: int, w: int, tile: TileSize, overlap: TileSize = 0) -> tup
         th, tw = _pair(tile, "tile")
         th, tw = min(th, h), min(tw, w)
     if th < 1 or tw < 1:
-        raise ValueError(f"tile must be positive, got {tile!r}")
+        raise OptionsError(f"tile must be positive, got {tile!r}")
     oy, ox = _pair(overlap, "overlap")
     if oy < 0 or ox < 0:
-        raise ValueError(f"overlap must be >= 0, got {overlap!r}")
+        raise OptionsError(f"overlap must be >= 0, got {overlap!r}")
     oy = oy if oy < th else th // 2
     ox = ox if ox < tw else tw // 2
     return th, tw, oy, ox
@@ -153,7 +155,7 @@ def pixel_tile_plan(h: int, w: int, tile: int, stride: int) -> TilePlan:
     """StableSR's official pixel tiles (``ImageSpliterTh``): square ``tile`` clamped per axis to the
     image, stepping by ``stride``, the overflowing starts flush to the far edge."""
     if h < 1 or w < 1 or tile < 1 or stride < 1:
-        raise ValueError(f"image {h}x{w}, tile {tile} and stride {stride} must all be positive")
+        raise OptionsError(f"image {h}x{w}, tile {tile} and stride {stride} must all be positive")
     ys, xs = pixel_tile_starts(h, tile, stride), pixel_tile_starts(w, tile, stride)
     return TilePlan(h, w, min(tile, h), min(tile, w), tuple((y0, x0) for x0 in xs for y0 in ys))
 

@@ -129,9 +129,9 @@ def sample_seesr(
     trace = trace or (lambda name, value: None)
     cfg = options.guidance_scale > 1.0
     if cfg and negative_embeds is None:
-        raise ValueError("guidance_scale > 1 needs negative prompt embeddings")
+        raise OptionsError("guidance_scale > 1 needs negative prompt embeddings; pass negative_embeds, or set guidance_scale to 1")
     if options.start_point == "lr" and moments is None:
-        raise ValueError("start_point 'lr' needs the VAE moments of the control image")
+        raise OptionsError("start_point 'lr' needs the VAE moments of the control image; pass moments, or use start_point 'noise'")
     batch, device = control_image.shape[0], control_image.device
     prompt_embeds, lr_tokens = _match_batch(prompt_embeds, batch), _match_batch(lr_tokens, batch)
     negative_embeds = _match_batch(negative_embeds, batch) if negative_embeds is not None else None

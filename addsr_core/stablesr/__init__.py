@@ -1,6 +1,7 @@
 """StableSR (Wang et al., IJCV 2024): SD2 UNet + SFT layers + time-aware encoder, CFW decoder, DDPM sampler."""
 from .cfw import DEFAULT_FIDELITY, CFWAutoencoder, CFWDecoder, FuseSFTBlock
-from .checkpoint import CheckpointError, load_lightning_checkpoint, read_checkpoint
+from ..loading.io import CheckpointError
+from ..loading.lightning import load_lightning_checkpoint, read_checkpoint
 from .encoder import TimeAwareEncoder, TimeAwareEncoderConfig
 from .loading import (
     base_unet_from_state_dict,

@@ -8,13 +8,13 @@ The layers come from ``operations`` (default torch.nn, see :mod:`addsr_core.mode
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InputError
 from ..models.layers import broadcast_timesteps, timestep_embedding
 from ..models.operations import resolve_operations
 from .spade import group_norm32
@@ -145,14 +145,7 @@ class TimeAwareEncoder(nn.Module):
         for tap, tran in zip(taps, self.fea_tran):
             key = str(tap.shape[-1])
             if key in features:
-                raise ValueError(f"latent width {lr_latent.shape[-1]} is too small: two encoder levels have width {key}")
+                raise InputError(f"latent width {lr_latent.shape[-1]} is too small: two encoder levels have width {key}; "
+                                 "use a larger input image (or min_size)")
             features[key] = tran(tap, emb)
         return features
-
-
-def encoder_widths(width: int, levels: int = 4) -> list[int]:
-    """The widths the encoder (and the UNet) see for a latent ``width``: stride-2, pad-1 convs."""
-    widths = [width]
-    for _ in range(levels - 1):
-        widths.append(math.floor((widths[-1] - 1) / 2) + 1)
-    return widths

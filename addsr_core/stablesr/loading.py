@@ -26,10 +26,10 @@ from ..loading.identify import describe_checkpoint
 from ..loading.io import SAFETENSORS_SUFFIXES, CheckpointError, assign_state_dict, expected_layout, open_safetensors
 from ..loading.keymaps import LDM_VAE_PREFIX, ldm_vae_to_diffusers, looks_like_ldm_vae, rename_legacy_vae_keys
 from ..loading.keymaps_unet import LDM_UNET_PREFIX, ldm_unet_to_diffusers
+from ..loading.lightning import read_checkpoint, read_checkpoint_with_metadata
 from ..loading.models import infer_vae_config, read_diffusers_folder
 from ..models import UNetConfig, VAEConfig
 from .cfw import CFWAutoencoder
-from .checkpoint import read_checkpoint, read_checkpoint_with_metadata
 from .encoder import TimeAwareEncoderConfig
 from .metadata import recorded_heads
 from .model import StableSRConfig, StableSRModel

@@ -9,16 +9,16 @@ other heads, so they say which:
 - ``.safetensors``: in the header metadata (string values);
 - ``.ckpt``/``.pth``: in a top-level ``"addsr_metadata"`` dict of strings beside Lightning's
   ``"state_dict"`` (a plain dict, so the weights-only reader takes it as it is).
+
+:mod:`addsr_core.loading.lightning` reads both.
 """
 from __future__ import annotations
 
 import json
-import os
 from typing import Mapping
 
-from ..loading.io import PICKLE_SUFFIXES, CheckpointError, read_safetensors_metadata
+from ..loading.io import CheckpointError
 
-PICKLE_METADATA_KEY = "addsr_metadata"
 UNET_HEADS_KEY = "stablesr_unet_attention_heads"  # JSON list: heads per UNet level (our UNetConfig.attention_heads)
 ENCODER_HEADS_KEY = "stablesr_encoder_num_heads"  # the time-aware encoder's attention heads
 
@@ -29,21 +29,6 @@ def stablesr_metadata(config) -> dict[str, str]:
         UNET_HEADS_KEY: json.dumps([int(h) for h in config.unet.attention_heads]),
         ENCODER_HEADS_KEY: str(int(config.encoder.num_heads)),
     }
-
-
-def pickle_metadata(obj) -> dict[str, str]:
-    """The ``"addsr_metadata"`` strings of a loaded pickle ({} when it has none: the releases)."""
-    meta = obj.get(PICKLE_METADATA_KEY) if isinstance(obj, Mapping) else None
-    if not isinstance(meta, Mapping):
-        return {}
-    return {k: v for k, v in meta.items() if isinstance(k, str) and isinstance(v, str)}
-
-
-def read_file_metadata(path: str | os.PathLike, obj=None) -> dict[str, str]:
-    """A file's metadata: the safetensors header's, or (given the loaded pickle ``obj``) the pickle's."""
-    if os.fspath(path).lower().endswith(PICKLE_SUFFIXES):
-        return pickle_metadata(obj) if obj is not None else {}
-    return read_safetensors_metadata(path)
 
 
 def _positive_int(value) -> int:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..errors import OptionsError
 from ..models import UNet2DConditionModel, UNetConfig
 from ..models.operations import resolve_operations
 from .encoder import TimeAwareEncoder, TimeAwareEncoderConfig
@@ -30,7 +31,7 @@ class StableSRConfig:
         if self.unet.use_image_cross_attention:
             raise ValueError("StableSR uses the plain SD2 UNet: use_image_cross_attention must be False")
         if self.prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
+            raise OptionsError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
 
     @property
     def semb_channels(self) -> int:

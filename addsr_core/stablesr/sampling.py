@@ -171,7 +171,7 @@ def sample_stablesr(
     schedule = respaced_schedule(options.steps)
     cfg = options.guidance_scale > 1.0
     if cfg and negative_context is None:
-        raise ValueError("guidance_scale > 1 needs negative_context (the negative prompt's embedding)")
+        raise OptionsError("guidance_scale > 1 needs negative_context (the negative prompt's embedding); pass it, or set guidance_scale to 1")
     lr_latent = lr_latent.float()
     batch, device = lr_latent.shape[0], lr_latent.device
     context = _match_batch(context, batch)
@@ -233,7 +233,7 @@ def tiled_denoiser(denoise: Denoise, tile, overlap, on_tile: Optional[Callable[[
     tiles = (tile, tile) if isinstance(tile, int) else tuple(tile)
     overlaps = (overlap, overlap) if isinstance(overlap, int) else tuple(overlap)
     if any(t <= o for t, o in zip(tiles, overlaps)):
-        raise ValueError(f"latent tile ({tile}) must be larger than the overlap ({overlap})")
+        raise OptionsError(f"latent tile ({tile}) must be larger than the overlap ({overlap}); lower the overlap or raise the tile")
 
     def run(z, t, lr_latent, context):
         def one(y0, x0, th, tw):

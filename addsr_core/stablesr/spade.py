@@ -96,8 +96,3 @@ def attach_spade(unet: nn.Module, cond_channels: int, operations=nn) -> int:
         with torch.device(device):
             resnet.spade = SPADE(resnet.conv2.out_channels, cond_channels, operations=operations)
     return len(resnets)
-
-
-def detach_spade(unet: nn.Module) -> None:
-    for resnet in unet_resnets(unet):
-        resnet.spade = None

@@ -81,7 +81,7 @@ def _lightning(state_dict: dict, step: int, metadata: dict | None = None) -> dic
     plus our ``metadata`` strings (:mod:`.metadata`: the head layout, which the shapes do not give)."""
     out = {"epoch": 0, "global_step": step, "pytorch-lightning_version": "1.4.2", "state_dict": state_dict}
     if metadata:
-        from .metadata import PICKLE_METADATA_KEY
+        from ..loading.lightning import PICKLE_METADATA_KEY
 
         out[PICKLE_METADATA_KEY] = dict(metadata)
     return out

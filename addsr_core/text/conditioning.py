@@ -8,10 +8,10 @@ from typing import Sequence
 
 import torch
 
-from ..errors import AddSRError
+from ..errors import AddSRError, OptionsError
 from .encoder import CLIPTextEncoder
 from .loading import load_text_encoder
-from .tokenizer import CLIPTokenizer
+from .tokenizer import CLIPTokenizer, TokenizerError
 
 
 # Text conditioning widths people connect by mistake, by the encoder that makes them.
@@ -51,12 +51,12 @@ class TextConditioner:
 
     def __post_init__(self):
         if self.tokenizer.context_length != self.text_encoder.config.max_length:
-            raise ValueError(
+            raise TokenizerError(
                 f"tokenizer context length {self.tokenizer.context_length} != text encoder positions "
                 f"{self.text_encoder.config.max_length}; they do not belong together."
             )
         if self.tokenizer.vocab_size > self.text_encoder.config.vocab_size:
-            raise ValueError(
+            raise TokenizerError(
                 f"tokenizer vocabulary ({self.tokenizer.vocab_size}) is larger than the text encoder's "
                 f"({self.text_encoder.config.vocab_size}); they do not belong together."
             )
@@ -74,7 +74,7 @@ class TextConditioner:
         checkpoint plus ``tokenizer_path`` (a single file carries no vocabulary)."""
         if tokenizer_path is None:
             if not Path(text_encoder_path).is_dir():
-                raise ValueError(
+                raise OptionsError(
                     "a single-file checkpoint holds no tokenizer vocabulary: pass tokenizer_path= "
                     "(SD2's tokenizer/ folder or OpenCLIP's bpe_simple_vocab_16e6.txt.gz)."
                 )

@@ -20,6 +20,7 @@ from typing import Mapping
 
 import torch
 
+from ..errors import OptionsError
 from ..loading.io import CheckpointError, assign_state_dict, read_state_dict, unwrap_state_dict
 from ..models.config import ConfigError
 from .config import TextEncoderConfig
@@ -29,7 +30,6 @@ FAMILY = "SD2 text encoder (CLIPTextModel)"
 WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin", "model.fp16.safetensors", "pytorch_model.fp16.bin")
 # transformers < 4.31 saved the (constant) position ids; we always use 0..T-1.
 IGNORED_TRANSFORMERS_KEYS = ("text_model.embeddings.position_ids", "embeddings.position_ids")
-OPENCLIP_CHECKPOINT_PREFIX = "cond_stage_model.model."
 # Read from a big single file only what a text encoder can be made of (safetensors skips the rest).
 SINGLE_FILE_PREFIXES = (
     "cond_stage_model.", "token_embedding.", "positional_embedding", "transformer.", "ln_final.",
@@ -161,7 +161,7 @@ def infer_openclip_config(
     Activation (exact GELU) and LayerNorm eps (1e-5) are OpenCLIP ViT-H's; they are not in the file.
     """
     if layer not in LAYER_CHOICES:
-        raise ValueError(f"layer must be one of {LAYER_CHOICES}, got {layer!r}.")
+        raise OptionsError(f"layer must be one of {LAYER_CHOICES}, got {layer!r}.")
     try:
         vocab_size, width = sd["token_embedding.weight"].shape
         max_length = sd["positional_embedding"].shape[0]
@@ -224,7 +224,7 @@ def text_encoder_from_openclip(
 ) -> CLIPTextEncoder:
     """Build the encoder from an OpenCLIP-layout state dict (with or without ``cond_stage_model.model.``)."""
     if layer not in LAYER_CHOICES:
-        raise ValueError(f"layer must be one of {LAYER_CHOICES}, got {layer!r}.")
+        raise OptionsError(f"layer must be one of {LAYER_CHOICES}, got {layer!r}.")
     prefix = find_openclip_prefix(sd.keys())
     sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
     config = config or infer_openclip_config(sd, layer=layer)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .config import TrainConfigError
+
 
 def _randint(low: int, high: int, size, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     if generator is None:
@@ -57,6 +59,6 @@ def diff_augment(x: torch.Tensor, policy: str = "translation,cutout", generator:
     for name in policy.split(","):
         name = name.strip()
         if name not in AUGMENTATIONS:
-            raise ValueError(f"Unknown DiffAugment op {name!r}; supported: {sorted(AUGMENTATIONS)}.")
+            raise TrainConfigError(f"Unknown DiffAugment op {name!r} (discriminator.diffaug_policy); supported: {sorted(AUGMENTATIONS)}.")
         x = AUGMENTATIONS[name](x, generator=generator)
     return x.contiguous()

@@ -92,9 +92,6 @@ class Components:
     unet_config: dict  # diffusers config.json of the student UNet (for export)
     controlnet_config: dict
 
-    def frozen_modules(self) -> list[nn.Module]:
-        return [self.teacher, self.vae, self.ram, self.cond_encoder, self.disc.dino]
-
 
 # --------------------------------------------------------------------------------------------- #
 def read_addsr_configs(path) -> tuple[dict, dict]:

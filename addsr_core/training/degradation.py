@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import DegradationConfig
+from .config import DegradationConfig, TrainConfigError
 from .jpeg import jpeg_roundtrip
 from .kernels import random_blur_kernel, random_final_sinc_kernel
 
@@ -27,7 +27,7 @@ def filter2d(images: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"filter2d needs an odd kernel size, got {k}.")
     b, c, h, w = images.shape
     if min(h, w) <= k // 2:
-        raise ValueError(f"image {h}x{w} is too small for a {k}x{k} reflect-padded blur; use larger crops.")
+        raise TrainConfigError(f"image {h}x{w} is too small for a {k}x{k} reflect-padded blur; use larger crops (data.resolution).")
     x = F.pad(images.reshape(b * c, 1, h, w), (k // 2,) * 4, mode="reflect")
     return F.conv2d(x, kernel.to(images).view(1, 1, k, k)).view(b, c, h, w)
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..loading.io import check_state_dict, read_state_dict
 from .augment import diff_augment
-from .config import DiscriminatorConfig
+from .config import DiscriminatorConfig, TrainConfigError
 from .vit import DINO_VITS16, VisionTransformer, ViTConfig, read_vit_state_dict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -100,7 +100,7 @@ class DinoFeatures(nn.Module):
     def __init__(self, vit_cfg: ViTConfig = DINO_VITS16, hooks=(2, 5, 8, 11), hook_patch: bool = True):
         super().__init__()
         if max(hooks) >= vit_cfg.depth:
-            raise ValueError(f"hooks {hooks} exceed the ViT depth {vit_cfg.depth}.")
+            raise TrainConfigError(f"discriminator.hooks {hooks} exceed the ViT depth {vit_cfg.depth}; use blocks 0..{vit_cfg.depth - 1}.")
         self.model = VisionTransformer(vit_cfg)
         self.hooks = tuple(hooks)
         self.hook_patch = hook_patch
@@ -137,9 +137,6 @@ class ProjectedDiscriminator(nn.Module):
         self.dino.train(False)
         self.heads.train(mode)
         return self
-
-    def head_parameters(self):
-        return self.heads.parameters()
 
     def _crop_or_keep(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         size = self.dino.img_resolution

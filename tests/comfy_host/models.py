@@ -19,7 +19,6 @@ Two targets, because the text width must match the CLIP the host provides:
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -109,11 +108,9 @@ def install_tiny_models(models_dir, workflow: Mapping, definitions: Mapping | No
 
 
 def default_definitions() -> dict:
-    from .pack import load_pack
-    from .server import REPO
+    from tools.workflows.definitions import definitions
 
-    core = json.loads((REPO / "tests" / "comfy_host" / "core_object_info.json").read_text())["nodes"]
-    return {**core, **load_pack().NODE_CLASS_MAPPINGS}
+    return definitions()
 
 
 # ---------------------------------------------------------------------------------------------

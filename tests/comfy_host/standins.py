@@ -1,6 +1,6 @@
 """In-process stand-ins for the core ComfyUI nodes our workflows use, for execute_api_prompt.
 
-Inputs and outputs mirror ComfyUI 0.3.64 (tests/comfy_host/core_object_info.json; a test compares
+Inputs and outputs mirror ComfyUI 0.3.64 (tools/workflows/core_object_info.json; a test compares
 them); behaviour is the part our nodes depend on. The VAE and CLIP come from tests/nodekit.py
 (FakeComfyVAE / FakeComfyCLIP over a tiny SD2 diffusers folder, which install_tiny_models writes
 under the checkpoint's file name for the INPROCESS target).

@@ -1,9 +1,10 @@
 """Record the /object_info of the core ComfyUI nodes our workflows use, for offline workflow checks.
 
-    python tools/snapshot_object_info.py /path/to/ComfyUI [--out tests/comfy_host/core_object_info.json]
+    python tests/comfy_host/snapshot_object_info.py /path/to/ComfyUI [--out tools/workflows/core_object_info.json]
 
 Starts the checkout on a free loopback port with an empty temp base folder (so file lists such as
-checkpoint names are empty), without our pack, and writes the selected node definitions.
+checkpoint names are empty), without our pack, and writes the selected node definitions. The
+workflow builder (tools/workflows) builds from them, and the offline workflow tests check against them.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 
 from comfy_host.server import ComfyServer  # noqa: E402
@@ -28,7 +29,7 @@ CORE_NODES = (
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("comfyui_path", type=Path)
-    parser.add_argument("--out", type=Path, default=REPO / "tests" / "comfy_host" / "core_object_info.json")
+    parser.add_argument("--out", type=Path, default=REPO / "tools" / "workflows" / "core_object_info.json")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="addsr-snapshot-") as root, \
             ComfyServer(args.comfyui_path, root, link_pack=False) as server:
@@ -42,7 +43,7 @@ def main(argv=None) -> int:
         return 1
     snapshot = {
         "_source": {"comfyui_version": version, "frontend_version": frontend,
-                    "note": "written by tools/snapshot_object_info.py; file lists are from an empty base folder"},
+                    "note": "written by tests/comfy_host/snapshot_object_info.py; file lists are from an empty base folder"},
         "nodes": {name: info[name] for name in CORE_NODES},
     }
     args.out.write_text(json.dumps(snapshot, indent=1) + "\n")

@@ -1,32 +1,46 @@
-"""The SeeSR workflows (workflows/seesr_quality_50.json, workflows/addsr_vs_seesr.json) and their thumbnails.
+"""The SeeSR workflows: SeeSR alone (50 steps) and AddSR vs SeeSR on the same input.
 
-    python tools/build_workflows.py seesr_quality_50 addsr_vs_seesr     # registered there
-
-SeeSR runs on the AddSR nodes and files (only the sampler differs), so these graphs are built from
-tools/build_workflows.py's own pieces: the same loaders, prompt chain, Encode LR, decode and colour
-fix, layout and Note rules as the AddSR workflows.
+SeeSR runs on the AddSR nodes and files (only the sampler differs), so these graphs are the shared
+modular chain with SeeSR's :class:`~tools.workflows.modular.Method`.
 """
 from __future__ import annotations
+
+from typing import Callable
+
+from addsr_core.seesr import pipeline as seesr
+
+from .builder import start
+from .files import ADDSR_RELEASE, SEESR_RELEASE, files_note
+from .modular import (
+    Method,
+    addsr_method,
+    decode_and_finish,
+    encode_lr,
+    load_nodes,
+    model_loader,
+    modular,
+    place_loaders,
+    prompt_nodes,
+    sampler,
+)
 
 DAPE_ROLE = "SeeSR's degradation-aware RAM LoRA, which AddSR uses too"
 
 
-def _seesr_method(bw):
+def seesr_method() -> Method:
     """test_seesr.py's setting: 50 DDPM steps, CFG 5.5 with the negative, 96/4-latent tiles, from the LR."""
-    from addsr_core.seesr import pipeline as seesr
-
     values = dict(seed=0, steps=seesr.DEFAULT_STEPS, cfg=seesr.DEFAULT_GUIDANCE, tile_size=seesr.OFFICIAL_TILE,
                   tile_overlap=seesr.OFFICIAL_OVERLAP, start_point="lr", official_tiles=True)
-    return bw.Method(
-        "SeeSRSampler", values, release=bw.SEESR_RELEASE, family="seesr", added_prompt=seesr.SEESR_ADDED_PROMPT,
+    return Method(
+        "SeeSRSampler", values, release=SEESR_RELEASE, family="seesr", added_prompt=seesr.SEESR_ADDED_PROMPT,
         negative_title="Negative prompt (official; cfg 5.5 uses it)", model_title="SeeSR weights (family seesr)",
-        section="SeeSR (50 steps, cfg 5.5)", files_note=bw.files_note((bw.SEESR_RELEASE,), DAPE_ROLE),
+        section="SeeSR (50 steps, cfg 5.5)", files_note=files_note((SEESR_RELEASE,), DAPE_ROLE),
     )
 
 
-def seesr_quality_50(bw) -> dict:
-    return bw._modular(
-        "seesr_quality_50", vae_tile=1024, decode_tile=1024, method=_seesr_method(bw),
+def seesr_quality_50() -> dict:
+    return modular(
+        "seesr_quality_50", vae_tile=1024, decode_tile=1024, method=seesr_method(),
         about="## SeeSR 4x, 50 steps (quality)\n\nThe official SeeSR run (`test_seesr.py`): **50 DDPM steps** "
               "from the LR latent noised to t=999, **CFG 5.5** with the negative prompt, RAM tags + "
               "'clean, high-resolution, 8k' as the prompt, 96-latent (768 px) tiles with 4 overlap, **adain** "
@@ -35,23 +49,21 @@ def seesr_quality_50(bw) -> dict:
     )
 
 
-def addsr_vs_seesr(bw) -> dict:
+def addsr_vs_seesr() -> dict:
     """Same LR, same prompts: AddSR (4 steps) and SeeSR (50 steps), each decoded and colour-fixed."""
     name = "addsr_vs_seesr"
-    b = bw.WorkflowBuilder(bw.definitions(), bw._stable_id(name))
-    layout = bw.Layout(b)
-    layout.leave_room_for_groups()
-    files = b.note(bw.files_note((bw.ADDSR_RELEASE, bw.SEESR_RELEASE), DAPE_ROLE), title="Model files")
-    loaded = bw._load_nodes(b, model_title="AddSR weights")
-    seesr_model = bw._model_loader(b, bw.SEESR_RELEASE, "seesr", "SeeSR weights (family seesr)")
-    prompts = bw._prompt_nodes(b, loaded, negative_title="Negative prompt (SeeSR's cfg 5.5 uses it)")
-    encode = bw._encode_lr(b, loaded, 1024)
-    addsr = bw._sampler(b, bw._addsr_method(), loaded.addsr, encode, prompts, loaded, title="AddSR Sampler (4 steps)")
-    seesr = bw._sampler(b, _seesr_method(bw), seesr_model, encode, prompts, loaded, title="SeeSR Sampler (50 steps)")
-    addsr_decode, addsr_fix = bw._decode_and_finish(b, loaded, addsr, encode, 1024,
-                                                    titles=("AddSR: Tiled VAE Decode", "AddSR: Finish"))
-    seesr_decode, seesr_fix = bw._decode_and_finish(b, loaded, seesr, encode, 1024,
-                                                    titles=("SeeSR: Tiled VAE Decode", "SeeSR: Finish"))
+    b, layout = start(name)
+    files = b.note(files_note((ADDSR_RELEASE, SEESR_RELEASE), DAPE_ROLE), title="Model files")
+    loaded = load_nodes(b, model_title="AddSR weights")
+    seesr_model = model_loader(b, SEESR_RELEASE, "seesr", "SeeSR weights (family seesr)")
+    prompts = prompt_nodes(b, loaded, negative_title="Negative prompt (SeeSR's cfg 5.5 uses it)")
+    encode = encode_lr(b, loaded, 1024)
+    addsr = sampler(b, addsr_method(), loaded.addsr, encode, prompts, loaded, title="AddSR Sampler (4 steps)")
+    seesr_sampler = sampler(b, seesr_method(), seesr_model, encode, prompts, loaded, title="SeeSR Sampler (50 steps)")
+    addsr_decode, addsr_fix = decode_and_finish(b, loaded, addsr, encode, 1024,
+                                                titles=("AddSR: Tiled VAE Decode", "AddSR: Finish"))
+    seesr_decode, seesr_fix = decode_and_finish(b, loaded, seesr_sampler, encode, 1024,
+                                                titles=("SeeSR: Tiled VAE Decode", "SeeSR: Finish"))
     # Two Save Image nodes, not one over a Batch Images: ComfyUI 0.33 marks ImageBatch deprecated.
     addsr_save = b.add("SaveImage", title="AddSR, 4 steps", filename_prefix=f"AddSR/{name}_addsr")
     seesr_save = b.add("SaveImage", title="SeeSR, 50 steps", filename_prefix=f"AddSR/{name}_seesr")
@@ -68,11 +80,11 @@ def addsr_vs_seesr(bw) -> dict:
     c(addsr_fix, "IMAGE", addsr_save, "images")
     c(seesr_fix, "IMAGE", seesr_save, "images")
 
-    bw._place_loaders(layout, loaded, files, seesr_model)
+    place_loaders(layout, loaded, files, seesr_model)
     layout.place(about, 0, width=420, height=260)
     for node_id in prompts.nodes:
         layout.place(node_id, 2)
-    for node_id in (encode, addsr, seesr):
+    for node_id in (encode, addsr, seesr_sampler):
         layout.place(node_id, 3)
     for node_id in (addsr_decode, addsr_fix, seesr_decode, seesr_fix):
         layout.place(node_id, 4)
@@ -80,21 +92,18 @@ def addsr_vs_seesr(bw) -> dict:
     layout.place(seesr_save, 6, width=420, height=420)
     layout.group("1. Input and models", [loaded.image, loaded.checkpoint, loaded.addsr, seesr_model, loaded.ram])
     layout.group("2. Prompt from RAM tags", prompts.nodes, color="#8a8")
-    layout.group("3. AddSR (4 steps) and SeeSR (50 steps)", [encode, addsr, seesr], color="#b58b2a")
+    layout.group("3. AddSR (4 steps) and SeeSR (50 steps)", [encode, addsr, seesr_sampler], color="#b58b2a")
     layout.group("4. Decode and finish", [addsr_decode, addsr_fix, seesr_decode, seesr_fix], color="#a1309b")
     layout.group("5. Side by side, saved", [addsr_save, seesr_save], color="#444")
     return b.build_with(layout)
 
 
-THUMBNAILS = {
+WORKFLOWS: dict[str, Callable[[], dict]] = {
+    "seesr_quality_50": seesr_quality_50,
+    "addsr_vs_seesr": addsr_vs_seesr,
+}
+
+THUMBNAILS: dict[str, dict] = {
     "seesr_quality_50": {"photo": "rocket", "title": "SeeSR 4x, 50 steps", "product": "SeeSR"},
     "addsr_vs_seesr": {"photo": "chelsea", "title": "AddSR (4 steps) vs SeeSR (50 steps)", "product": "model"},
 }
-
-
-def register(bw) -> None:
-    """Add the SeeSR workflows to tools/build_workflows.py's registry (``bw`` is that module)."""
-    bw.WORKFLOWS.setdefault("seesr_quality_50", lambda: seesr_quality_50(bw))
-    bw.WORKFLOWS.setdefault("addsr_vs_seesr", lambda: addsr_vs_seesr(bw))
-    for name, info in THUMBNAILS.items():
-        bw.THUMBNAILS.setdefault(name, info)

@@ -1,4 +1,5 @@
-"""Reading StableSR's released files safely: Lightning ``.ckpt`` pickles without running them.
+"""Reading Lightning ``.ckpt`` pickles (StableSR's releases) safely, without running them, and the
+metadata our own files carry.
 
 ``torch.load(weights_only=True)`` refuses the non-tensor objects Lightning stores next to the
 weights (the ModelCheckpoint callback class used as a dict key, numpy scalars in its state,
@@ -10,17 +11,22 @@ and reported as a :class:`CheckpointError`. Only the tensors of the state dict a
 from __future__ import annotations
 
 import os
+from typing import Mapping
 
 import torch
 
-from ..loading.io import (
+from .io import (
     PICKLE_SUFFIXES,
-    CheckpointError,  # noqa: F401 - re-exported by stablesr/__init__
     read_pickle_weights_only,
+    read_safetensors_metadata,
     read_state_dict,
     require_file,
     unwrap_state_dict,
 )
+
+# Our own pickles keep their metadata strings (safetensors keeps them in its header) here, beside
+# Lightning's "state_dict": a plain dict, so the weights-only reader takes it as it is.
+PICKLE_METADATA_KEY = "addsr_metadata"
 
 
 class InertObject:
@@ -87,10 +93,23 @@ def read_checkpoint_with_metadata(
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """:func:`read_checkpoint` plus the file's metadata (:mod:`.metadata`), the file read once:
     the safetensors header's, or a pickle's ``"addsr_metadata"`` strings; {} for the releases."""
-    from .metadata import pickle_metadata, read_file_metadata
-
     if os.fspath(path).lower().endswith(PICKLE_SUFFIXES):
         obj = load_lightning_checkpoint(path, family=family)
         return unwrap_state_dict(obj), pickle_metadata(obj)
     tensors = unwrap_state_dict(read_state_dict(path, family=family, dtype=dtype, prefixes=prefixes))
     return tensors, read_file_metadata(path)
+
+
+def pickle_metadata(obj) -> dict[str, str]:
+    """The ``"addsr_metadata"`` strings of a loaded pickle ({} when it has none: the releases)."""
+    meta = obj.get(PICKLE_METADATA_KEY) if isinstance(obj, Mapping) else None
+    if not isinstance(meta, Mapping):
+        return {}
+    return {k: v for k, v in meta.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def read_file_metadata(path: str | os.PathLike, obj=None) -> dict[str, str]:
+    """A file's metadata: the safetensors header's, or (given the loaded pickle ``obj``) the pickle's."""
+    if os.fspath(path).lower().endswith(PICKLE_SUFFIXES):
+        return pickle_metadata(obj) if obj is not None else {}
+    return read_safetensors_metadata(path)
