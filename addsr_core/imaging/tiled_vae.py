@@ -52,6 +52,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -329,15 +330,17 @@ def _outside_tokens(recorded: GlobalTokens, full_hw: tuple, box):
     local_area = max(0, y1 - y0) * max(0, x1 - x0)
     if local_area >= h * w:
         return None
+    # Index geometry on the host (numpy): no tensor op whose result size depends on values, so
+    # nothing waits on a GPU; the index goes to the keys' device once per call.
     hs, ws = recorded.grid_hw
-    cy = (torch.arange(hs, dtype=torch.float64) + 0.5) * (h / hs)
-    cx = (torch.arange(ws, dtype=torch.float64) + 0.5) * (w / ws)
+    cy = (np.arange(hs, dtype=np.float64) + 0.5) * (h / hs)
+    cx = (np.arange(ws, dtype=np.float64) + 0.5) * (w / ws)
     inside = ((cy >= y0) & (cy < y1))[:, None] & ((cx >= x0) & (cx < x1))[None, :]
-    keep = (~inside).flatten().nonzero().squeeze(1)
-    if keep.numel() == 0:
+    keep = np.flatnonzero(~inside)
+    if keep.size == 0:
         return None
-    area = (h * w - local_area) / keep.numel()
-    return keep.to(recorded.keys.device), math.log(max(area, 1e-6))
+    area = (h * w - local_area) / keep.size
+    return torch.from_numpy(keep).to(recorded.keys.device), math.log(max(area, 1e-6))
 
 
 @contextmanager
