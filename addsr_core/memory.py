@@ -32,8 +32,8 @@ VAE_DECODE_BYTES_PER_PX = {2: 1537, 4: 3073}
 VAE_ENCODE_BYTES_PER_PX = {2: 1287, 4: 2573}
 ENCODER_HALO_PX = 120  # per side: the SD VAE encoder's receptive field (tiled_vae.encoder_receptive_px), rounded up
 # Full-size buffers per output pixel that live beside a tile: the uint8 condition, the [-1,1] image for
-# the encode and its float32 conversion, the decode's float32 blend and the colour fix (measured at
-# 4096²: what a whole upscale holds beyond its largest tile, ~55 B/px, rounded up).
+# the encode and its float32 copy for the statistics pass, the decode's float32 blend (at most ~40 B/px
+# in the 4096² dry runs; budgeted with room).
 IMAGE_BYTES_PER_PX = 64
 FREE_FRACTION = 0.8  # of the free memory, for the tile; the rest for what the accounting does not see
 TILE_STEP = 64  # tiles are multiples of this (px)

@@ -37,7 +37,7 @@ import math
 import traceback
 import weakref
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 from unittest import mock

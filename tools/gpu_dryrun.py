@@ -123,6 +123,7 @@ def _real_lr(fake_lr: torch.Tensor) -> torch.Tensor:
 
 def run_addsr_family(args, run: "fc.FakeRun", precision, device, stack: ExitStack):
     import addsr_core.imaging.prepare as prepare
+    import addsr_core.imaging.tiled_vae as tiled_vae
     import addsr_core.pipeline as pipeline
     from addsr_core.addsr import pipeline as addsr_pipeline
     from addsr_core.seesr import pipeline as seesr_pipeline
@@ -149,16 +150,17 @@ def run_addsr_family(args, run: "fc.FakeRun", precision, device, stack: ExitStac
         patch(addsr_pipeline, "vae_decode", "psr_decode", dtype=dtype)
     patch(pipeline, "decode", "final_decode", dtype=dtype)
     patch(pipeline, "finish", "finish")
-    import addsr_core.imaging.tiled_vae as tiled_vae
-
     patch(tiled_vae, "decoder_context", "  vae decode: statistics pass")
     patch(tiled_vae, "encoder_context", "  vae encode: statistics pass")
     patch(tiled_vae, "_run_tiles", "  vae: tiles + blend")
 
-    resolved = []
-    resolve = pipeline.resolve_tiles
-    stack.enter_context(mock.patch.object(pipeline, "resolve_tiles", lambda *a, **k: resolved.append(resolve(*a, **k))
-                                          or resolved[-1]))
+    resolved, resolve = [], pipeline.resolve_tiles
+
+    def resolving(*a, **k):  # the tiles upscale() settles on (AUTO ones chosen for the simulated card)
+        resolved.append(resolve(*a, **k))
+        return resolved[-1]
+
+    stack.enter_context(mock.patch.object(pipeline, "resolve_tiles", resolving))
     lr = torch.rand(1, 3, args.size // 4, args.size // 4, device=device)  # the CLI's loaded.rgb.to(device)
     with memory.stage("upscale"):
         image = pipeline.upscale(models, lr, options, method=method)
