@@ -168,6 +168,7 @@ class DeviceMemory(TorchDispatchMode):
         # grad scaler's inf check) answers 0 / False and is counted, instead of failing: those
         # reads are real syncs on a GPU, once per step, and no value steers what is allocated.
         self.placeholder_reads, self.reads = placeholder_reads, 0
+        self.uploads: dict[str, int] = {}  # host-to-device copies inside sync-free stages, per line
         self.channels_last_convs = channels_last_convs
         self.live: dict[int, int] = {}
         self._refs: dict[int, weakref.ref] = {}
@@ -269,6 +270,10 @@ class DeviceMemory(TorchDispatchMode):
                 (kwargs.get("device") is not None and torch.device(kwargs["device"]).type == "cpu")
             if isinstance(src, torch.Tensor) and src.device.type == self.device_type and dst_cpu and src.numel() > 1:
                 raise HostSyncError(f"a device-to-host copy of {tuple(src.shape)} inside {stage.name!r} at {caller_line()}")
+            if isinstance(src, torch.Tensor) and src.device.type == "cpu" and not dst_cpu:
+                # From pageable memory a blocking copy waits for the stream: counted, not refused
+                # (no value steers anything; the cost is a bubble of a few kernel launches).
+                self.uploads[caller_line()] = self.uploads.get(caller_line(), 0) + 1
         if func in COMPUTE_OPS and stage is not None and stage.dtype is not None:
             tensors = [a for a in tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor) and a.is_floating_point()]
             devices = {t.device.type for t in tensors}

@@ -274,6 +274,8 @@ def main(argv=None) -> int:
             return 1
     print(f"output {shape}; options {_options_summary(options)}; dry run {time.perf_counter() - start:.1f} s CPU")
     print(f"convolutions: {memory.convs['nhwc']} NHWC, {memory.convs['nchw']} NCHW")
+    uploads = ", ".join(f"{n} at {line}" for line, n in sorted(memory.uploads.items(), key=lambda kv: -kv[1]))
+    print(f"host-to-device copies inside sampling (each waits for the stream): {uploads or 'none'}")
     print(fc.format_table(memory))
     if args.json:
         print(json.dumps({"family": args.family, "size": args.size, "steps": args.steps, "precision": precision.name,
