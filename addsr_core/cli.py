@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "that fits its free memory)")
     up.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     up.add_argument("--dtype", default="auto", choices=DTYPES)
+    up.add_argument("--compile", nargs="?", const="inductor", default="off", choices=["off", "inductor", "freezing"],
+                    help="torch.compile the UNet and ControlNet (off by default; the first call of each tile "
+                         "size compiles for minutes, see docs/performance.md). --compile alone: inductor")
     up.add_argument("--overwrite", action="store_true", help="redo images whose output already exists")
 
     conv = sub.add_parser("convert", help="pack an AddSR release folder into one file or unpack it; "

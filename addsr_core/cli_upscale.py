@@ -12,6 +12,7 @@ import torch
 from .addsr import pipeline as addsr
 from .seesr import pipeline as seesr
 from .cli import IMAGE_SUFFIXES, CLIError
+from .compiling import compile_models
 from .precision import apply_precision, resolve_precision
 from .pipeline import (DEFAULT_VAE_TILE_PX, AUTO, AddSRModels, UpscaleOptions, resolve_tiles, tile_overlap_px, upscale,
                        upscale_calls)
@@ -90,7 +91,8 @@ def load_models(args, device, dtype) -> AddSRModels:
     text = TextConditioner.from_pretrained(args.sd2, args.tokenizer, dtype=dtype, device=device)
     for network in (unet, controlnet, vae, ram):  # NHWC convs with low precision (the text encoder has none)
         apply_precision(network, precision)
-    return AddSRModels(unet, controlnet, vae, ram, tagger, text)
+    models = AddSRModels(unet, controlnet, vae, ram, tagger, text)
+    return compile_models(models, getattr(args, "compile", "off"))
 
 
 def run_upscale(args) -> int:

@@ -34,8 +34,8 @@ from .text.prompt import DEFAULT_NEGATIVE_PROMPT as DEFAULT_NEGATIVE
 # bits, the colour fix runs on that and the 8-bit LR, and ToPILImage truncates; it reproduces the
 # official PNG. The two differ by up to 2 levels (ours ~0.4 levels brighter on average).
 ROUNDINGS = ("float", "official")
-# Default tiles, in output pixels, chosen from bench/bench_tiles.py and bench/bench_scaling.py (README,
-# Performance): images up to 1024 px run untiled as the official code runs them; beyond, balanced
+# Default tiles, in output pixels, chosen from bench/bench_tiles.py and bench/bench_scaling.py
+# (docs/performance.md): images up to 1024 px run untiled as the official code runs them; beyond, balanced
 # diffusion tiles of at most 1024 px overlapping by 64 px (official SeeSR overlaps by 32) keep the
 # seconds per output pixel flat, and 1024 px VAE tiles bound the decoder's memory by the tile.
 DEFAULT_LATENT_TILE_PX = 1024

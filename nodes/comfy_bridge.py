@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import logging
 import os
 from pathlib import Path
@@ -33,6 +34,31 @@ class AddSRInputError(AddSRError):
 
 class ModelFileNotFoundError(AddSRInputError, FileNotFoundError):
     """A picked model file that is not (or no longer) in its model folders."""
+
+
+class ComfyUIImportError(AddSRError):
+    """ComfyUI is installed, but one of its modules failed to import."""
+
+
+def comfy_module(name: str):
+    """ComfyUI's module ``name`` (``"comfy.model_management"``, ``"folder_paths"``...), or None
+    where ComfyUI is not installed at all (the CLI, the library's tests): every caller then falls
+    back to plain torch. ComfyUI present but failing to import raises ComfyUIImportError: running
+    on without ComfyUI's memory management would hide the failure until memory runs out."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name == name.split(".")[0]:
+            return None
+        raise ComfyUIImportError(_import_failure(name, err)) from err
+    except Exception as err:
+        raise ComfyUIImportError(_import_failure(name, err)) from err
+
+
+def _import_failure(name: str, err: Exception) -> str:
+    return (f"ComfyUI's module {name} failed to import ({type(err).__name__}: {err}), so AddSR cannot hand its "
+            "models to ComfyUI's memory management. Check that ComfyUI itself starts cleanly and that its "
+            "requirements are installed (pip install -r ComfyUI/requirements.txt), then restart ComfyUI.")
 
 
 def node_errors(fn):
@@ -70,9 +96,8 @@ def with_node_errors(node_class: type) -> type:
 
 def register_model_folders() -> None:
     """models/addsr, models/ram and models/stablesr, plus whatever extra_model_paths.yaml adds under those names."""
-    try:
-        import folder_paths
-    except Exception:
+    folder_paths = comfy_module("folder_paths")
+    if folder_paths is None:
         return
     for name in MODEL_FOLDERS:
         default = os.path.join(folder_paths.models_dir, name)
@@ -90,12 +115,10 @@ def model_dirs(kind: str) -> list[Path]:
     (models/<kind> and extra_model_paths.yaml). Listing and resolving files: nodes/model_files.py."""
     env = os.environ.get(f"ADDSR_{kind.upper()}_DIR")
     dirs = [Path(p) for p in env.split(os.pathsep)] if env else []
-    try:
-        import folder_paths
-
-        dirs += [Path(p) for p in folder_paths.get_folder_paths(kind)]
-    except Exception:
-        pass
+    folder_paths = comfy_module("folder_paths")
+    if folder_paths is not None:
+        with contextlib.suppress(KeyError):  # a kind ComfyUI has no folder for
+            dirs += [Path(p) for p in folder_paths.get_folder_paths(kind)]
     return [d for d in dirs if d.is_dir()]
 
 
@@ -103,22 +126,20 @@ def model_dirs(kind: str) -> list[Path]:
 # Devices, dtypes and memory
 
 
-def torch_device() -> torch.device:
-    try:
-        import comfy.model_management as mm
+def _model_management():
+    return comfy_module("comfy.model_management")
 
-        return mm.get_torch_device()
-    except Exception:
+
+def torch_device() -> torch.device:
+    mm = _model_management()
+    if mm is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return mm.get_torch_device()
 
 
 def offload_device() -> torch.device:
-    try:
-        import comfy.model_management as mm
-
-        return mm.unet_offload_device()
-    except Exception:
-        return torch.device("cpu")
+    mm = _model_management()
+    return torch.device("cpu") if mm is None else mm.unet_offload_device()
 
 
 _default_offload_device = offload_device  # ManagedModule's ``offload_device`` argument shadows the name
@@ -130,12 +151,10 @@ def pick_dtype(choice: str, device: torch.device | None = None) -> torch.dtype:
     if choice in table:
         return table[choice]
     device = device or torch_device()
-    try:
-        import comfy.model_management as mm
-
-        return mm.unet_dtype(device=device, supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
-    except Exception:
+    mm = _model_management()
+    if mm is None:
         return torch.float16 if device.type == "cuda" else torch.float32
+    return mm.unet_dtype(device=device, supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
 
 
 def pick_vae_dtype(choice: str, device: torch.device | None = None) -> torch.dtype:
@@ -143,12 +162,8 @@ def pick_vae_dtype(choice: str, device: torch.device | None = None) -> torch.dty
     if choice != "auto":
         return pick_dtype(choice, device)
     device = device or torch_device()
-    try:
-        import comfy.model_management as mm
-
-        return mm.vae_dtype(device=device)
-    except Exception:
-        return torch.float32
+    mm = _model_management()
+    return torch.float32 if mm is None else mm.vae_dtype(device=device)
 
 
 def operations(dtype: torch.dtype | None = None):
@@ -160,23 +175,21 @@ def operations(dtype: torch.dtype | None = None):
     --novram, little free VRAM), leaving the rest on the offload device and casting those weights
     per forward. Without ComfyUI: None, i.e. the library's torch.nn.
     """
-    try:
-        import comfy.ops
-    except Exception:
+    ops = comfy_module("comfy.ops")
+    if ops is None:
         return None
-    try:
-        return comfy.ops.pick_operations(dtype, dtype, load_device=torch_device())
-    except Exception:
-        return comfy.ops.disable_weight_init
+    return ops.pick_operations(dtype, dtype, load_device=torch_device())
 
 
 class ManagedModule:
     """An nn.Module that ComfyUI loads onto its device and offloads like its own models.
 
-    With ComfyUI it gets a ModelPatcher, and only ComfyUI moves its weights (fully, or partially
-    for modules built from :func:`operations`). Without ComfyUI it is simply moved to the torch
-    device when used. ``load_device``/``offload_device`` default to the UNet's (a VAE passes the
-    VAE's, which --cpu-vae etc. may change).
+    With ComfyUI it gets the patcher ComfyUI's own loaders use (``CoreModelPatcher``: the
+    DynamicVRAM ``ModelPatcherDynamic`` where main.py turned DynamicVRAM on, else ModelPatcher;
+    hosts before 0.16 have only ModelPatcher), and only ComfyUI moves its weights (fully,
+    partially, or streamed per layer, for modules built from :func:`operations`). Without ComfyUI
+    it is simply moved to the torch device when used. ``load_device``/``offload_device`` default
+    to the UNet's (a VAE passes the VAE's, which --cpu-vae etc. may change).
     """
 
     def __init__(self, module: torch.nn.Module, *, load_device: torch.device | None = None,
@@ -190,11 +203,11 @@ class ManagedModule:
         params = next(module.parameters(), None)
         if params is not None:
             apply_layout(module, host_layout(params.dtype, load_device or torch_device()))
-        with contextlib.suppress(Exception):
-            import comfy.model_patcher
-
-            self.patcher = comfy.model_patcher.ModelPatcher(
-                module, load_device=load_device or torch_device(), offload_device=offload_device or _default_offload_device())
+        patching = comfy_module("comfy.model_patcher")
+        if patching is not None:
+            patcher = getattr(patching, "CoreModelPatcher", patching.ModelPatcher)
+            self.patcher = patcher(module, load_device=load_device or torch_device(),
+                                   offload_device=offload_device or _default_offload_device())
 
     @property
     def device(self) -> torch.device:
@@ -219,9 +232,7 @@ def load_to_device(managed: list[ManagedModule], memory_required: int = 0) -> to
     """
     patchers = [m.patcher for m in managed if m.patcher is not None]
     if patchers:
-        import comfy.model_management as mm
-
-        mm.load_models_gpu(patchers, memory_required=memory_required)
+        _model_management().load_models_gpu(patchers, memory_required=memory_required)
     devices = {p.load_device for p in patchers}
     device = devices.pop() if len(devices) == 1 else torch_device()
     for m in managed:
@@ -231,20 +242,15 @@ def load_to_device(managed: list[ManagedModule], memory_required: int = 0) -> to
 
 
 def soft_empty_cache() -> None:
-    with contextlib.suppress(Exception):
-        import comfy.model_management as mm
-
+    mm = _model_management()
+    if mm is not None:
         mm.soft_empty_cache()
 
 
 def is_oom(err: BaseException) -> bool:
-    try:
-        import comfy.model_management as mm
-
-        if isinstance(err, mm.OOM_EXCEPTION):
-            return True
-    except Exception:
-        pass
+    mm = _model_management()
+    if mm is not None and isinstance(err, mm.OOM_EXCEPTION):
+        return True
     return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
@@ -277,11 +283,9 @@ def retry_smaller_on_oom(run, size: int, *, floor: int, what: str, unit: str = "
 
 def check_interrupt() -> None:
     """Raises ComfyUI's InterruptProcessingException when the user pressed Cancel."""
-    try:
-        import comfy.model_management as mm
-    except Exception:
-        return
-    mm.throw_exception_if_processing_interrupted()
+    mm = _model_management()
+    if mm is not None:
+        mm.throw_exception_if_processing_interrupted()
 
 
 class Progress:
@@ -289,10 +293,9 @@ class Progress:
 
     def __init__(self, total: int):
         self.total, self.done, self.bar = max(1, total), 0, None
-        with contextlib.suppress(Exception):
-            import comfy.utils
-
-            self.bar = comfy.utils.ProgressBar(self.total)
+        utils = comfy_module("comfy.utils")
+        if utils is not None:
+            self.bar = utils.ProgressBar(self.total)
 
     def update(self, n: int = 1, preview=None) -> None:
         check_interrupt()
@@ -309,12 +312,12 @@ class Progress:
 
 def latent_preview(latent: torch.Tensor, max_size: int = 512):
     """A cheap RGB preview of an (unscaled or scaled) SD latent, in ComfyUI's preview format."""
-    try:
-        from comfy.latent_formats import SD15
-        from PIL import Image
-    except Exception:
+    formats = comfy_module("comfy.latent_formats")
+    if formats is None:
         return None
-    factors = torch.tensor(SD15().latent_rgb_factors, dtype=torch.float32)
+    from PIL import Image
+
+    factors = torch.tensor(formats.SD15().latent_rgb_factors, dtype=torch.float32)
     rgb = torch.einsum("chw,cr->hwr", latent[0].float().cpu(), factors)
     rgb = ((rgb + 1) / 2).clamp(0, 1).mul(255).byte().numpy()
     return ("JPEG", Image.fromarray(rgb), max_size)

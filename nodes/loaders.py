@@ -54,10 +54,13 @@ class AddSRModelLoader:
                 "family": (list(FAMILY_CHOICES), {"default": "auto",
                     "tooltip": "AddSR or SeeSR weights (same layout). auto: the packed file's metadata, else "
                                "'seesr' in the name, else AddSR."}),
+                "compile": (["off", "inductor"], {"default": "off",
+                    "tooltip": "torch.compile the UNet and ControlNet. The first run of each tile size compiles "
+                               "(minutes on a CPU); it pays only over many images of one size. Off by default."}),
             },
         }
 
-    def load(self, model, dtype="auto", family="auto"):
+    def load(self, model, dtype="auto", family="auto", compile="off"):
         from addsr_core.loading.family import resolve_family
         from addsr_core.loading.pack import load_addsr
 
@@ -68,6 +71,10 @@ class AddSRModelLoader:
         # Built from ComfyUI's layer classes (comfy_bridge.operations) so its ModelPatcher can load them partially.
         unet, controlnet = load_addsr(path, dtype=torch_dtype, device=comfy_bridge.offload_device(),
                                       operations=comfy_bridge.operations(torch_dtype))
+        # No freezing here: ComfyUI moves and casts the weights, which freezing would bake into the graph.
+        from addsr_core.compiling import compile_network
+
+        unet, controlnet = compile_network(unet, compile), compile_network(controlnet, compile)
         return (AddSRModel(comfy_bridge.ManagedModule(unet), comfy_bridge.ManagedModule(controlnet), model, family),)
 
 

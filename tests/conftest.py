@@ -16,6 +16,7 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 def pytest_configure(config):
     config.addinivalue_line("markers", "comfyui: needs a real ComfyUI checkout in COMFYUI_PATH")
     config.addinivalue_line("markers", "slow: builds full-size networks or runs long loops")
+    config.addinivalue_line("markers", "dynamic_vram: needs a ComfyUI with DynamicVRAM (0.16 or later, e.g. 0.33.0)")
 
 
 def assert_matches(ours: torch.Tensor, expected: torch.Tensor, tol: float = TOL, name: str = "tensor"):

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from comfy_host.fixtures import COMFYUI_PATH, requires_comfyui
-from comfy_host.server import STUBS, needs_torchvision_stub
+from comfy_host.server import stub_paths
 
 pytestmark = [pytest.mark.comfyui, requires_comfyui]
 SCRIPT = Path(__file__).parent / "comfy_host" / "lowvram.py"
@@ -27,8 +27,7 @@ SCRIPT = Path(__file__).parent / "comfy_host" / "lowvram.py"
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     env = dict(os.environ)
-    if needs_torchvision_stub(sys.executable):
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(STUBS), env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join([*stub_paths(sys.executable), *filter(None, [env.get("PYTHONPATH")])])
     work = tmp_path_factory.mktemp("lowvram")
     done = subprocess.run([sys.executable, str(SCRIPT), COMFYUI_PATH, str(work)], env=env, capture_output=True,
                           text=True, timeout=900)

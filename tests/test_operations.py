@@ -2,7 +2,9 @@
 
 Without ComfyUI: a stand-in namespace shaped like ``comfy.ops.disable_weight_init`` (subclasses of
 torch.nn's layers that, when flagged, cast their weights to the input per forward) must give the
-same state-dict keys, shapes and outputs as torch.nn, bit for bit, also with the casting on.
+same state-dict keys, shapes and outputs as torch.nn, bit for bit, also with the casting on. A
+second stand-in builds its Linear layers without weights until they are loaded, as ComfyUI's do
+under DynamicVRAM: the strict loader still knows every key, loads them, and the outputs are the same.
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from addsr_core.loading import CheckpointError, assign_state_dict
+from addsr_core.loading.io import expected_layout
 from addsr_core.models import AutoencoderKL, ControlNetModel, UNet2DConditionModel, UNetConfig, VAEConfig
 from addsr_core.models.operations import compute_device, resolve_operations
 from addsr_core.ram.model import RAM
@@ -59,6 +63,28 @@ class StandInOps:
             if not self.cast_weights:
                 return super().forward(x)
             return F.layer_norm(x, self.normalized_shape, *self._wb(x), self.eps)
+
+
+class LazyStandInOps(StandInOps):
+    """Linear layers hold no weight or bias until ``load_state_dict`` (ComfyUI's comfy.ops under
+    DynamicVRAM, ``comfy.memory_management.aimdo_enabled``): not even on the meta device."""
+
+    class Linear(StandInOps.Linear):
+        def __init__(self, in_features, out_features, bias=True, device=None, dtype=None):
+            nn.Module.__init__(self)
+            self.in_features, self.out_features = in_features, out_features
+            self.weight = self.bias = None
+            self.comfy_need_lazy_init_bias = bias
+
+        def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                  error_msgs):
+            for key in ("weight", "bias"):
+                if prefix + key in state_dict:
+                    setattr(self, key, nn.Parameter(state_dict[prefix + key], requires_grad=False))
+                elif key == "weight" or self.comfy_need_lazy_init_bias:
+                    missing_keys.append(prefix + key)
+            unexpected_keys += [k for k in state_dict if k.startswith(prefix) and k[len(prefix):].count(".") == 0
+                                and k[len(prefix):] not in ("weight", "bias")]
 
 
 def _unet_config(raw):
@@ -155,3 +181,42 @@ def test_compute_device_prefers_the_recorded_load_device():
     assert compute_device(lin) == torch.device("cpu")
     lin.device = torch.device("meta")  # what ComfyUI's ModelPatcher records on load
     assert compute_device(lin) == torch.device("meta")
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_networks_built_without_linear_weights_load_strictly_and_give_the_same_outputs(name):
+    reference = _randomised(BUILDERS[name](None).eval(), 0)
+    if name == "ram":
+        reference.rebuild_buffers()
+    sd = reference.state_dict()
+    with torch.device("meta"):
+        lazy = BUILDERS[name](LazyStandInOps)
+    unbuilt = [m for m in lazy.modules() if isinstance(m, LazyStandInOps.Linear)]
+    assert unbuilt and all(m.weight is None for m in unbuilt)
+    assert set(lazy.state_dict()) < set(sd), "the lazy layers' keys are not in state_dict() before loading"
+    assert expected_layout(lazy) == {k: tuple(v.shape) for k, v in sd.items()}
+
+    if name == "ram":  # as build_ram does: the geometry buffers first, then the weights
+        lazy.rebuild_buffers(torch.device("cpu"))
+    assign_state_dict(lazy, dict(sd), family=name, source="memory")
+    assert all(m.weight is not None for m in unbuilt)
+    run = _inputs(name, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert _same(run(lazy.eval()), run(reference))
+
+
+def test_a_lazily_built_network_still_names_every_missing_and_misshapen_key():
+    sd = BUILDERS["unet"](None).state_dict()
+    linear = next(k for k in sd if k.endswith("to_q.weight"))
+    bias = next(k for k in sd if k.endswith("proj_in.bias"))
+    broken = {k: v for k, v in sd.items() if k != linear}
+    broken[bias] = torch.zeros(3)
+    broken["extra.weight"] = torch.zeros(1)
+    with torch.device("meta"):
+        lazy = BUILDERS["unet"](LazyStandInOps)
+    with pytest.raises(CheckpointError) as err:
+        assign_state_dict(lazy, broken, family="AddSR UNet", source="unet.safetensors")
+    message = str(err.value)
+    assert "Missing 1 keys" in message and linear in message
+    assert "Unexpected 1 keys" in message and "extra.weight" in message
+    assert f"{bias}: file (3,) vs model" in message

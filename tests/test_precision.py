@@ -38,7 +38,7 @@ def test_auto_is_bf16_channels_last_on_cpus_with_native_bf16(cpu_with, flag):
 
 def test_auto_is_fp32_where_bf16_would_be_emulated(cpu_with):
     cpu_with("avx", "avx2", "fma")  # e.g. an AVX2-only AMD EPYC: bf16 matmuls ~180x slower than fp32
-    # fp32, with only the VAE NHWC (faster and lighter there in fp32 too: measured, README)
+    # fp32, with only the VAE NHWC (faster and lighter there in fp32 too: measured, docs/performance.md)
     assert auto_precision(torch.device("cpu")) == Precision(torch.float32, channels_last=False, vae_channels_last=True)
     assert auto_precision(torch.device("cpu")).name == "fp32+vae_channels_last"
     cpu_with("avx512_bf16", mkldnn_bf16=False)  # the flag alone is not enough: oneDNN must use it

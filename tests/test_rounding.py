@@ -52,7 +52,7 @@ def test_the_default_float_route_differs_by_at_most_a_few_levels(name):
     official_png = color_fix_uint8(expected["image_uint8"].numpy(), inputs["cond_image_uint8"].numpy(), "adain")
     ours = _as_png(finish(decoded, cond, FinishOptions(color_fix="adain")))
     diff = ours.astype(int) - official_png.astype(int)
-    assert 0 < np.abs(diff).max() <= 2  # a different route, documented in README
+    assert 0 < np.abs(diff).max() <= 2  # a different route, documented in docs/differences.md
     assert diff.mean() > 0  # truncation makes the official PNG darker
 
 

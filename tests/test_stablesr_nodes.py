@@ -122,8 +122,9 @@ def test_sampler_and_decode_equal_the_core_pipeline_for_a_batch(loaded):
     model, cfw = loaded
     image, positive = lr_image(batch=2, h=12, w=16), conditioning(1)
     (latent,) = StableSRSampler().sample(model, cfw, image, positive, seed=3, steps=1, scale=4.0, min_size=64)
-    # 4x = 48x64 px has a short side < 64: enlarged x64/12 to 64x85, padded to 64x96 (official)
-    assert latent["samples"].shape == (2, 4, 8, 12) and torch.isfinite(latent["samples"]).all()
+    # 4x = 48x64 px has a short side < 64: enlarged x64/12 to 64x85, padded to 96x96 (official: 85 is no
+    # multiple of 32, so each side goes to the next multiple above it and 64 gets 32 more)
+    assert latent["samples"].shape == (2, 4, 12, 12) and torch.isfinite(latent["samples"]).all()
     assert latent["stablesr"]["upscaled_hw"] == (64, 85) and latent["stablesr"]["output_hw"] == (48, 64)
     (out,) = StableSRCFWDecode().decode(latent, cfw, fidelity=0.5, color_fix="adain")
     assert out.shape == (2, 48, 64, 3) and 0 <= out.min() and out.max() <= 1

@@ -11,10 +11,11 @@ from addsr_core.stablesr.tiny import TINY_CONTEXT_DIM, tiny_cfw, tiny_stablesr
 def test_prepare_follows_the_official_tile_script():
     lr = torch.rand(1, 3, 10, 13, generator=torch.Generator().manual_seed(0))
     prepared = prepare_lr(lr, StableSROptions(scale=4, input_size=64, tile_overlap=4))
-    # factor max(64/10, 4) = 6.4 -> 64 x 83, reflect-padded to a multiple of 32
+    # factor max(64/10, 4) = 6.4 -> 64 x 83; 83 is no multiple of 32, so both sides are reflect-padded to
+    # the next multiple of 32 above them: 64 gets 32 more (the script's ((h // 32) + 1) * 32 - h)
     assert prepared.upscaled_hw == (64, 83) and prepared.output_hw == (40, 52)
     up = F.interpolate(lr * 2 - 1, size=(64, 83), mode="bicubic").clamp(-1, 1)
-    assert torch.equal(prepared.image, F.pad(up, (0, 13, 0, 0), mode="reflect"))
+    assert torch.equal(prepared.image, F.pad(up, (0, 13, 0, 32), mode="reflect"))
     prepared = prepare_lr(torch.rand(1, 3, 200, 160), StableSROptions())
     assert prepared.upscaled_hw == (800, 640) and tuple(prepared.image.shape[-2:]) == (800, 640)
 

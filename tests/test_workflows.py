@@ -2,10 +2,12 @@
 and that they run end to end.
 
 Offline, core nodes are checked against tests/comfy_host/core_object_info.json (recorded from
-ComfyUI 0.3.64 / frontend 1.27.10 by tools/snapshot_object_info.py) and our nodes against the pack's
-own classes; then each graph is executed in this process (execute_api_prompt) on tiny seeded
-checkpoints, with stand-ins for the core nodes. With COMFYUI_PATH set, the same checks run against
-the live server's /object_info, and each workflow is queued through the HTTP API on tiny checkpoints.
+ComfyUI 0.3.64 / frontend 1.27.10, the oldest supported host, by tools/snapshot_object_info.py; the
+workflows are built from it, so they use only what every supported host has) and our nodes against
+the pack's own classes; then each graph is executed in this process (execute_api_prompt) on tiny
+seeded checkpoints, with stand-ins for the core nodes. With COMFYUI_PATH set, the same checks run
+against the live server's /object_info, each workflow is queued through the HTTP API on tiny
+checkpoints, and again with DynamicVRAM switched on (0.33: the same images).
 """
 import json
 import sys
@@ -16,7 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
-from comfy_host.fixtures import comfy, comfy_server, requires_comfyui  # noqa: F401
+from comfy_host.fixtures import comfy, comfy_server, dynamic_vram_server, requires_comfyui  # noqa: F401
+from comfy_host.inputs import lr_photo, shrink_for_cpu
 from comfy_host.models import COMFYUI, INPROCESS, LOADERS, UnsupportedLoaderError, install_tiny_models
 from comfy_host.pack import load_pack
 from comfy_host.standins import core_standins, saved_files
@@ -203,39 +206,12 @@ def test_standins_match_the_core_definitions(tmp_path, offline_definitions):
 # Running the graphs
 
 
-def lr_photo(width: int, height: int) -> Image.Image:
-    """A real photo (skimage's astronaut), degraded: a face crop shrunk to width x height."""
-    from skimage import data
-
-    photo = Image.fromarray(data.astronaut())
-    return photo.crop((120, 20, 340, 220)).resize((width, height), Image.BICUBIC)
-
-
-def shrink_for_cpu(prompt: dict, min_tile: bool) -> dict:
-    """Same graph, CPU-sized: no enlarging of small inputs, 2 steps for samplers shipped with more
-    than 4 (AddSR ships 1-4 and keeps them), and (optionally) the smallest tiles, so a small image
-    still crosses tile borders. Everything else stays as shipped."""
-    for node in prompt.values():
-        inputs = node["inputs"]
-        if "min_size" in inputs:
-            inputs["min_size"] = 64
-        if isinstance(inputs.get("steps"), int) and inputs["steps"] > 4:
-            inputs["steps"] = 2
-        if min_tile:
-            for key in ("tile_size", "vae_tile_size"):
-                if key in inputs and not isinstance(inputs[key], list):
-                    inputs[key] = 256
-            if "tile_overlap" in inputs:
-                inputs["tile_overlap"] = 64
-    return prompt
-
-
 def check_outputs(files_by_node: dict, workflow: dict, lr: Image.Image, scale: int = 4) -> None:
     lr_array = np.asarray(lr.convert("RGB"), dtype=np.float64) / 255
     expected = (lr.width * scale, lr.height * scale)
     saves = [str(n["id"]) for n in workflow["nodes"] if n["type"] == "SaveImage"]
     previews = [str(n["id"]) for n in workflow["nodes"] if n["type"] == "PreviewImage"]
-    assert saves and previews
+    assert saves
     for node_id in saves + previews:
         files = files_by_node.get(node_id)
         assert files, f"node {node_id} saved nothing"
@@ -314,39 +290,81 @@ def test_workflow_matches_the_live_server(path, comfy):
     assert check_workflow(workflow, object_info, ignore_choices_for=FILE_INPUTS) == []
 
 
-@pytest.mark.comfyui
-@requires_comfyui
-@pytest.mark.parametrize("path", workflow_params)
-def test_workflow_runs_on_the_live_server(path, comfy, comfy_server):
-    """Tiny checkpoints in the server's models folder (an SD2 checkpoint ComfyUI detects as SD 2),
-    the workflow queued through /prompt as the frontend would, the saved PNGs checked."""
+_live_runs: dict = {}
+
+
+def live_run(server, path: Path) -> dict:
+    """``path`` queued on ``server`` as the frontend would, on tiny checkpoints in its models folder (an
+    SD2 checkpoint ComfyUI detects as SD 2) and a small LR: ``{"files": {node id: [png]}, "pixels":
+    {node id: [uint8 arrays]}, "lr": image}``. Run once per server and workflow (a cache: any test may
+    be the first to ask)."""
+    key = (str(server.root), path.name)
+    if key in _live_runs:
+        return _live_runs[key]
+    comfy = server.client
     workflow = load_ui_workflow(path)
-    install_tiny_models(comfy_server.models_dir, workflow, target=COMFYUI)
+    install_tiny_models(server.models_dir, workflow, target=COMFYUI)
     lr = lr_photo(40, 32)  # 4x: 160 x 128; small (the SD2 VAE is full size), but deep enough for every UNet
     for node in workflow["nodes"]:
         if node["type"] == "LoadImage":
-            lr.save(comfy_server.input_dir / node["widgets_values"][0])
+            lr.save(server.input_dir / node["widgets_values"][0])
     object_info = comfy.object_info()  # now lists the installed files
     assert check_workflow(workflow, object_info) == [], "installed names do not match the widgets"
+    prompt = shrink_for_cpu(ui_to_api_prompt(workflow, object_info), min_tile=False)
+    entry = comfy.run(prompt, workflow=workflow, timeout=900)
+    files = {node_id: comfy.output_files({"outputs": {node_id: output}})
+             for node_id, output in (entry.get("outputs") or {}).items()}
+    pixels = {}
+    for node_id, paths in files.items():
+        pixels[node_id] = []
+        for png_path in paths:
+            with Image.open(png_path) as png:
+                pixels[node_id].append(np.asarray(png.convert("RGB")))
+    _live_runs[key] = {"files": files, "pixels": pixels, "lr": lr}
+    return _live_runs[key]
+
+
+@pytest.mark.comfyui
+@requires_comfyui
+@pytest.mark.parametrize("path", workflow_params)
+def test_workflow_runs_on_the_live_server(path, comfy_server):
+    """The saved PNGs have the right size and colours, and carry the UI workflow; and every
+    properties.models entry is what the frontend's missing-models check can find once installed."""
+    workflow = load_ui_workflow(path)
+    run = live_run(comfy_server, path)
+    check_outputs(run["files"], workflow, run["lr"])
+    save = next(str(n["id"]) for n in workflow["nodes"] if n["type"] == "SaveImage")
+    with Image.open(run["files"][save][0]) as png:
+        embedded = json.loads(png.text["workflow"])  # the UI workflow travels inside the PNG
+    assert embedded["id"] == workflow["id"] and len(embedded["nodes"]) == len(workflow["nodes"])
     # The frontend's missing-models check: each properties.models entry names a folder the server
     # knows (/experiment/models) and, once installed, a file it lists there by that exact name.
+    comfy = comfy_server.client
     folders = {f["name"] for f in comfy.get_json("/experiment/models")}
     for node in workflow["nodes"]:
         for entry in node.get("properties", {}).get("models", []):
             assert entry["directory"] in folders, entry
             listed = {f["name"] for f in comfy.get_json(f"/experiment/models/{entry['directory']}")}
             assert entry["name"] in listed, f"the frontend would still report {entry['name']} missing"
-    prompt = shrink_for_cpu(ui_to_api_prompt(workflow, object_info), min_tile=False)
-    entry = comfy.run(prompt, workflow=workflow, timeout=900)
 
-    files = {}
-    for node_id, output in (entry.get("outputs") or {}).items():
-        files[node_id] = comfy.output_files({"outputs": {node_id: output}})
-    check_outputs(files, workflow, lr)
-    save = next(str(n["id"]) for n in workflow["nodes"] if n["type"] == "SaveImage")
-    with Image.open(files[save][0]) as png:
-        embedded = json.loads(png.text["workflow"])  # the UI workflow travels inside the PNG
-    assert embedded["id"] == workflow["id"] and len(embedded["nodes"]) == len(workflow["nodes"])
+
+@pytest.mark.comfyui
+@pytest.mark.dynamic_vram
+@requires_comfyui
+@pytest.mark.parametrize("path", workflow_params)
+def test_workflow_gives_the_same_image_under_dynamic_vram(path, comfy_server, dynamic_vram_server):
+    """DynamicVRAM on, as on an NVIDIA GPU (every loader builds its Linear layers without weights until
+    they load): the workflow runs, and every image it saves or previews is the flag-off image, bit for bit."""
+    workflow = load_ui_workflow(path)
+    dynamic = live_run(dynamic_vram_server, path)
+    check_outputs(dynamic["files"], workflow, dynamic["lr"])
+    plain = live_run(comfy_server, path)
+    assert dynamic["pixels"].keys() == plain["pixels"].keys()
+    for node_id, images in plain["pixels"].items():
+        assert len(dynamic["pixels"][node_id]) == len(images)
+        for ours, theirs in zip(dynamic["pixels"][node_id], images):
+            assert ours.shape == theirs.shape and np.array_equal(ours, theirs), \
+                f"node {node_id}: {(ours != theirs).mean():.1%} of the values differ with DynamicVRAM on"
 
 
 def _run_in_process(path: Path, lr: Image.Image, tmp_path: Path, models_root: Path, monkeypatch) -> dict:

@@ -52,24 +52,21 @@ def addsr_vs_seesr(bw) -> dict:
                                                     titles=("AddSR: Tiled VAE Decode", "AddSR: Finish"))
     seesr_decode, seesr_fix = bw._decode_and_finish(b, loaded, seesr, encode, 1024,
                                                     titles=("SeeSR: Tiled VAE Decode", "SeeSR: Finish"))
-    addsr_preview = b.add("PreviewImage", title="AddSR, 4 steps")
-    seesr_preview = b.add("PreviewImage", title="SeeSR, 50 steps")
-    batch = b.add("ImageBatch", title="Both results (AddSR first)")
-    save = b.add("SaveImage", filename_prefix=f"AddSR/{name}")
+    # Two Save Image nodes, not one over a Batch Images: ComfyUI 0.33 marks ImageBatch deprecated.
+    addsr_save = b.add("SaveImage", title="AddSR, 4 steps", filename_prefix=f"AddSR/{name}_addsr")
+    seesr_save = b.add("SaveImage", title="SeeSR, 50 steps", filename_prefix=f"AddSR/{name}_seesr")
     about = b.note(
         "## AddSR vs SeeSR\n\nThe same low-resolution image, the same **Encode LR** bundle and the same prompts "
         "(RAM tags + AddSR's quality words, which start with SeeSR's 'clean, high-resolution, 8k') go to "
         "**AddSR** (4 steps, PSR 0.4, no CFG: the official setting) and to its 50-step teacher **SeeSR** "
         "(50 steps, CFG 5.5 with the negative prompt: the official setting). Each result is decoded and "
-        "finished (colour fix against the upscaled input, exact size).\n\nThe two previews sit side by side; *Save Image* writes both "
-        "(AddSR first). SeeSR makes 100 network calls per tile against AddSR's 4.",
+        "finished (colour fix against the upscaled input, exact size).\n\nThe two results sit side by side, each in its own "
+        "*Save Image* (files `addsr_vs_seesr_addsr_*` and `addsr_vs_seesr_seesr_*`). SeeSR makes 100 network calls per "
+        "tile against AddSR's 4.",
         title="About this workflow")
     c = b.connect
-    c(addsr_fix, "IMAGE", addsr_preview, "images")
-    c(seesr_fix, "IMAGE", seesr_preview, "images")
-    c(addsr_fix, "IMAGE", batch, "image1")
-    c(seesr_fix, "IMAGE", batch, "image2")
-    c(batch, "IMAGE", save, "images")
+    c(addsr_fix, "IMAGE", addsr_save, "images")
+    c(seesr_fix, "IMAGE", seesr_save, "images")
 
     bw._place_loaders(layout, loaded, files, seesr_model)
     layout.place(about, 0, width=420, height=260)
@@ -79,15 +76,13 @@ def addsr_vs_seesr(bw) -> dict:
         layout.place(node_id, 3)
     for node_id in (addsr_decode, addsr_fix, seesr_decode, seesr_fix):
         layout.place(node_id, 4)
-    layout.place(addsr_preview, 5, width=420, height=420)  # side by side: same row, next column
-    layout.place(seesr_preview, 6, width=420, height=420)
-    layout.place(batch, 5, width=420)
-    layout.place(save, 6, width=420, height=420)
+    layout.place(addsr_save, 5, width=420, height=420)  # side by side: same row, next column
+    layout.place(seesr_save, 6, width=420, height=420)
     layout.group("1. Input and models", [loaded.image, loaded.checkpoint, loaded.addsr, seesr_model, loaded.ram])
     layout.group("2. Prompt from RAM tags", prompts.nodes, color="#8a8")
     layout.group("3. AddSR (4 steps) and SeeSR (50 steps)", [encode, addsr, seesr], color="#b58b2a")
     layout.group("4. Decode and finish", [addsr_decode, addsr_fix, seesr_decode, seesr_fix], color="#a1309b")
-    layout.group("5. Side by side, and output", [addsr_preview, seesr_preview, batch, save], color="#444")
+    layout.group("5. Side by side, saved", [addsr_save, seesr_save], color="#444")
     return b.build_with(layout)
 
 

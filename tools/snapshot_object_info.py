@@ -19,7 +19,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from comfy_host.server import ComfyServer  # noqa: E402
 
 CORE_NODES = (
-    "LoadImage", "SaveImage", "PreviewImage", "EmptyImage", "ImageScale", "ImageScaleBy", "ImageBatch",
+    "LoadImage", "SaveImage", "PreviewImage", "EmptyImage", "ImageScale", "ImageScaleBy",
     "CheckpointLoaderSimple", "CLIPLoader", "VAELoader", "CLIPTextEncode", "ConditioningZeroOut",
     "VAEDecode", "VAEEncode", "VAEDecodeTiled", "VAEEncodeTiled", "StringConcatenate",
 )
@@ -30,11 +30,10 @@ def main(argv=None) -> int:
     parser.add_argument("comfyui_path", type=Path)
     parser.add_argument("--out", type=Path, default=REPO / "tests" / "comfy_host" / "core_object_info.json")
     args = parser.parse_args(argv)
-    version = {}
-    exec((args.comfyui_path / "comfyui_version.py").read_text(), version)
     with tempfile.TemporaryDirectory(prefix="addsr-snapshot-") as root, \
             ComfyServer(args.comfyui_path, root, link_pack=False) as server:
         info = server.client.object_info()
+        version = server.client.get_json("/system_stats")["system"]["comfyui_version"]
         frontend = next((line.split(":", 1)[1].strip() for line in server.log_text().splitlines()
                          if line.startswith("ComfyUI frontend version:")), "unknown")
     missing = [name for name in CORE_NODES if name not in info]
@@ -42,7 +41,7 @@ def main(argv=None) -> int:
         print(f"this ComfyUI lacks {missing}", file=sys.stderr)
         return 1
     snapshot = {
-        "_source": {"comfyui_version": version.get("__version__"), "frontend_version": frontend,
+        "_source": {"comfyui_version": version, "frontend_version": frontend,
                     "note": "written by tools/snapshot_object_info.py; file lists are from an empty base folder"},
         "nodes": {name: info[name] for name in CORE_NODES},
     }

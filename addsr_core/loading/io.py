@@ -199,6 +199,24 @@ def unwrap_state_dict(obj: Mapping) -> dict[str, torch.Tensor]:
     return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
 
+def expected_layout(module: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Every key a strict load of ``module`` needs, with its shape, read off the layers themselves.
+
+    Mostly what ``state_dict()`` lists. But a host may build layers without weights until they are
+    loaded (ComfyUI's ``comfy.ops`` Linear under DynamicVRAM: ``weight`` and ``bias`` are None until
+    ``load_state_dict``), and ``state_dict()`` leaves those out; their shapes come from the layer's
+    own sizes.
+    """
+    layout = {k: tuple(v.shape) for k, v in module.state_dict(keep_vars=True).items()}
+    for name, layer in module.named_modules():
+        if isinstance(layer, nn.Linear) and layer.weight is None:
+            prefix = f"{name}." if name else ""
+            layout[prefix + "weight"] = (layer.out_features, layer.in_features)
+            if getattr(layer, "comfy_need_lazy_init_bias", False):
+                layout[prefix + "bias"] = (layer.out_features,)
+    return layout
+
+
 def check_state_dict(
     module: nn.Module,
     state_dict: Mapping[str, torch.Tensor],
@@ -208,7 +226,7 @@ def check_state_dict(
     ignore_unexpected: Iterable[str] = (),
 ) -> None:
     """Raise a CheckpointError naming every missing, unexpected or misshapen key."""
-    expected = {k: tuple(v.shape) for k, v in module.state_dict(keep_vars=True).items()}
+    expected = expected_layout(module)
     ignore = tuple(ignore_unexpected)
     got = {k: tuple(v.shape) for k, v in state_dict.items() if not (ignore and k.startswith(ignore))}
     missing = expected.keys() - got.keys()
@@ -253,8 +271,12 @@ def assign_state_dict(
             tensor = tensor.to(device)
         converted[key] = tensor
     module.load_state_dict(converted, strict=True, assign=True)
-    # Non-persistent buffers built on meta (if any) must be materialised by the module itself.
-    for name, buf in module.named_buffers():
-        if buf.is_meta:
-            raise CheckpointError(f"internal: buffer {name} of {family} stayed on the meta device")
+    # Non-persistent buffers built on meta (if any) must be materialised by the module itself, and
+    # layers built without weights (see expected_layout) must have received theirs.
+    for name, tensor in [*module.named_buffers(), *module.named_parameters()]:
+        if tensor.is_meta:
+            raise CheckpointError(f"internal: {name} of {family} stayed on the meta device")
+    unloaded = sorted(set(expected_layout(module)) - set(module.state_dict(keep_vars=True)))
+    if unloaded:
+        raise CheckpointError(f"internal: {family} layers got no weights: {unloaded[:5]}")
     return module

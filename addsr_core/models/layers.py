@@ -201,7 +201,10 @@ class Transformer2DModel(nn.Module):
         for block in self.transformer_blocks:
             x = block(x, context)
         x = self.proj_out(x).reshape(b, h, w, c).permute(0, 3, 1, 2)
-        return x + residual
+        # The residual goes first: an add's output takes its first input's layout, so the block's
+        # output keeps the input's memory format. ``x + residual`` made every map after the first
+        # attention NHWC under NCHW weights, and each conv then copied its weight per call.
+        return residual + x
 
 
 class SpatialSelfAttention(nn.Module):
@@ -221,4 +224,4 @@ class SpatialSelfAttention(nn.Module):
         q, k, v = (m(t)[:, None] for m in (self.to_q, self.to_k, self.to_v))
         out = F.scaled_dot_product_attention(q, k, v)[:, 0]
         out = self.to_out[1](self.to_out[0](out))
-        return out.transpose(1, 2).reshape(b, c, h, w) + x
+        return x + out.transpose(1, 2).reshape(b, c, h, w)  # x first: the output keeps x's layout

@@ -23,7 +23,7 @@ from typing import Mapping
 import torch
 
 from ..loading.identify import describe_checkpoint
-from ..loading.io import SAFETENSORS_SUFFIXES, CheckpointError, assign_state_dict, open_safetensors
+from ..loading.io import SAFETENSORS_SUFFIXES, CheckpointError, assign_state_dict, expected_layout, open_safetensors
 from ..loading.keymaps import LDM_VAE_PREFIX, ldm_vae_to_diffusers, looks_like_ldm_vae, rename_legacy_vae_keys
 from ..loading.keymaps_unet import LDM_UNET_PREFIX, ldm_unet_to_diffusers
 from ..loading.models import infer_vae_config, read_diffusers_folder
@@ -209,7 +209,7 @@ def infer_stablesr_config(
     for config in candidates:
         try:
             with torch.device("meta"):
-                expected = {k: tuple(v.shape) for k, v in StableSRModel(config).state_dict().items()}
+                expected = expected_layout(StableSRModel(config))
         except (ValueError, IndexError, RuntimeError):  # a reading that does not build
             continue
         if expected == shapes:

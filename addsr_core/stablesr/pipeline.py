@@ -1,7 +1,8 @@
 """The whole StableSR upscale, following the official ``sr_val_ddpm_text_T_vqganfin_oldcanvas_tile.py``.
 
 1. ``prepare_lr``: bicubic-upscale the LR (in [-1,1], no antialias) by ``max(input_size / short
-   side, scale)``, clamp, reflect-pad bottom/right to a multiple of 32.
+   side, scale)``, clamp; unless both sides are multiples of 32, reflect-pad bottom/right to the
+   next multiple of 32 ABOVE each side (the official rule: a side that already is a multiple gets 32 more).
 2. Images larger than ``image_tile_px`` are cut into official pixel tiles (1280 px, stride 1000,
    Gaussian-blended, the same seed for every tile); each tile is upscaled on its own by
    ``upscale_tile``:
@@ -12,9 +13,14 @@
 3. ``finish``: to [0,1], crop the padding, and resize to ``scale x`` the LR when the upscale
    factor was raised to reach ``input_size``.
 
-Deviation: the official script resizes before removing the padding (so padded borders survive
-for small inputs); we crop first and return exactly ``int(h*scale) x int(w*scale)``. A pixel tile
-is clamped to the image (the official weights crash when only one side exceeds the tile).
+Deviation: when the upscale factor was raised to reach ``input_size``, the official script resizes
+the PADDED result by ``scale / factor`` and then crops it to the unpadded size of the larger,
+pre-resize image: its output is the top-left corner of the resized padded image, padding included,
+of ``min(int(h*factor), int(Hp*scale/factor))`` rows (a 12x13 LR at scale 4 with input_size 64 gives
+64x69 instead of 48x52). We crop first and return exactly ``int(h*scale) x int(w*scale)``;
+``official_finish=True`` reproduces the official image (tested against the official script in
+tests/test_stablesr_parity.py). A pixel tile is clamped to the image (the official weights crash when only one side exceeds the tile), and
+a side too short to reflect its padding is padded by replication (the official pad raises).
 """
 from __future__ import annotations
 
@@ -54,6 +60,7 @@ class StableSROptions:
     guidance_scale: float = 1.0
     image_tile_px: int = 1280  # official --vqgantile_size
     image_tile_stride_px: int = 1000  # official --vqgantile_stride
+    official_finish: bool = False  # True: the script's resize-then-crop (padding kept, see the module docstring)
 
     def validate(self) -> None:
         if self.scale <= 0:
@@ -95,9 +102,18 @@ class StableSRModels:
 
 @dataclass
 class PreparedLR:
-    image: torch.Tensor  # [B,3,Hp,Wp] upscaled LR in [-1,1], padded to a multiple of 32
+    image: torch.Tensor  # [B,3,Hp,Wp] upscaled LR in [-1,1], padded as the official script (see prepare_lr)
     upscaled_hw: tuple  # size before padding
     output_hw: tuple  # int(h * scale), int(w * scale)
+    official_hw: tuple = ()  # the official script's resize of the PADDED image (when factor > scale), else ()
+
+
+def official_padding(h: int, w: int) -> tuple[int, int]:
+    """(bottom, right) padding of the official tile script: none when both sides are multiples of 32,
+    else each side to the next multiple of 32 above it, so a side that already is one gets 32 more."""
+    if h % PAD_MULTIPLE == 0 and w % PAD_MULTIPLE == 0:
+        return 0, 0
+    return (h // PAD_MULTIPLE + 1) * PAD_MULTIPLE - h, (w // PAD_MULTIPLE + 1) * PAD_MULTIPLE - w
 
 
 def prepare_lr(lr: torch.Tensor, options: StableSROptions) -> PreparedLR:
@@ -107,11 +123,13 @@ def prepare_lr(lr: torch.Tensor, options: StableSROptions) -> PreparedLR:
     factor = max(options.input_size / min(h, w), options.scale)
     size = (int(h * factor), int(w * factor))
     image = F.interpolate(lr.float() * 2 - 1, size=size, mode="bicubic").clamp(-1, 1)
-    pad_h, pad_w = (-size[0]) % PAD_MULTIPLE, (-size[1]) % PAD_MULTIPLE
+    pad_h, pad_w = official_padding(*size)
     if pad_h or pad_w:
         mode = "reflect" if pad_h < size[0] and pad_w < size[1] else "replicate"
         image = F.pad(image, (0, pad_w, 0, pad_h), mode=mode)
-    return PreparedLR(image, size, (int(h * options.scale), int(w * options.scale)))
+    padded = image.shape[-2:]
+    official_hw = tuple(int(n * options.scale / factor) for n in padded) if factor > options.scale else ()
+    return PreparedLR(image, size, (int(h * options.scale), int(w * options.scale)), official_hw)
 
 
 def encode_lr(vae: CFWAutoencoder, image: torch.Tensor, noise: NoiseSource) -> torch.Tensor:
@@ -200,14 +218,20 @@ def upscale(
     plan = pixel_tile_plan(height, width, options.image_tile_px, options.image_tile_stride_px)
     crop = lambda y0, x0, th, tw: run(image[..., y0 : y0 + th, x0 : x0 + tw])  # noqa: E731
     result = blend_tiles(crop, plan, device=image.device)
-    return finish(result, prepared)
+    return finish(result, prepared, official=options.official_finish)
 
 
-def finish(result: torch.Tensor, prepared: PreparedLR) -> torch.Tensor:
+def finish(result: torch.Tensor, prepared: PreparedLR, *, official: bool = False) -> torch.Tensor:
     """[-1,1] network output -> [0,1], padding removed, at exactly the output size. ``result`` is
-    the caller's own blend: in float32 it is overwritten (the same bits, no full-size copies)."""
+    the caller's own blend: in float32 it is overwritten (the same bits, no full-size copies).
+
+    ``official``: the script's order instead, resize the padded result then crop (see the module docstring)."""
     images = result.float().add_(1).div_(2).clamp_(0, 1)
+    if official and prepared.official_hw:
+        images = F.interpolate(images, size=prepared.official_hw, mode="bicubic").clamp(0, 1)
     images = images[..., : prepared.upscaled_hw[0], : prepared.upscaled_hw[1]]
+    if official:
+        return images
     if tuple(images.shape[-2:]) != tuple(prepared.output_hw):
         images = F.interpolate(images, size=prepared.output_hw, mode="bicubic").clamp(0, 1)
     return images

@@ -39,10 +39,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def needs_torchvision_stub(python: str) -> bool:
-    """True when ``import torchvision`` fails in that Python (no CPU build exists on PyPI)."""
-    probe = subprocess.run([python, "-c", "import torchvision"], capture_output=True, timeout=120)
-    return probe.returncode != 0
+STUBBED_PACKAGES = ("torchvision", "torchaudio")  # no CPU builds on PyPI; ComfyUI 0.33 imports both at start-up
+
+
+def stub_paths(python: str) -> list[str]:
+    """The PYTHONPATH entries that give ``python`` an import-only stand-in (tools/comfy_stubs) for
+    each of STUBBED_PACKAGES that does not import there; empty when all of them import."""
+    missing = [name for name in STUBBED_PACKAGES
+               if subprocess.run([python, "-c", f"import {name}"], capture_output=True, timeout=120).returncode != 0]
+    return [str(STUBS / "import_only"), *(str(STUBS / name) for name in missing)] if missing else []
 
 
 class ComfyServer:
@@ -50,7 +55,7 @@ class ComfyServer:
 
     def __init__(self, comfyui_path, root, *, python: str | None = None, port: int | None = None,
                  link_pack: bool = True, extra_custom_nodes: Iterable = (), extra_args: Iterable[str] = (),
-                 start_timeout: float = 180.0):
+                 front_end_root: str | None = None, start_timeout: float = 180.0):
         self.comfyui_path = Path(comfyui_path).resolve()
         if not (self.comfyui_path / "main.py").is_file():
             raise ComfyServerError(f"{self.comfyui_path} is not a ComfyUI checkout (no main.py); "
@@ -61,6 +66,9 @@ class ComfyServer:
         self.link_pack = link_pack
         self.extra_custom_nodes = [Path(p).resolve() for p in extra_custom_nodes]
         self.extra_args = list(extra_args)
+        # Which frontend the UI serves: COMFYUI_FRONTEND_ROOT (a comfyui_frontend_package/static folder,
+        # see tools/setup_comfyui.sh --frontend), else the one the host's Python has installed.
+        self.front_end_root = front_end_root or os.environ.get("COMFYUI_FRONTEND_ROOT") or None
         self.start_timeout = start_timeout
         self.process: subprocess.Popen | None = None
         self.log_path = self.root / "comfyui.log"
@@ -98,12 +106,13 @@ class ComfyServer:
             "--output-directory", str(self.output_dir), "--input-directory", str(self.input_dir),
             "--user-directory", str(self.base_dir / "user"), "--temp-directory", str(self.temp_parent),
             "--database-url", "sqlite:///:memory:",
+            *(["--front-end-root", self.front_end_root] if self.front_end_root else []),
             *self.extra_args,
         ]
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
-        paths = [str(STUBS)] if needs_torchvision_stub(self.python) else []
+        paths = stub_paths(self.python)
         if env.get("PYTHONPATH"):
             paths.append(env["PYTHONPATH"])
         if paths:

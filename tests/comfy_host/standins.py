@@ -100,20 +100,6 @@ def core_standins(models_dir, input_dir, output_dir, temp_dir=None) -> dict:
             x = torch.nn.functional.interpolate(image.movedim(-1, 1), size=(h, w), mode=upscale_method)
             return (x.movedim(1, -1),)
 
-    class ImageBatch:
-        RETURN_TYPES = ("IMAGE",)
-        FUNCTION = "batch"
-
-        @classmethod
-        def INPUT_TYPES(cls):
-            return {"required": {"image1": ("IMAGE",), "image2": ("IMAGE",)}}
-
-        def batch(self, image1, image2):
-            if image2.shape[1:] != image1.shape[1:]:  # ComfyUI scales image2 to image1's size
-                size = image1.shape[1:3]
-                image2 = torch.nn.functional.interpolate(image2.movedim(-1, 1), size=size, mode="bilinear").movedim(1, -1)
-            return (torch.cat((image1, image2)),)
-
     class _Saver:
         RETURN_TYPES = ()
         FUNCTION = "save_images"
@@ -157,7 +143,7 @@ def core_standins(models_dir, input_dir, output_dir, temp_dir=None) -> dict:
             return self._save(images, "ComfyUI_temp")
 
     return {cls.__name__: cls for cls in (LoadImage, CheckpointLoaderSimple, CLIPTextEncode, StringConcatenate,
-                                          ImageScaleBy, ImageBatch, SaveImage, PreviewImage)}
+                                          ImageScaleBy, SaveImage, PreviewImage)}
 
 
 def saved_files(ui: dict, output_dir, temp_dir=None) -> list[Path]:

@@ -1,0 +1,4 @@
+"""Import-only stand-in for torchvision (see tools/comfy_stubs/import_only/import_only_stub.py)."""
+from import_only_stub import make_stub
+
+make_stub(globals())
