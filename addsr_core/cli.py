@@ -49,10 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "colour fix, truncate, as the official test_addsr.py (reproduces its PNG)")
     up.add_argument("--seed", type=int, default=0)
     up.add_argument("--tile", type=int,
-                    help=f"diffusion tile size in output pixels (AddSR {DEFAULT_LATENT_TILE_PX}, SeeSR 768)")
+                    help=f"diffusion tile size in output pixels (CPU: AddSR {DEFAULT_LATENT_TILE_PX}, SeeSR 768; GPU: "
+                         "the largest that fits its free memory, at most those)")
     up.add_argument("--tile-overlap", type=int, help="diffusion tile overlap in output pixels "
                     f"(AddSR {DEFAULT_LATENT_OVERLAP_PX}, SeeSR 32; at most a third of the tile)")
-    up.add_argument("--vae-tile", type=int, default=DEFAULT_VAE_TILE_PX, help="VAE tile size in pixels")
+    up.add_argument("--vae-tile", type=int, help=f"VAE tile size in pixels (CPU: {DEFAULT_VAE_TILE_PX}; GPU: the largest "
+                                                  "that fits its free memory)")
     up.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     up.add_argument("--dtype", default="auto", choices=DTYPES)
     up.add_argument("--compile", nargs="?", const="inductor", default="off", choices=["off", "inductor", "freezing"],

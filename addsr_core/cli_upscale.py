@@ -14,7 +14,8 @@ from .seesr import pipeline as seesr
 from .cli import IMAGE_SUFFIXES, CLIError
 from .compiling import compile_models
 from .precision import apply_precision, resolve_precision
-from .pipeline import AddSRModels, UpscaleOptions, tile_overlap_px, upscale, upscale_calls
+from .pipeline import (DEFAULT_VAE_TILE_PX, AUTO, AddSRModels, UpscaleOptions, resolve_tiles, tile_overlap_px, upscale,
+                       upscale_calls)
 from .seesr.pipeline import SeeSROptions
 
 METHODS = {"addsr": addsr, "seesr": seesr}
@@ -104,7 +105,7 @@ def run_upscale(args) -> int:
     dtype = resolve_dtype(args.dtype, device)
     method = METHODS[args.method]
     who = f"rank {rank}/{world}: " if world > 1 else ""
-    options = build_options(args)
+    options = build_options(args, device)
     try:
         options.validate()
         options.sampling().validate()
@@ -126,21 +127,26 @@ def run_upscale(args) -> int:
     return 1 if failures else 0
 
 
-def build_options(args) -> UpscaleOptions:
-    """The method's options; flags left unset (None) keep the method's official default."""
+def build_options(args, device: torch.device = torch.device("cpu")) -> UpscaleOptions:
+    """The method's options; flags left unset (None) keep the method's official default. Unset tiles
+    are the measured defaults on a CPU and :data:`AUTO` on a GPU (chosen per image from its free
+    memory, :func:`~addsr_core.pipeline.resolve_tiles`)."""
     make = UpscaleOptions if args.method == "addsr" else SeeSROptions
     defaults = make()
+    gpu = torch.device(device).type == "cuda"
 
     def pick(value, default):
         return default if value is None else value
 
-    tile = pick(args.tile, defaults.latent_tile_px)
+    tile = pick(args.tile, AUTO if gpu else defaults.latent_tile_px)
+    vae_tile = pick(args.vae_tile, AUTO if gpu else DEFAULT_VAE_TILE_PX)
+    overlap = pick(args.tile_overlap, defaults.latent_overlap_px)
     common = dict(
         scale=args.scale, steps=pick(args.steps, defaults.steps), seed=args.seed,
         guidance_scale=pick(args.cfg, defaults.guidance_scale), prompt=args.prompt, negative_prompt=args.negative,
         color_fix=args.color_fix, latent_tile_px=tile,
-        latent_overlap_px=tile_overlap_px(tile, pick(args.tile_overlap, defaults.latent_overlap_px)), vae_encode_tile_px=args.vae_tile,
-        vae_decode_tile_px=args.vae_tile, use_tags=args.tag_list is not None, rounding=args.rounding,
+        latent_overlap_px=overlap if tile == AUTO else tile_overlap_px(tile, overlap), vae_encode_tile_px=vae_tile,
+        vae_decode_tile_px=vae_tile, use_tags=args.tag_list is not None, rounding=args.rounding,
     )
     if args.method == "addsr":
         return make(psr_weight=args.psr_weight, **common)
@@ -152,6 +158,7 @@ def upscale_file(models, src: Path, dst: Path, options: UpscaleOptions, device, 
 
     loaded = load_image(src)
     lr = loaded.rgb.to(device)
+    options = resolve_tiles(options, device, next(models.unet.parameters()).dtype, lr.shape[-2:])
     total = upscale_calls(options, lr.shape[-2:], method=method)
     with tqdm(total=total, desc=src.name, unit="call") as bar:
         image = upscale(models, lr, options, method=method, on_tile=lambda: bar.update(1))

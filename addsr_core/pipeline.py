@@ -21,6 +21,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from .errors import AddSRError, OptionsError
+from .memory import AUTO
 from .imaging.colorfix import COLOR_FIXES  # the one list of colour-fix names (nodes import it from here)
 from .models import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 from .addsr.sampler import AddSRSampling
@@ -40,6 +41,9 @@ ROUNDINGS = ("float", "official")
 DEFAULT_LATENT_TILE_PX = 1024
 DEFAULT_LATENT_OVERLAP_PX = 64
 DEFAULT_VAE_TILE_PX = 1024
+# A tile option set to AUTO (0) is left to the device (resolve_tiles): these defaults on a CPU, on a GPU
+# the largest tiles that fit its free memory (addsr_core.memory; docs/gpu.md).
+TILE_FIELDS = ("latent_tile_px", "vae_encode_tile_px", "vae_decode_tile_px")
 
 
 @dataclass
@@ -201,8 +205,9 @@ class UpscaleOptions:
     added_prompt: str = DEFAULT_ADDED_PROMPT
 
     def validate(self) -> None:
-        self.condition.validate()
-        self.tiling.validate()
+        resolved = resolve_tiles(self, torch.device("cpu"))  # AUTO tiles are valid; the rest as given
+        resolved.condition.validate()
+        resolved.tiling.validate()
         self.finishing.validate()
 
     @property
@@ -230,6 +235,34 @@ class UpscaleOptions:
     @property
     def finishing(self) -> FinishOptions:
         return FinishOptions(self.color_fix, self.rounding)
+
+
+def resolve_tiles(options: UpscaleOptions, device, dtype: torch.dtype = torch.float32, lr_hw=None,
+                  free_bytes: Optional[int] = None) -> UpscaleOptions:
+    """``options`` with its :data:`AUTO` tiles chosen for ``device`` (explicit tiles are kept): on a
+    CUDA device the largest that fit its free memory (``free_bytes``, default: what the device reports
+    now, networks loaded) for an ``lr_hw`` LR computed in ``dtype`` (:func:`addsr_core.memory.gpu_tiles`;
+    the diffusion tile at most the options' own default); elsewhere the options' own defaults, the
+    measured CPU tiles. An AUTO diffusion tile takes the overlap rule of :func:`tile_overlap_px`."""
+    from .memory import device_free_bytes, gpu_tiles
+
+    auto = [name for name in TILE_FIELDS if getattr(options, name) == AUTO]
+    if not auto:
+        return options
+    defaults = type(options)()
+    free = free_bytes if free_bytes is not None else device_free_bytes(torch.device(device))
+    if free is None or lr_hw is None:
+        chosen = {name: getattr(defaults, name) for name in TILE_FIELDS}
+    else:
+        from .imaging.prepare import condition_sizes
+
+        h, w = condition_sizes(lr_hw, options.scale, options.process_size)[-1]
+        chosen = dataclasses.asdict(gpu_tiles(free, dtype, h * w, max_latent_tile_px=defaults.latent_tile_px,
+                                              cfg_batch=2 if options.guidance_scale > 1 else 1))
+    changes = {name: chosen[name] for name in auto}
+    if "latent_tile_px" in changes:
+        changes["latent_overlap_px"] = tile_overlap_px(changes["latent_tile_px"], options.latent_overlap_px)
+    return dataclasses.replace(options, **changes)
 
 
 @dataclass
@@ -419,11 +452,13 @@ def upscale(models: AddSRModels, lr: torch.Tensor, options: UpscaleOptions, *, m
     """[B,3,h,w] RGB in [0,1] -> [B,3,h*scale,w*scale] in [0,1]: every stage, in order.
 
     ``method``: the family module whose ``sample`` runs (:mod:`addsr_core.addsr.pipeline` by
-    default; :mod:`addsr_core.seesr.pipeline` for SeeSR)."""
+    default; :mod:`addsr_core.seesr.pipeline` for SeeSR). :data:`AUTO` tiles are chosen here
+    (:func:`resolve_tiles`), once the networks are on their device."""
     method = method or _addsr()
     if models.text is None:
         raise AddSRError("the standalone pipeline needs a text encoder (models.text) to turn prompts into embeddings")
     options.validate()
+    options = resolve_tiles(options, models.device_of(models.unet), next(models.unet.parameters()).dtype, lr.shape[-2:])
     prompts = options.prompts
     cond = condition_from_lr(models, lr, options.condition)
     tags = tag_images(models, lr, cond) if (prompts.use_tags and models.tagger is not None) else None

@@ -325,3 +325,19 @@ def test_float32_output_is_the_blend_itself_and_the_weights_sum_per_axis(vae, sm
             plane[sy.start * 8 : sy.end * 8, sx.start * 8 : sx.end * 8] += torch.outer(f(sy), f(sx))
     separable = torch.outer(_feather_sum(ys, 8), _feather_sum(xs, 8))
     assert len(ys) > 1 and len(xs) > 1 and torch.allclose(separable, plane, atol=1e-6) and plane.min() > 0.99
+
+
+@pytest.mark.parametrize("dtype, channels_last", [(torch.float32, False), (torch.bfloat16, True)])
+def test_group_stats_a_group_at_a_time_equal_the_whole_map_statistics(dtype, channels_last):
+    """The GPU statistics pass's per-group float32 statistics: the whole map's, a group at a time."""
+    from addsr_core.imaging.tiled_vae import group_stats
+
+    gn = torch.nn.GroupNorm(8, 32)
+    x = torch.randn(2, 32, 12, 10, generator=torch.Generator().manual_seed(0)).mul(3).add(1).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    mean, var = group_stats(gn, x)
+    ref_var, ref_mean = torch.var_mean(x.float().reshape(2, 8, -1), dim=-1, unbiased=False)
+    assert mean.dtype == var.dtype == torch.float32 and mean.shape == (2, 8)
+    torch.testing.assert_close(mean, ref_mean, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(var, ref_var, rtol=1e-6, atol=1e-6)

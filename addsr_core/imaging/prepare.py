@@ -217,7 +217,7 @@ def to_uint8_round(x: torch.Tensor) -> torch.Tensor:
     Converted in strips of rows: its float temporaries are bounded (an 8K image is not copied
     four times over), the same bits as converting it whole."""
     x = x.detach()
-    out = torch.empty(x.shape, dtype=torch.uint8)
+    out = torch.empty(x.shape, dtype=torch.uint8, device="cpu")  # on the host whatever the default device
     for rows in row_strips(x.shape[-2:], UINT8_STRIP_PIXELS):
         out[..., rows, :] = x[..., rows, :].float().clamp(0.0, 1.0).mul(255).round().to(torch.uint8).cpu()
     return out.permute(0, 2, 3, 1) if out.ndim == 4 else out.permute(1, 2, 0)
@@ -351,7 +351,8 @@ def official_condition_image(
 
 def official_condition_uint8(lr: torch.Tensor, scale: int = 4, process_size: int = 512) -> torch.Tensor:
     """The official condition image as the 8-bit image it is: uint8 [B,3,H,W] (0-255) on ``lr``'s
-    device, a quarter of the float's memory; :func:`~addsr_core.precision.unit_float` gives the float, the same bits."""
+    device, a quarter of the float's memory; :func:`~addsr_core.precision.unit_float` gives the float, the same bits.
+    PIL runs on the host: a GPU ``lr`` is copied to it once (8 bits) and the result copied back."""
     _check_condition_input(lr)
     out = []
     for arr in to_uint8_round(lr).numpy():

@@ -52,6 +52,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -108,10 +109,6 @@ def _float32_at_least(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
-def _group_view(gn: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
-    return _float32_at_least(x).reshape(x.shape[0], gn.num_groups, -1)
-
-
 @contextmanager
 def _patched_forwards(patches: dict):
     """Temporarily give modules an instance-level ``forward``; restores exactly what was there."""
@@ -156,13 +153,24 @@ def _recording_norm(gn: nn.GroupNorm, stats: GroupNormStats):
                                                       gn.num_groups, gn.eps)
             stats.entries.setdefault(gn, []).append((mean.float(), (rstd.float().pow(-2) - gn.eps).clamp_min_(0)))
             return out
-        var, mean = torch.var_mean(_group_view(gn, x), dim=-1, unbiased=False)
-        stats.entries.setdefault(gn, []).append((mean.float(), var.float()))
+        mean, var = group_stats(gn, x)
+        stats.entries.setdefault(gn, []).append((mean, var))
         weight = None if gn.weight is None else gn.weight.to(x.device)
         bias = None if gn.bias is None else gn.bias.to(x.device)
         return F.group_norm(x, gn.num_groups, weight, bias, gn.eps)
 
     return forward
+
+
+def group_stats(gn: nn.GroupNorm, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample and group, (mean, biased variance) of ``x`` in float32, [B, groups] each, computed
+    a group at a time: a float32 copy of one group's channels at most, never of the whole map (a
+    half-precision map's float32 copy is twice its size; on a GPU that was the statistics pass's peak)."""
+    b, c = x.shape[:2]
+    per = c // gn.num_groups
+    parts = [torch.var_mean(_float32_at_least(x[:, g * per : (g + 1) * per]).reshape(b, -1), dim=-1, unbiased=False)
+             for g in range(gn.num_groups)]
+    return torch.stack([m for _, m in parts], 1), torch.stack([v for v, _ in parts], 1)
 
 
 def _fixed_norm(gn: nn.GroupNorm, stats: GroupNormStats):
@@ -179,10 +187,12 @@ def _fixed_norm(gn: nn.GroupNorm, stats: GroupNormStats):
         mean = mean.to(x.device).repeat_interleave(c // gn.num_groups, dim=1)  # [B, C]
         var = var.to(x.device).repeat_interleave(c // gn.num_groups, dim=1)
         weight, bias = _float32_affine(gn, x.device)
-        if x.device.type == "cpu" and b == 1 and not (mean.requires_grad or var.requires_grad):
+        if x.device.type in ("cpu", "cuda") and b == 1 and not (mean.requires_grad or var.requires_grad):
             # A per-channel normalisation with given statistics is an inference-mode batch norm: one
             # fused pass on any layout, in float32 for any input dtype (float32 statistics and affine);
-            # on a bf16 NHWC map 4.6x faster than the form below (measured on CPU, where it is used).
+            # on a bf16 NHWC map 4.6x faster than the form below (measured on CPU). On a GPU the same
+            # kernel (mixed half/float32 batch norm) spares the form below's float32 copy and float32
+            # result of every map (the fake-CUDA dry run: the tiled decode's peak, tools/gpu_dryrun.py).
             # Its statistics take no gradient: statistics recorded under autograd take the form below.
             return F.batch_norm(x, mean[0], var[0], weight, bias, False, 0.0, gn.eps)
         # ((x - mean) * rsqrt(var + eps)) * weight + bias folded into one per-channel scale and
@@ -329,15 +339,17 @@ def _outside_tokens(recorded: GlobalTokens, full_hw: tuple, box):
     local_area = max(0, y1 - y0) * max(0, x1 - x0)
     if local_area >= h * w:
         return None
+    # Index geometry on the host (numpy): no tensor op whose result size depends on values, so
+    # nothing waits on a GPU; the index goes to the keys' device once per call.
     hs, ws = recorded.grid_hw
-    cy = (torch.arange(hs, dtype=torch.float64) + 0.5) * (h / hs)
-    cx = (torch.arange(ws, dtype=torch.float64) + 0.5) * (w / ws)
+    cy = (np.arange(hs, dtype=np.float64) + 0.5) * (h / hs)
+    cx = (np.arange(ws, dtype=np.float64) + 0.5) * (w / ws)
     inside = ((cy >= y0) & (cy < y1))[:, None] & ((cx >= x0) & (cx < x1))[None, :]
-    keep = (~inside).flatten().nonzero().squeeze(1)
-    if keep.numel() == 0:
+    keep = np.flatnonzero(~inside)
+    if keep.size == 0:
         return None
-    area = (h * w - local_area) / keep.numel()
-    return keep.to(recorded.keys.device), math.log(max(area, 1e-6))
+    area = (h * w - local_area) / keep.size
+    return torch.from_numpy(keep).to(recorded.keys.device), math.log(max(area, 1e-6))
 
 
 @contextmanager

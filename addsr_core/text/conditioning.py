@@ -83,5 +83,6 @@ class TextConditioner:
 
     @torch.no_grad()
     def __call__(self, prompts: str | Sequence[str]) -> torch.Tensor:
-        """[B, 77, width] in the encoder's dtype and device."""
-        return self.text_encoder(self.tokenizer(prompts).to(self.text_encoder.device))
+        """[B, 77, width] in the encoder's dtype and device. The ids stay on the host until the
+        encoder has checked their range (no read back from a GPU)."""
+        return self.text_encoder(self.tokenizer(prompts))
