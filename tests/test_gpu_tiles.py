@@ -84,7 +84,8 @@ def test_the_cli_leaves_unset_tiles_to_a_gpu_and_keeps_the_cpu_numbers(method):
 
 
 def test_upscale_resolves_auto_tiles_to_the_same_image_as_the_defaults(tmp_path):
-    from addsr_core.addsr.tiny import load_tiny_models, write_tiny_kit
+    from addsr_core.addsr.tiny import write_tiny_kit
+    from addsr_core.selfcheck import load_tiny_models
     from addsr_core.pipeline import upscale
 
     models = load_tiny_models(write_tiny_kit(tmp_path))

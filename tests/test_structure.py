@@ -27,7 +27,7 @@ PACKAGES = ("addsr_core", "nodes", "tools")
 LAYERS = {
     "errors": 0,
     "models": 1, "compiling": 1,  # the networks and the compile switch
-    "precision": 2,  # the dtype / memory-format policy (knows the VAE class)
+    "precision": 2, "memory": 2,  # the dtype / memory-format policy (knows the VAE class); the GPU tile-size policy
     "loading": 3, "sampling": 3,  # component folders over the networks
     "ram": 4, "text": 4, "imaging": 4,  # component folders over loading / sampling
     "addsr": 5, "seesr": 5, "stablesr": 5,  # family folders: never each other
