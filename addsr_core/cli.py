@@ -6,17 +6,12 @@ import logging
 import sys
 from pathlib import Path
 
-from .errors import AddSRError
+from .cli_jobs import DTYPES, CLIError
 from .imaging.colorfix import COLOR_FIXES
-from .pipeline import DEFAULT_LATENT_OVERLAP_PX, DEFAULT_LATENT_TILE_PX, DEFAULT_VAE_TILE_PX
+from .stages import DEFAULT_LATENT_OVERLAP_PX, DEFAULT_LATENT_TILE_PX, DEFAULT_VAE_TILE_PX
 from .text.prompt import DEFAULT_NEGATIVE_PROMPT
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
-DTYPES = ("auto", "fp32", "fp16", "bf16")
-
-
-class CLIError(AddSRError):
-    """A user-facing problem: printed without a traceback, exit code 2."""
+METHODS = ("addsr", "seesr", "stablesr")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,35 +21,55 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("upscale", help="upscale an image or a folder of images")
     up.add_argument("input", type=Path, help="an image file or a folder of images")
     up.add_argument("-o", "--output", type=Path, required=True, help="output file (for one image) or folder")
-    up.add_argument("--addsr", type=Path, required=True,
-                    help="AddSR (or, with --method seesr, SeeSR) release folder (unet/, controlnet/) or packed file")
-    up.add_argument("--sd2", type=Path, required=True, help="SD2 base: diffusers folder (vae/, text_encoder/, tokenizer/) or single-file checkpoint")
-    up.add_argument("--ram", type=Path, required=True, help="ram_swin_large_14m.pth")
-    up.add_argument("--dape", type=Path, help="DAPE.pth (LoRA merged into RAM)")
-    up.add_argument("--tag-list", type=Path, help="ram_tag_list.txt, to use RAM tags in the prompt")
-    up.add_argument("--tokenizer", type=Path, help="CLIP tokenizer folder or bpe_simple_vocab_16e6.txt.gz (if not inside --sd2)")
-    up.add_argument("--scale", type=int, default=4)
-    up.add_argument("--method", default="addsr", choices=["addsr", "seesr"],
-                    help="addsr: 1-4 refining steps (default); seesr: SeeSR's 50-step DDPM with CFG 5.5")
-    up.add_argument("--steps", type=int, help="AddSR: 1-4 (default 4); SeeSR: DDPM steps (default 50)")
-    up.add_argument("--psr-weight", type=float, default=0.4, help="AddSR only")
-    up.add_argument("--cfg", type=float, help="guidance scale; > 1 enables CFG with --negative (AddSR 0, SeeSR 5.5)")
+    up.add_argument("--method", default="addsr", choices=METHODS,
+                    help="addsr: 1-4 refining steps (default); seesr: SeeSR's 50-step DDPM with CFG 5.5; "
+                         "stablesr: StableSR (200 steps, or 4 with the Turbo model) with its CFW decoder")
+    files = up.add_argument_group("files")
+    files.add_argument("--sd2", type=Path, required=True,
+                       help="SD2 base: diffusers folder (vae/, text_encoder/, tokenizer/) or single-file checkpoint "
+                            "(StableSR: the text encoder of its base, SD 2.1 or SD-Turbo)")
+    files.add_argument("--tokenizer", type=Path, help="CLIP tokenizer folder or bpe_simple_vocab_16e6.txt.gz (if not inside --sd2)")
+    files.add_argument("--addsr", type=Path,
+                       help="addsr/seesr: the AddSR (or SeeSR) release folder (unet/, controlnet/) or packed file")
+    files.add_argument("--ram", type=Path, help="addsr/seesr: ram_swin_large_14m.pth")
+    files.add_argument("--dape", type=Path, help="addsr/seesr: DAPE.pth (LoRA merged into RAM)")
+    files.add_argument("--tag-list", type=Path, help="addsr/seesr: ram_tag_list.txt, to use RAM tags in the prompt")
+    files.add_argument("--stablesr", type=Path, help="stablesr: stablesr_000117.ckpt, stablesr_768v_000139.ckpt, "
+                       "stablesr_turbo.ckpt (or their .safetensors copies), or an SR module with --base")
+    files.add_argument("--cfw", type=Path, help="stablesr: vqgan_cfw_00011.ckpt (or its .safetensors copy)")
+    files.add_argument("--base", type=Path, help="stablesr: the SD 2.x / SD-Turbo checkpoint under an SR module "
+                       "(with a full .ckpt it replaces the file's UNet)")
+    up.add_argument("--scale", type=float, default=4, help="upscale factor (AddSR/SeeSR: a whole number)")
+    up.add_argument("--steps", type=int, help="addsr: 1-4 (default 4); seesr: DDPM steps (default 50); stablesr: "
+                                              "DDPM steps (default 200; 4 for a model file named *turbo*)")
+    up.add_argument("--psr-weight", type=float, default=0.4, help="addsr only")
+    up.add_argument("--cfg", type=float, help="guidance scale; > 1 enables CFG with --negative (AddSR 0, SeeSR 5.5, StableSR 1)")
     up.add_argument("--start-point", default="lr", choices=["lr", "noise"],
-                    help="SeeSR only: start from the LR latent noised to t=999 (official) or from pure noise")
-    up.add_argument("--prompt", default="")
+                    help="seesr, stablesr: start from the LR latent noised to t=999 (official) or from pure noise")
+    up.add_argument("--prompt", default="", help="addsr/seesr: between the RAM tags and the quality words; "
+                                                 "stablesr: the whole prompt (official: empty)")
     up.add_argument("--negative", default=DEFAULT_NEGATIVE_PROMPT)
+    up.add_argument("--min-size", type=int, help="inputs whose upscaled short side is below this are enlarged to it "
+                                                  "first and resized back (AddSR/SeeSR 512; StableSR the model's, 512 or 768)")
     up.add_argument("--color-fix", default="adain", choices=COLOR_FIXES)
     up.add_argument("--rounding", default="float", choices=["float", "official"],
-                    help="float: colour fix in float, round once (default); official: round the decode to 8 bits, "
-                         "colour fix, truncate, as the official test_addsr.py (reproduces its PNG)")
+                    help="addsr/seesr: float: colour fix in float, round once (default); official: round the decode to "
+                         "8 bits, colour fix, truncate, as the official test_addsr.py (reproduces its PNG)")
+    up.add_argument("--fidelity", type=float, default=0.5, help="stablesr: the CFW weight w (0: the plain decoder, most "
+                                                                "generated detail; 1: closest to the input; official 0.5)")
+    up.add_argument("--procedure", default="official", choices=["official", "whole_latent"],
+                    help="stablesr: official: each pixel tile (--pixel-tile) upscaled on its own; whole_latent: one encode "
+                         "and one canvas sampling of the whole image, decoded in the pixel tiles (faster on large images)")
     up.add_argument("--seed", type=int, default=0)
-    up.add_argument("--tile", type=int,
-                    help=f"diffusion tile size in output pixels (CPU: AddSR {DEFAULT_LATENT_TILE_PX}, SeeSR 768; GPU: "
-                         "the largest that fits its free memory, at most those)")
-    up.add_argument("--tile-overlap", type=int, help="diffusion tile overlap in output pixels "
-                    f"(AddSR {DEFAULT_LATENT_OVERLAP_PX}, SeeSR 32; at most a third of the tile)")
-    up.add_argument("--vae-tile", type=int, help=f"VAE tile size in pixels (CPU: {DEFAULT_VAE_TILE_PX}; GPU: the largest "
-                                                  "that fits its free memory)")
+    tiles = up.add_argument_group("tiles (output pixels; 0 or unset: auto, the largest that fits a GPU's free memory, "
+                                  "the measured default on a CPU)")
+    tiles.add_argument("--tile", type=int, help=f"diffusion tile (CPU: AddSR {DEFAULT_LATENT_TILE_PX}, SeeSR 768, StableSR "
+                                                "the model's 512 or 768; on a GPU at most those)")
+    tiles.add_argument("--tile-overlap", type=int, help=f"diffusion tile overlap (AddSR {DEFAULT_LATENT_OVERLAP_PX}, "
+                                                        "SeeSR 32, StableSR 256; at most half the tile)")
+    tiles.add_argument("--vae-tile", type=int, help=f"addsr/seesr: VAE tile (CPU: {DEFAULT_VAE_TILE_PX})")
+    tiles.add_argument("--pixel-tile", type=int, help="stablesr: the official pixel tile (1280; on a GPU at most that)")
+    tiles.add_argument("--pixel-tile-overlap", type=int, help="stablesr: pixel tile overlap (official 280: stride 1000)")
     up.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     up.add_argument("--dtype", default="auto", choices=DTYPES)
     up.add_argument("--compile", nargs="?", const="inductor", default="off", choices=["off", "inductor", "freezing"],
@@ -99,8 +114,12 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "upscale" and args.method == "addsr" and args.steps not in (None, 1, 2, 3, 4):
-        parser.error(f"AddSR samples with 1 to 4 steps, got --steps {args.steps} (--method seesr takes more)")
+    if args.command == "upscale":
+        from .cli_upscale import check_method_args
+
+        problem = check_method_args(args)
+        if problem:
+            parser.error(problem)
     try:
         if args.command == "convert":
             return _convert(args)

@@ -1,10 +1,9 @@
 """The ``tag`` command: RAM tags per image as ``<stem>.txt``, the prompt files the trainer reads."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from .cli_upscale import plan_jobs, resolve_device, resolve_dtype
+from .cli_jobs import plan_jobs, resolve_device, resolve_dtype, write_atomically
 
 
 def run_tag(args) -> int:
@@ -35,7 +34,4 @@ def run_tag(args) -> int:
 
 
 def write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)  # resume never trusts a half-written file
+    write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))  # resume never trusts a half-written file

@@ -1,6 +1,6 @@
 """GPU-aware tile defaults: the largest tiles whose activations fit the GPU's free memory.
 
-On a CPU the defaults stay the measured ones (``pipeline.DEFAULT_*``). On a CUDA device a tile left to
+On a CPU the defaults stay the measured ones (``stages.DEFAULT_*``). On a CUDA device a tile left to
 the device (:data:`AUTO`) is chosen from what the device has free once the networks are loaded, and
 what one tile costs, like ComfyUI's ``memory_used_encode/decode``. The costs are linear in a tile's
 pixels (the attention runs fused: no [tokens x tokens] matrix), measured on the full-size networks on

@@ -12,7 +12,7 @@ def load_tiny_models(paths: dict, *, dtype=None, device="cpu"):
     """AddSRModels from :func:`~addsr_core.addsr.tiny.write_tiny_kit`'s files, through the real loaders."""
     from .loading.models import load_vae
     from .loading.pack import load_addsr
-    from .pipeline import AddSRModels
+    from .stages import AddSRModels
     from .ram import load_ram
     from .text import TextConditioner
 
@@ -24,7 +24,7 @@ def load_tiny_models(paths: dict, *, dtype=None, device="cpu"):
 
 def run_selfcheck() -> int:
     from .addsr.tiny import write_tiny_kit
-    from .pipeline import UpscaleOptions, upscale
+    from .pipeline import AddSROptions, upscale
 
     print("AddSR self-check: this checks that the INSTALL works (loaders, sampler, tiling, colour fix).")
     print("It uses a tiny model with random weights, so the picture it makes is noise: it says nothing about quality.")
@@ -34,7 +34,7 @@ def run_selfcheck() -> int:
         lr = torch.rand(1, 3, 40, 56, generator=torch.Generator().manual_seed(0))
         # Small tiles on purpose: the check must cross the sampler's and the VAE decoder's tile seams
         # (the encoder runs whole: its statistics pass may hold a tile with its halo, and this fits).
-        options = UpscaleOptions(process_size=128, latent_tile_px=128, latent_overlap_px=32, vae_encode_tile_px=128,
+        options = AddSROptions(min_size=128, latent_tile_px=128, latent_overlap_px=32, vae_encode_tile_px=128,
                                  vae_decode_tile_px=128, vae_overlap_px=32)
         out = upscale(models, lr, options)
     expected = (1, 3, 160, 224)

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_pipeline import build_models, timed_upscale  # noqa: E402
 
-from addsr_core.pipeline import UpscaleOptions  # noqa: E402
+from addsr_core.pipeline import AddSROptions  # noqa: E402
 from addsr_core.precision import apply_precision, resolve_precision  # noqa: E402
 
 
@@ -36,9 +36,9 @@ def _lr(side: int, device: torch.device) -> torch.Tensor:
     return torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(1)).to(device)
 
 
-def _options(steps: int, out_side: int) -> UpscaleOptions:
+def _options(steps: int, out_side: int) -> AddSROptions:
     # min-size enlargement off below 512 so a dry run stays as small as asked (no effect at >= 512)
-    return UpscaleOptions(steps=steps, use_tags=False, process_size=min(512, out_side))
+    return AddSROptions(steps=steps, use_tags=False, min_size=min(512, out_side))
 
 
 def speed(models, device, name: str, steps: int, out_side: int) -> dict:

@@ -305,12 +305,13 @@ def ours_upscale(kit: Path, out_png: Path, steps: int, dtype: str = "auto", comp
     official run's prompt embeddings and random draws."""
     from safetensors.torch import load_file
 
-    import addsr_core.pipeline as pipeline
+    import addsr_core.stages as stages
     from bench_pipeline import StageClock
+    from addsr_core.addsr import pipeline as addsr_family
     from addsr_core.imaging.prepare import load_image, save_image
     from addsr_core.loading.models import load_vae
     from addsr_core.loading.pack import load_addsr
-    from addsr_core.pipeline import AddSRModels, UpscaleOptions, condition_from_lr, decode, finish, run_sampling, unscaled
+    from addsr_core.pipeline import AddSRModels, AddSROptions, family_of, resolve_options
     from addsr_core.sampling.noise import ReplayNoise
 
     t0 = time.perf_counter()
@@ -328,20 +329,24 @@ def ours_upscale(kit: Path, out_png: Path, steps: int, dtype: str = "auto", comp
     load_s = time.perf_counter() - t0
     inputs = load_file(str(kit / "inputs.safetensors"))
     draws = {"initial_latents": inputs["initial_latents"], **global_rng_draws(SEED, inputs["initial_latents"].shape, steps)}
-    options = UpscaleOptions(steps=steps, use_tags=False, seed=SEED)
+    options = AddSROptions(steps=steps, use_tags=False, seed=SEED)
     clock = StageClock()
-    decode_fn = pipeline.vae_decode
+    # The stages of pipeline.upscale in its order, on the official run's prompt embeddings and draws
+    # (the official pipeline's clock counts every vae.decode: its decodes between steps and the last).
+    family = family_of(options)
     with torch.no_grad():
         t1 = time.perf_counter()
         lr = load_image(kit / "lr.png").rgb
-        pipeline.vae_encode = clock.wrap("vae_encode", pipeline.vae_encode)
+        options = resolve_options(options, models, lr.shape[-2:])
+        stages.vae_encode = clock.wrap("vae_encode", stages.vae_encode)
         models.ram.represent = clock.wrap("ram", models.ram.represent)
         unet.forward = clock.wrap("unet", unet.forward)
         controlnet.forward = clock.wrap("controlnet", controlnet.forward)
-        pipeline.vae_decode = clock.wrap("vae_decode", decode_fn)
-        cond = condition_from_lr(models, lr, options.condition)
-        z0 = run_sampling(models, cond, inputs["prompt_embeds"], None, options, noise=ReplayNoise(draws))
-        image = finish(decode(models, unscaled(models.vae, z0), options.decoding), cond, options.finishing, in_place=True)
+        stages.vae_decode = clock.wrap("vae_decode", stages.vae_decode)  # the final decode
+        addsr_family.vae_decode = clock.wrap("vae_decode", addsr_family.vae_decode)  # the decodes between steps
+        cond = family.condition(models, lr, options)
+        z0 = family.sample(models, cond, inputs["prompt_embeds"], None, options, noise=ReplayNoise(draws))
+        image = family.finish(family.decode(models, z0, cond, options), cond, options)
         save_image(image, out_png)
         compute_s = time.perf_counter() - t1
     return {"precision": precision.name, "load_s": round(load_s, 2), "compute_s": round(compute_s, 2),

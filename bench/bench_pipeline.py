@@ -29,8 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from addsr_core.models import SD2_UNET, SD2_VAE, AutoencoderKL, ControlNetModel, UNet2DConditionModel, UNetConfig  # noqa: E402
-from addsr_core.seesr import pipeline as seesr  # noqa: E402
-from addsr_core.pipeline import AddSRModels, UpscaleOptions, condition_from_lr, decode, finish, run_sampling, unscaled  # noqa: E402
+from addsr_core.pipeline import AddSRModels, AddSROptions, SeeSROptions  # noqa: E402
 from addsr_core.ram import RAM, RAMConfig  # noqa: E402
 
 SCENARIOS = {
@@ -46,11 +45,11 @@ SCENARIOS = {
 THIN = {"square": (89, 90), "thin": (8, 1000)}  # LR sizes; the square runs first (warm-up)
 THIN_STEPS = 1
 # One LR through SeeSR (the 50-step teacher, CFG 5.5) and AddSR at 4 and 1 steps, official settings,
-# same models and process. name: (method module or None for AddSR, options).
+# same models and process. name: options (their class is the family).
 SEESR_VS_ADDSR = {
-    "seesr_50": (seesr, seesr.SeeSROptions(use_tags=False)),
-    "addsr_4": (None, UpscaleOptions(steps=4, use_tags=False)),
-    "addsr_1": (None, UpscaleOptions(steps=1, use_tags=False)),
+    "seesr_50": SeeSROptions(use_tags=False),
+    "addsr_4": AddSROptions(steps=4, use_tags=False),
+    "addsr_1": AddSROptions(steps=1, use_tags=False),
 }
 SEESR_VS_ADDSR_LR = 128  # 4x: 512, one tile for both samplers
 
@@ -108,36 +107,35 @@ class StageClock:
         return timed
 
 
-def timed_upscale(models: AddSRModels, lr: torch.Tensor, options: UpscaleOptions, method=None) -> dict:
-    """One staged upscale with stage timers around the library's own entry points (removed after).
+def timed_upscale(models: AddSRModels, lr: torch.Tensor, options) -> dict:
+    """One staged upscale (AddSR or SeeSR, the family taken from ``options``' type: the stages of
+    ``pipeline.upscale`` in its order) with stage timers around the library's own entry points
+    (removed after). A negative prompt goes in when the options use CFG."""
+    import addsr_core.stages as stages
+    from addsr_core.addsr import pipeline as addsr_family
+    from addsr_core.pipeline import family_of, resolve_options
 
-    ``method``: a module with the pipeline's ``sample`` (``addsr_core.seesr``); None is AddSR's.
-    A negative prompt goes in when the options use CFG."""
-    import addsr_core.pipeline as pipeline
-
+    family = family_of(options)
+    options = resolve_options(options, models, lr.shape[-2:])
     clock = StageClock()
     g = torch.Generator().manual_seed(2)
     embeds = torch.randn(1, 77, 1024, generator=g)
     negative = torch.randn(1, 77, 1024, generator=g) if options.guidance_scale > 1 else None
-    decode_fn = pipeline.vae_decode
     with ExitStack() as patches, torch.no_grad():
         def patch(obj, name, stage):
             patches.enter_context(mock.patch.object(obj, name, clock.wrap(stage, getattr(obj, name))))
 
-        patch(pipeline, "vae_encode", "vae_encode")
+        patch(stages, "vae_encode", "vae_encode")
         patch(models.ram, "represent", "ram")
         start = time.perf_counter()
-        cond = condition_from_lr(models, lr, options.condition)
+        cond = family.condition(models, lr, options)
         patch(models.unet, "forward", "unet")
         patch(models.controlnet, "forward", "controlnet")
-        pipeline.vae_decode = clock.wrap("psr_decode", decode_fn)
-        try:
-            z0 = run_sampling(models, cond, embeds, negative, options, method=method)
-            pipeline.vae_decode = clock.wrap("final_decode", decode_fn)
-            image = decode(models, unscaled(models.vae, z0), options.decoding)
-        finally:
-            pipeline.vae_decode = decode_fn
-        image = clock.wrap("finish", finish)(image, cond, options.finishing)  # colour fix, exact size
+        patch(addsr_family, "vae_decode", "psr_decode")  # AddSR's decodes between steps (its own binding)
+        patch(stages, "vae_decode", "final_decode")  # the decode stage's
+        z0 = family.sample(models, cond, embeds, negative, options)
+        image = family.decode(models, z0, cond, options)
+        image = clock.wrap("finish", family.finish)(image, cond, options)  # colour fix, exact size
         total = time.perf_counter() - start
     return {
         "lr": list(lr.shape[-2:]), "condition": list(cond.control_image.shape[-2:]), "decoded": list(image.shape[-2:]),
@@ -168,8 +166,8 @@ def run_scenario(name: str, dtype: str = "fp32") -> dict:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     models, precision, build_s = build_models_in(dtype)
     big = 10**6
-    options = UpscaleOptions(
-        steps=steps, process_size=512,
+    options = AddSROptions(
+        steps=steps, min_size=512,
         latent_tile_px=1024 if tiled else big, latent_overlap_px=256,
         vae_encode_tile_px=1024 if tiled else big, vae_decode_tile_px=1024 if tiled else big,
     )
@@ -185,7 +183,7 @@ def run_scenario(name: str, dtype: str = "fp32") -> dict:
 def run_thin(tiny_unet: bool, dtype: str = "fp32") -> dict:
     """The thin LR and the square one through the same models: seconds per output megapixel, and their ratio."""
     models, precision, _ = build_models_in(dtype, tiny_unet)
-    options = UpscaleOptions(steps=THIN_STEPS, use_tags=False)
+    options = AddSROptions(steps=THIN_STEPS, use_tags=False)
     runs = {}
     for name, (h, w) in THIN.items():
         run = timed_upscale(models, torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(1)), options)
@@ -203,8 +201,8 @@ def run_seesr_vs_addsr(tiny_unet: bool, tiny: bool, lr_side: int = SEESR_VS_ADDS
     (AddSR, 1 step): each wall time and the SeeSR-50 : AddSR-4 : AddSR-1 ratio."""
     models, precision, _ = build_models_in(dtype, tiny_unet, tiny)
     lr = torch.rand(1, 3, lr_side, lr_side, generator=torch.Generator().manual_seed(1))
-    warmup = timed_upscale(models, lr, SEESR_VS_ADDSR["addsr_1"][1])
-    runs = {name: timed_upscale(models, lr, options, method) for name, (method, options) in SEESR_VS_ADDSR.items()}
+    warmup = timed_upscale(models, lr, SEESR_VS_ADDSR["addsr_1"])
+    runs = {name: timed_upscale(models, lr, options) for name, options in SEESR_VS_ADDSR.items()}
     base = runs["addsr_1"]["total_s"] or 1e-9
     ratio = ":".join(f"{runs[name]['total_s'] / base:.1f}" for name in SEESR_VS_ADDSR)
     return {

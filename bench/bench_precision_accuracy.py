@@ -32,10 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_pipeline import build_models  # noqa: E402
 
-from addsr_core.pipeline import (DEFAULT_VAE_TILE_PX, UpscaleOptions, condition_from_lr, decode, finish,  # noqa: E402
-                                 run_sampling, unscaled, vae_decode)
+from addsr_core.pipeline import AddSROptions, run_sampling  # noqa: E402
 from addsr_core.precision import apply_precision, resolve_precision  # noqa: E402
 from addsr_core.sampling.denoisers import ControlNetDenoiser  # noqa: E402
+from addsr_core.stages import DEFAULT_VAE_TILE_PX, condition_from_lr, decode, finish, unscaled, vae_decode  # noqa: E402
 
 LR_SIDE = 128
 
@@ -103,11 +103,11 @@ def measure(dtype: str, tiny: bool = False) -> dict:
         apply_precision(network, precision)
     lr = astronaut_lr()
     embeds = torch.randn(1, 77, 1024, generator=torch.Generator().manual_seed(2))
-    options = UpscaleOptions(steps=4, use_tags=False)
+    options = AddSROptions(steps=4, use_tags=False)
     out = {"precision": precision.name, "lr": LR_SIDE, "output": LR_SIDE * 4}
     with torch.no_grad():
-        cond = condition_from_lr(ref_models, lr, options.condition)
-        low_cond = condition_from_lr(low_models, lr, options.condition)
+        cond = condition_from_lr(ref_models.vae, ref_models.ram, lr, options.condition)
+        low_cond = condition_from_lr(low_models.vae, low_models.ram, lr, options.condition)
         out["vae_encode_rel"] = round(relative_error(low_cond.moments[:, :4], cond.moments[:, :4]), 5)
         out["ram_tokens_rel"] = round(relative_error(low_cond.lr_tokens, cond.lr_tokens), 5)
         z0, calls = recorded_denoiser_calls(ref_models, cond, embeds, options)
@@ -116,13 +116,13 @@ def measure(dtype: str, tiny: bool = False) -> dict:
         latent = unscaled(ref_models.vae, z0)
         raw = [vae_decode(m.vae, latent.to(m.unet.dtype), DEFAULT_VAE_TILE_PX, 0) for m in (ref_models, low_models)]
         out["vae_decode_rel"] = round(relative_error(raw[1], raw[0]), 5)  # the decoder's own [-1, 1] output
-        out["vae_decode"] = image_error(decode(low_models, latent), decode(ref_models, latent))
+        out["vae_decode"] = image_error(decode(low_models.vae, latent), decode(ref_models.vae, latent))
         for steps in (4, 1):
-            options = UpscaleOptions(steps=steps, use_tags=False)
+            options = AddSROptions(steps=steps, use_tags=False)
             images = []
             for models, c in ((ref_models, cond), (low_models, low_cond)):
                 z = run_sampling(models, c, embeds, None, options)
-                images.append(finish(decode(models, unscaled(models.vae, z)), c, options.finishing))
+                images.append(finish(decode(models.vae, unscaled(models.vae, z)), c, options.finishing))
             out[f"upscale_{steps}step"] = image_error(images[1], images[0])
     return out
 

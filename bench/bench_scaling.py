@@ -7,7 +7,7 @@
     python bench/bench_scaling.py --tiny --steps 1 --sizes 1024 2048   # what the image itself holds
 
 Each size runs in its own process (so its peak RSS is its own) on the full-size networks with random
-weights: a square LR of side/4 through ``UpscaleOptions()`` as the CLI and the all-in-one node use
+weights: a square LR of side/4 through ``AddSROptions()`` as the CLI and the all-in-one node use
 it (condition, sampling, final decode, finish). Prints per size the wall time (without building the
 networks), seconds per output megapixel, peak RSS and the stages; then, per step count, the
 exponent of time vs pixels fitted over the sizes from 1024 px up, the spread of s/MP around their
@@ -47,11 +47,11 @@ def _rss_bytes() -> int:
 def run_one(side: int, steps: int, dtype: str, tiny: bool = False) -> dict:
     from bench_pipeline import _peak_rss_gib, build_models_in, timed_upscale
 
-    from addsr_core.pipeline import UpscaleOptions
+    from addsr_core.pipeline import AddSROptions
 
     models, precision, build_s = build_models_in(dtype, tiny=tiny)
     built_rss = _rss_bytes()
-    options = UpscaleOptions(steps=steps)
+    options = AddSROptions(steps=steps)
     lr = torch.rand(1, 3, side // options.scale, side // options.scale, generator=torch.Generator().manual_seed(1))
     run = timed_upscale(models, lr, options)
     mp = side * side / 1e6

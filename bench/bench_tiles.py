@@ -7,7 +7,7 @@
 
 For each diffusion tile (output pixels) it times one ControlNet+UNet call on that tile and divides by
 the NEW pixels a tile adds in a large image (its stride squared, with the overlap the library's one
-rule gives: ``addsr_core.pipeline.tile_overlap_px``), so the numbers are seconds per output megapixel
+rule gives: ``addsr_core.stages.tile_overlap_px``), so the numbers are seconds per output megapixel
 per step. For each VAE tile it times one decode and one encode of an interior tile and reports seconds per output
 megapixel (interior tile with its halo, and the same size whole). Not a test: timings are only compared within one run.
 """
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_pipeline import build_models_in  # noqa: E402
 
-from addsr_core.pipeline import tile_overlap_px  # noqa: E402
+from addsr_core.stages import DEFAULT_LATENT_OVERLAP_PX, tile_overlap_px  # noqa: E402
 from addsr_core.sampling.denoisers import ControlNetDenoiser  # noqa: E402
 
 DIFFUSION_TILES = (256, 384, 512, 768, 1024)  # output pixels (latent tile x 8)
@@ -56,7 +56,7 @@ def diffusion_table(models, tiles, dtype, repeats: int) -> list[dict]:
         with torch.no_grad():
             denoise(z, t, control, tokens, prompt)  # warm-up (oneDNN primitives for this shape)
             seconds = best_of(lambda: denoise(z, t, control, tokens, prompt), repeats)
-        overlap = tile_overlap_px(tile)
+        overlap = tile_overlap_px(tile, DEFAULT_LATENT_OVERLAP_PX)
         stride = tile - overlap
         rows.append({"tile_px": tile, "overlap_px": overlap, "call_s": round(seconds, 2),
                      "s_per_tile_mp": round(seconds / (tile * tile / 1e6), 2),
@@ -69,11 +69,12 @@ PLAN_SIDES = (2048, 3072, 4096)  # output sides whose tile layouts --plans compa
 
 
 def plans_table(models, dtype, repeats: int, tile: int = 1024) -> list[dict]:
-    """Fixed-stride vs balanced tiles (addsr_core.pipeline.LatentTiling) for square outputs: calls,
-    tile sizes, and the seconds per step from one measured call per distinct tile size."""
-    from addsr_core.pipeline import LatentTiling
+    """Fixed-stride vs balanced tiles (addsr_core.stages.LatentTiling, rules "stride" and "balanced")
+    for square outputs: calls, tile sizes, and the seconds per step from one measured call per
+    distinct tile size."""
+    from addsr_core.stages import LatentTiling
 
-    overlap = tile_overlap_px(tile)
+    overlap = tile_overlap_px(tile, DEFAULT_LATENT_OVERLAP_PX)
     measured = {}
 
     def call_s(tile_latent: int) -> float:
@@ -85,7 +86,8 @@ def plans_table(models, dtype, repeats: int, tile: int = 1024) -> list[dict]:
     for side in PLAN_SIDES:
         hw = (side // 8, side // 8)
         row = {"output_px": side}
-        for name, tiling in (("fixed", LatentTiling(tile, overlap, balanced=False)), ("balanced", LatentTiling(tile, overlap))):
+        for name, rule in (("fixed", "stride"), ("balanced", "balanced")):
+            tiling = LatentTiling(tile, overlap, rule=rule)
             (th, tw), _ = tiling.plan(hw)
             calls = tiling.calls_per_step(hw)
             seconds = calls * call_s(th)  # square outputs: th == tw

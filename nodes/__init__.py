@@ -4,9 +4,9 @@ from .encode import AddSREncodeLR
 from .loaders import AddSRModelLoader, AddSRRAMLoader
 from .postprocess import AddSRColorFix, AddSRFinish, AddSRPrompt, AddSRTagger
 from .sampler import AddSRSampler
-from .seesr_sampler import SeeSRSampler
+from .seesr_sampler import SeeSRSampler, SeeSRSamplerV2
 from .stablesr_loaders import StableSRCFWLoader, StableSRModelLoader
-from .stablesr_sampler import StableSRCFWDecode, StableSRSampler
+from .stablesr_sampler import StableSRCFWDecode, StableSRCFWDecodeV2, StableSRSampler, StableSRSamplerV2
 from .upscale import AddSRUpscale
 from .vae import AddSRTiledVAEDecode, AddSRTiledVAEEncode
 
@@ -17,7 +17,7 @@ NODE_CLASS_MAPPINGS = {
     "AddSRRAMLoader": AddSRRAMLoader,
     "AddSREncodeLR": AddSREncodeLR,
     "AddSRSampler": AddSRSampler,
-    "SeeSRSampler": SeeSRSampler,
+    "SeeSRSamplerV2": SeeSRSamplerV2,
     "AddSRTiledVAEDecode": AddSRTiledVAEDecode,
     "AddSRTiledVAEEncode": AddSRTiledVAEEncode,
     "AddSRFinish": AddSRFinish,
@@ -27,6 +27,11 @@ NODE_CLASS_MAPPINGS = {
     "AddSRUpscale": AddSRUpscale,
     "StableSRModelLoader": StableSRModelLoader,
     "StableSRCFWLoader": StableSRCFWLoader,
+    "StableSRSamplerV2": StableSRSamplerV2,
+    "StableSRCFWDecodeV2": StableSRCFWDecodeV2,
+    # Deprecated (DEPRECATED = True: hidden from search): the nodes before the tile units became output
+    # pixels, kept so that saved workflows load and run with their values and meaning.
+    "SeeSRSampler": SeeSRSampler,
     "StableSRSampler": StableSRSampler,
     "StableSRCFWDecode": StableSRCFWDecode,
 }
@@ -40,7 +45,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "AddSRRAMLoader": "AddSR Load RAM (DAPE)",
     "AddSREncodeLR": "AddSR Encode LR",
     "AddSRSampler": "AddSR Sampler",
-    "SeeSRSampler": "SeeSR Sampler",
+    "SeeSRSamplerV2": "SeeSR Sampler",
     "AddSRTiledVAEDecode": "AddSR Tiled VAE Decode",
     "AddSRTiledVAEEncode": "AddSR Tiled VAE Encode",
     "AddSRFinish": "AddSR Finish (colour fix + size)",
@@ -50,6 +55,9 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "AddSRUpscale": "AddSR Upscale (all-in-one)",
     "StableSRModelLoader": "StableSR Model Loader",
     "StableSRCFWLoader": "StableSR CFW VAE Loader",
-    "StableSRSampler": "StableSR Sampler",
-    "StableSRCFWDecode": "StableSR CFW Decode",
+    "StableSRSamplerV2": "StableSR Sampler",
+    "StableSRCFWDecodeV2": "StableSR CFW Decode",
+    "SeeSRSampler": "SeeSR Sampler (old: latent-pixel tiles)",
+    "StableSRSampler": "StableSR Sampler (old: latent-pixel tiles)",
+    "StableSRCFWDecode": "StableSR CFW Decode (old)",
 }

@@ -254,27 +254,50 @@ def is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
-def retry_smaller_on_oom(run, size: int, *, floor: int, what: str, unit: str = "px", shrink=lambda size: size // 2,
-                         exhausted=None):
-    """``run(size)``, shrinking ``size`` on out-of-memory while it stays >= ``floor``.
+def free_memory(device: torch.device) -> int | None:
+    """Bytes ComfyUI can still give on ``device`` (its ``get_free_memory``: free device memory plus
+    what PyTorch's allocator holds unused), for the GPU-aware tiles; None off CUDA, where the tiles
+    stay the measured CPU defaults."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    mm = _model_management()
+    if mm is None:
+        from addsr_core.memory import device_free_bytes
 
-    Past the floor the OOM is re-raised, or ``exhausted(size)`` (an exception naming what to do) is
-    raised from it. ``what`` and ``unit`` word the retry warning ("AddSR: VAE", "px").
-    """
+        return device_free_bytes(device)
+    return int(mm.get_free_memory(device))
+
+
+def halving(floor: int, step: int = 8):
+    """``smaller`` for :func:`retry_smaller_on_oom` over a tile size: half of it, a multiple of
+    ``step``, while that stays >= ``floor`` (else None: nothing smaller to try)."""
+    def smaller(size: int):
+        half = size // 2 // step * step
+        return half if half >= floor else None
+
+    return smaller
+
+
+def retry_smaller_on_oom(run, value, *, smaller, what: str, describe=lambda size: f"{size}px tiles", exhausted=None):
+    """``run(value)``; on out-of-memory, again with ``smaller(value)`` (a smaller tile, or options with
+    smaller tiles: ``run`` and ``smaller`` are pure, nothing is mutated between tries) until it
+    returns None. Past that the OOM is re-raised, or ``exhausted(value)`` (an exception naming what
+    to do) is raised from it. ``what`` and ``describe(value)`` word the retry warning."""
     while True:
         try:
-            return run(size)
+            return run(value)
         except Exception as err:
             if not is_oom(err):
                 raise
             soft_empty_cache()
-            smaller = shrink(size)
-            if smaller < floor:
+            next_value = smaller(value)
+            if next_value is None:
                 if exhausted is None:
                     raise
-                raise exhausted(size) from err
-            log.warning("%s out of memory, retrying with %d%s tiles", what, smaller, unit)
-            size = smaller
+                raise exhausted(value) from err
+            log.warning("%s out of memory, retrying with %s", what, describe(next_value))
+            value = next_value
 
 
 # ---------------------------------------------------------------------------------------------

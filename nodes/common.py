@@ -53,6 +53,23 @@ def with_alpha(rgb: torch.Tensor, alpha: torch.Tensor | None) -> torch.Tensor:
     return torch.cat([bchw_to_image(rgb), bchw_to_image(resized)], dim=-1)
 
 
+# A tile widget at 0 is left to the device, as the library's AUTO tiles; the tooltip says so.
+AUTO_TILE_TOOLTIP = ("0: auto, the largest that fits the GPU's free memory (the measured default on a CPU); "
+                     "halved automatically on out-of-memory.")
+
+
+def resolve_tiles_for(options, device: torch.device, dtype: torch.dtype, *, lr_hw=None, processing_hw=None):
+    """``options`` with its AUTO (0) tiles chosen as the library chooses them (``stages.resolve_tiles``):
+    from ComfyUI's free memory on a GPU for an LR of ``lr_hw`` (or an upscaled LR of ``processing_hw``),
+    the measured CPU defaults elsewhere."""
+    from addsr_core.stages import resolve_tiles
+
+    from . import comfy_bridge
+
+    return resolve_tiles(options, device, dtype, lr_hw, free_bytes=comfy_bridge.free_memory(device),
+                         processing_hw=processing_hw)
+
+
 # What to connect when the text width is wrong; {base}: the SD 2.x checkpoint(s) the sampler's model needs.
 SD2_CLIP_FIX = "connect the CLIP output of Load Checkpoint (an SD 2.x checkpoint, 1024 wide: {base}) to {target}"
 ADDSR_BASE = "v2-1_512-ema-pruned.safetensors"
@@ -158,3 +175,17 @@ def as_addsr_vae(vae) -> VAEHandle:
     except Exception:
         pass
     return handle
+
+
+def warn_if_overlap_clamped(node: str, tile_px: int, overlap_px: int) -> None:
+    """A deprecated node's saved overlap beyond half its tile runs at the one overlap rule's cap
+    (``stages.tile_overlap_px``); the log says so (in pixels)."""
+    from addsr_core.stages import tile_overlap_px
+
+    from .comfy_bridge import log
+
+    used = tile_overlap_px(tile_px, overlap_px)
+    if used != overlap_px:
+        log.warning("%s: a tile overlap of %d px is more than half the %d px tile; running with %d px (overlaps are "
+                    "at most half the tile). Replace the node with its current version to set it.",
+                    node, overlap_px, tile_px, used)

@@ -6,18 +6,21 @@ from typing import Optional
 
 import torch
 
-from addsr_core.pipeline import DEFAULT_VAE_TILE_PX, AddSRModels, ConditionOptions, LRCondition, condition_from_lr
+from addsr_core.memory import AUTO
+from addsr_core.stages import DEFAULT_VAE_TILE_PX, ControlNetOptions, LRCondition, condition_from_lr
 
 from . import comfy_bridge
-from .common import CATEGORY, VAEHandle, alpha_of, as_addsr_vae, image_to_bchw
+from .common import AUTO_TILE_TOOLTIP, CATEGORY, VAEHandle, alpha_of, as_addsr_vae, image_to_bchw, resolve_tiles_for
 from .loaders import RAMModel
+
+MIN_VAE_TILE_PX = 256
 
 
 @dataclass
 class AddSRCond:
     """ComfyUI's ``ADDSR_COND``: the LR condition, the VAE and RAM that made it (the sampler's PSR
-    steps use them unless others are connected), the encode's VAE tile (the PSR decodes use it too)
-    and the LR's alpha, which AddSR Finish puts back."""
+    steps use them unless others are connected), the VAE tile asked for (the PSR decodes use it too;
+    0: auto) and the LR's alpha, which AddSR Finish puts back."""
 
     cond: LRCondition
     vae: VAEHandle
@@ -43,9 +46,9 @@ class AddSREncodeLR:
                 "ram": ("ADDSR_RAM", {"tooltip": "From AddSR Load RAM."}),
                 "scale": ("INT", {"default": 4, "min": 1, "max": 8,
                     "tooltip": "Upscale factor. AddSR is trained for 4x."}),
-                "vae_tile_size": ("INT", {"default": DEFAULT_VAE_TILE_PX, "min": 256, "max": 4096, "step": 64,
-                    "tooltip": "VAE tiles (pixels) for this encode and the sampler's refinement decodes; "
-                               "lower it if you run out of memory."}),
+                "vae_tile_size": ("INT", {"default": AUTO, "min": 0, "max": 4096, "step": 64,
+                    "tooltip": "VAE tiles (output pixels) for this encode and the sampler's refinement decodes; "
+                               "lower it if you run out of memory. " + AUTO_TILE_TOOLTIP}),
             },
             "optional": {
                 "min_size": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 8,
@@ -53,16 +56,17 @@ class AddSREncodeLR:
             },
         }
 
-    def encode(self, image, vae, ram, scale=4, vae_tile_size=DEFAULT_VAE_TILE_PX, min_size=512):
-        return (encode_lr(image, vae, ram, ConditionOptions(scale, min_size, vae_tile_size)),)
+    def encode(self, image, vae, ram, scale=4, vae_tile_size=AUTO, min_size=512):
+        return (encode_lr(image, vae, ram, ControlNetOptions(scale=scale, min_size=min_size,
+                                                              vae_encode_tile_px=vae_tile_size)),)
 
 
-def encode_lr(image, vae, ram: RAMModel, options: ConditionOptions) -> AddSRCond:
-    """The Encode LR stage on a ComfyUI IMAGE (also the all-in-one node's first stage)."""
+def encode_lr(image, vae, ram: RAMModel, options: ControlNetOptions) -> AddSRCond:
+    """The Encode LR stage on a ComfyUI IMAGE (``options``: scale, min_size and the VAE encode tile)."""
     lr = image_to_bchw(image)
     handle = as_addsr_vae(vae)
     device = comfy_bridge.load_to_device([handle.managed, ram.encoder])
-    models = AddSRModels(unet=None, controlnet=None, vae=handle.vae, ram=ram.encoder.module, device=device)
-    cond = condition_from_lr(models, lr, options)
+    resolved = resolve_tiles_for(options, device, handle.managed.dtype, lr_hw=lr.shape[-2:])
+    cond = condition_from_lr(handle.vae, ram.encoder.module, lr, resolved.condition, device=device)
     alpha = alpha_of(image)
-    return AddSRCond(cond, handle, ram, options.vae_tile_px, None if alpha is None else alpha.float().cpu())
+    return AddSRCond(cond, handle, ram, options.vae_encode_tile_px, None if alpha is None else alpha.float().cpu())

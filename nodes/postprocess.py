@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from addsr_core.pipeline import COLOR_FIXES, AddSRModels, FinishOptions, PromptOptions, build_prompts, finish, tag_images
+from addsr_core.imaging.colorfix import apply_color_fix
+from addsr_core.stages import COLOR_FIXES, FinishOptions, PromptOptions, build_prompts, finish, tag_images
 from addsr_core.text.prompt import DEFAULT_ADDED_PROMPT
 
 from . import comfy_bridge
@@ -90,16 +91,13 @@ class AddSRColorFix:
         }
 
     def fix(self, image, reference, method="adain"):
-        from addsr_core.imaging.colorfix import adain_color_fix, wavelet_color_fix
+        from addsr_core.sampling.denoisers import match_batch
 
         if method == "none":
             return (image,)
         target, source = image_to_bchw(image), image_to_bchw(reference)
-        if source.shape[0] not in (1, target.shape[0]):
-            raise AddSRInputError(f"reference batch ({source.shape[0]}) must be 1 or match the image batch ({target.shape[0]})")
-        source = source.expand(target.shape[0], -1, -1, -1)
-        fix = adain_color_fix if method == "adain" else wavelet_color_fix
-        out = fix(target, source).clamp(0, 1)
+        source = match_batch(source, target.shape[0], "reference")
+        out = apply_color_fix(method, target, source).clamp(0, 1)
         if image.shape[-1] == 4:  # keep the alpha channel as it was
             return (torch.cat([bchw_to_image(out), image[..., 3:].float().cpu()], dim=-1),)
         return (bchw_to_image(out),)
@@ -126,5 +124,4 @@ class AddSRTagger:
         if ram.tagger is None:
             raise AddSRInputError("this RAM was loaded without a tag list: select ram_tag_list.txt in AddSR Load RAM")
         device = comfy_bridge.load_to_device([ram.encoder])
-        models = AddSRModels(None, None, None, ram.encoder.module, tagger=ram.tagger, device=device)
-        return ("\n".join(tag_images(models, image_to_bchw(image))),)
+        return ("\n".join(tag_images(ram.tagger, image_to_bchw(image), ram=ram.encoder.module, device=device)),)

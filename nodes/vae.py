@@ -3,16 +3,23 @@ from __future__ import annotations
 
 import torch
 
-from addsr_core.pipeline import DEFAULT_VAE_TILE_PX
+from addsr_core.memory import AUTO
+from addsr_core.stages import DEFAULT_VAE_OVERLAP_PX, ControlNetOptions, DecodeOptions, decode, tile_overlap_px
 
 from . import comfy_bridge
-from .common import CATEGORY, as_addsr_vae, bchw_to_image, image_to_bchw
+from .common import AUTO_TILE_TOOLTIP, CATEGORY, as_addsr_vae, bchw_to_image, image_to_bchw, resolve_tiles_for
 
 MIN_VAE_TILE = 256
 
 
+def _tile_for(kind: str, tile: int, device, dtype, processing_hw) -> int:
+    """The widget's tile, or for 0 (auto) the library's choice for this device and image."""
+    field = f"vae_{kind}_tile_px"
+    return getattr(resolve_tiles_for(ControlNetOptions(**{field: tile}), device, dtype, processing_hw=processing_hw), field)
+
+
 def _with_oom_retry(run, tile: int):
-    return comfy_bridge.retry_smaller_on_oom(run, tile, floor=MIN_VAE_TILE, what="AddSR: VAE")
+    return comfy_bridge.retry_smaller_on_oom(run, tile, smaller=comfy_bridge.halving(MIN_VAE_TILE), what="AddSR: VAE")
 
 
 class AddSRTiledVAEDecode:
@@ -28,23 +35,23 @@ class AddSRTiledVAEDecode:
             "required": {
                 "samples": ("LATENT", {"tooltip": "Latent to decode (e.g. from AddSR Sampler)."}),
                 "vae": ("VAE", {"tooltip": "The SD2 base VAE."}),
-                "tile_size": ("INT", {"default": DEFAULT_VAE_TILE_PX, "min": MIN_VAE_TILE, "max": 4096, "step": 64,
-                    "tooltip": "Tile size in output pixels. Smaller uses less memory; halved automatically on out-of-memory."}),
-                "overlap": ("INT", {"default": 64, "min": 0, "max": 512, "step": 16, "tooltip": "Overlap between tiles in pixels."}),
+                "tile_size": ("INT", {"default": AUTO, "min": 0, "max": 4096, "step": 64,
+                    "tooltip": "Tile size in output pixels. Smaller uses less memory. " + AUTO_TILE_TOOLTIP}),
+                "overlap": ("INT", {"default": DEFAULT_VAE_OVERLAP_PX, "min": 0, "max": 512, "step": 16,
+                    "tooltip": "Overlap between tiles in pixels (at most half the tile)."}),
             }
         }
 
-    def decode(self, samples, vae, tile_size=DEFAULT_VAE_TILE_PX, overlap=64):
-        from addsr_core.pipeline import AddSRModels, DecodeOptions, decode
-
+    def decode(self, samples, vae, tile_size=AUTO, overlap=DEFAULT_VAE_OVERLAP_PX):
         handle = as_addsr_vae(vae)
         device = comfy_bridge.load_to_device([handle.managed])
-        models = AddSRModels(None, None, handle.vae, None, device=device)
+        latent = samples["samples"]
+        tile = _tile_for("decode", tile_size, device, handle.managed.dtype, tuple(8 * s for s in latent.shape[-2:]))
 
         def run(tile):
-            return decode(models, samples["samples"], DecodeOptions(tile, min(overlap, tile // 4)))
+            return decode(handle.vae, latent, DecodeOptions(tile, tile_overlap_px(tile, overlap)), device=device)
 
-        return (bchw_to_image(_with_oom_retry(run, tile_size)),)
+        return (bchw_to_image(_with_oom_retry(run, tile)),)
 
 
 class AddSRTiledVAEEncode:
@@ -60,14 +67,15 @@ class AddSRTiledVAEEncode:
             "required": {
                 "pixels": ("IMAGE", {"tooltip": "Image to encode."}),
                 "vae": ("VAE", {"tooltip": "The SD2 base VAE."}),
-                "tile_size": ("INT", {"default": DEFAULT_VAE_TILE_PX, "min": MIN_VAE_TILE, "max": 4096, "step": 64,
-                    "tooltip": "Tile size in pixels; halved automatically on out-of-memory."}),
-                "overlap": ("INT", {"default": 64, "min": 0, "max": 512, "step": 16, "tooltip": "Overlap between tiles in pixels."}),
+                "tile_size": ("INT", {"default": AUTO, "min": 0, "max": 4096, "step": 64,
+                    "tooltip": "Tile size in pixels. " + AUTO_TILE_TOOLTIP}),
+                "overlap": ("INT", {"default": DEFAULT_VAE_OVERLAP_PX, "min": 0, "max": 512, "step": 16,
+                    "tooltip": "Overlap between tiles in pixels (at most half the tile)."}),
             }
         }
 
-    def encode(self, pixels, vae, tile_size=DEFAULT_VAE_TILE_PX, overlap=64):
-        from addsr_core.imaging.tiled_vae import tiled_encode
+    def encode(self, pixels, vae, tile_size=AUTO, overlap=DEFAULT_VAE_OVERLAP_PX):
+        from addsr_core.stages import vae_encode
 
         handle = as_addsr_vae(vae)
         device = comfy_bridge.load_to_device([handle.managed])
@@ -76,10 +84,11 @@ class AddSRTiledVAEEncode:
         if h % 8 or w % 8:  # the VAE needs multiples of 8: crop like ComfyUI's VAE Encode
             image = image[..., : h // 8 * 8, : w // 8 * 8]
         x = (image * 2 - 1).to(device, handle.managed.dtype)
+        tile = _tile_for("encode", tile_size, device, handle.managed.dtype, tuple(x.shape[-2:]))
 
         def run(tile):
             with torch.no_grad():
-                return tiled_encode(handle.vae, x, tile, min(overlap, tile // 4))
+                return vae_encode(handle.vae, x, tile, tile_overlap_px(tile, overlap))
 
-        moments = _with_oom_retry(run, tile_size)
+        moments = _with_oom_retry(run, tile)
         return ({"samples": moments[:, :4].float().cpu()},)

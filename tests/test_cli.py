@@ -31,13 +31,12 @@ def write_images(folder, sizes):
 
 def upscale(kit, src, out, *extra):
     return cli.main(["upscale", str(src), "-o", str(out), *model_args(kit), "--scale", "2", "--steps", "1",
-                     "--tile", "128", "--tile-overlap", "32", "--vae-tile", "256", *extra])
+                     "--tile", "128", "--tile-overlap", "32", "--vae-tile", "256", "--min-size", "32", *extra])
 
 
 def test_folder_upscale_and_resume(kit, tmp_path, monkeypatch, capsys):
     src, out = tmp_path / "in", tmp_path / "out"
     write_images(src, [(40, 24, "RGB"), (33, 21, "RGBA"), (20, 20, "L")])
-    monkeypatch.setattr(cli_upscale, "UpscaleOptions", _small(cli_upscale.UpscaleOptions))
     assert upscale(kit, src, out) == 0
     sizes = {p.name: Image.open(p).size for p in sorted(out.iterdir())}
     assert sizes == {"img0.png": (80, 48), "img1.png": (66, 42), "img2.png": (40, 40)}
@@ -52,7 +51,6 @@ def test_folder_upscale_and_resume(kit, tmp_path, monkeypatch, capsys):
 def test_interrupted_batch_keeps_finished_images(kit, tmp_path, monkeypatch):
     src, out = tmp_path / "in", tmp_path / "out"
     write_images(src, [(24, 24, "RGB"), (24, 24, "RGB"), (24, 24, "RGB")])
-    monkeypatch.setattr(cli_upscale, "UpscaleOptions", _small(cli_upscale.UpscaleOptions))
     real, done = cli_upscale.upscale_file, []
 
     def flaky(models, s, d, *a):
@@ -66,15 +64,6 @@ def test_interrupted_batch_keeps_finished_images(kit, tmp_path, monkeypatch):
     assert sorted(p.name for p in out.iterdir()) == ["img0.png"]  # no partial file left behind
     monkeypatch.setattr(cli_upscale, "upscale_file", real)
     assert cli_upscale.plan_jobs(src, out, overwrite=False) == [(src / "img1.png", out / "img1.png"), (src / "img2.png", out / "img2.png")]
-
-
-def _small(cls):
-    """Keep the official 512 minimum size from making test images large."""
-
-    def make(**kw):
-        return cls(process_size=32, **kw)
-
-    return make
 
 
 def test_cli_errors(kit, tmp_path, capsys):
@@ -137,3 +126,14 @@ def test_tag_folder_writes_ram_tags_and_resumes(kit, tmp_path, capsys):
     assert cli.main(args) == 0
     assert "nothing to do" in capsys.readouterr().out
     assert (out / "img0.txt").read_text() == "kept\n"
+
+
+def test_a_flag_of_another_method_is_refused_not_ignored(kit, tmp_path, capsys):
+    write_images(tmp_path / "in", [(24, 24, "RGB")])
+    for flag, value, methods in [("--start-point", "noise", "seesr or stablesr"), ("--fidelity", "0.7", "stablesr"),
+                                 ("--procedure", "whole_latent", "stablesr")]:
+        with pytest.raises(SystemExit) as exit_:
+            upscale(kit, tmp_path / "in", tmp_path / "o", flag, value)
+        assert exit_.value.code == 2 and f"{flag} is for --method {methods}, not addsr" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    assert upscale(kit, tmp_path / "in", tmp_path / "o", "--start-point", "lr") == 0  # the default is no choice

@@ -116,7 +116,7 @@ def test_adain_in_place_gives_the_same_bits_and_finish_leaves_the_caller_tensor(
     """``in_place`` (the pipeline's own decode): adain written into the target, the same bits;
     without it the caller's tensor is never touched."""
     from addsr_core.imaging.colorfix import adain_color_fix, apply_color_fix
-    from addsr_core.pipeline import FinishOptions, LRCondition, finish
+    from addsr_core.stages import FinishOptions, LRCondition, finish
 
     g = torch.Generator().manual_seed(2)
     target, source = torch.rand(2, 3, 32, 40, generator=g) * 1.1, torch.rand(1, 3, 32, 40, generator=g)

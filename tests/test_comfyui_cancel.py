@@ -67,7 +67,7 @@ def seesr(comfy_server):
         if node["type"] == "LoadImage":
             lr_photo(40, 32).save(comfy_server.input_dir / node["widgets_values"][0])
     prompt = shrink_for_cpu(ui_to_api_prompt(workflow, comfy_server.client.object_info()), min_tile=False)
-    sampler = next(i for i, n in prompt.items() if n["class_type"] == "SeeSRSampler")
+    sampler = next(i for i, n in prompt.items() if n["class_type"] == "SeeSRSamplerV2")
     save = next(i for i, n in prompt.items() if n["class_type"] == "SaveImage")
     prompt[sampler]["inputs"]["steps"] = STEPS
     prompt[save]["inputs"]["filename_prefix"] = "AddSR/cancel_test"

@@ -13,7 +13,7 @@ from addsr_core.errors import InputError, OptionsError
 from addsr_core.loading import CheckpointError, read_safetensors_metadata, read_state_dict
 from addsr_core.loading.pack import load_addsr
 from addsr_core.addsr.pipeline import sample
-from addsr_core.pipeline import AddSRModels, UpscaleOptions
+from addsr_core.pipeline import AddSRModels, AddSROptions
 from addsr_core.ram import load_ram
 from addsr_core.sampling.noise import SeededNoise
 from addsr_core.loading.io import plain_pickle_imports
@@ -188,7 +188,7 @@ def _user_errors():
         "NaN": (lambda: to_rgb_float(torch.full((1, 3, 4, 4), float("nan"))), InputError, "NaN"),
         "channels": (lambda: to_rgb_float(np.zeros((4, 4, 5), np.uint8)), InputError, "5 channels"),
         "image type": (lambda: to_rgb_float("photo.png"), InputError, "unsupported image type"),
-        "tiny": (lambda: condition_sizes((1, 1), scale=1, process_size=0), InputError, "smaller than 8 px"),
+        "tiny": (lambda: condition_sizes((1, 1), scale=1, min_size=0), InputError, "smaller than 8 px"),
         "LR NaN": (lambda: official_condition_image(torch.full((1, 3, 8, 8), float("nan"))), InputError, "NaN"),
         "scale": (lambda: condition_sizes((16, 16), scale=0), OptionsError, "scale must be >= 1"),
         "resize method": (lambda: official_final_resize(image, (3, 3), method="lanczos"), OptionsError, "method"),
@@ -284,7 +284,7 @@ def test_sd15_conditioning_into_the_addsr_sampler(kit, addsr_loaded):
     # The library refuses it too (CLI, scripts), before any network call.
     models = AddSRModels(model.unet.module, model.controlnet.module, cond.vae.vae, ram.encoder.module)
     with pytest.raises(TextWidthError, match="prompt conditioning is 768 wide.*SD 2.x text encoder"):
-        sample(models, cond.cond, sd15_conditioning()[0][0], None, UpscaleOptions(steps=1).sampling())
+        sample(models, cond.cond, sd15_conditioning()[0][0], None, AddSROptions(steps=1))
 
 
 class _SD15Clip:
@@ -314,5 +314,5 @@ def test_sd15_conditioning_into_the_stablesr_sampler(kit):
     _assert_names_the_sd2_clip(str(err.value))
     assert "SD-Turbo / 768-v" in str(err.value)
     with pytest.raises(TextWidthError, match="prompt conditioning is 768 wide"):
-        sample_latent(model.model, torch.zeros(1, 4, 8, 8), sd15_conditioning()[0][0], StableSROptions(steps=1),
+        sample_latent(model.model, torch.zeros(1, 4, 8, 8), sd15_conditioning()[0][0], StableSROptions(steps=1, latent_tile_px=512),
                       noise=SeededNoise(0))

@@ -8,7 +8,8 @@ import torch
 from addsr_core import memory
 from addsr_core.cli_upscale import build_options
 from addsr_core.memory import AUTO, gpu_tiles
-from addsr_core.pipeline import DEFAULT_LATENT_TILE_PX, DEFAULT_VAE_TILE_PX, UpscaleOptions, resolve_tiles
+from addsr_core.pipeline import AddSROptions
+from addsr_core.stages import DEFAULT_LATENT_TILE_PX, DEFAULT_VAE_TILE_PX, resolve_tiles
 from addsr_core.seesr.pipeline import SeeSROptions
 
 GiB = 2**30
@@ -42,24 +43,24 @@ def test_fp32_tiles_cost_twice_and_cfg_doubles_the_diffusion_tile_cost():
 
 
 def test_auto_tiles_are_the_measured_defaults_off_the_gpu():
-    addsr = resolve_tiles(UpscaleOptions(**AUTO_TILES, latent_overlap_px=64), torch.device("cpu"), lr_hw=(300, 200))
+    addsr = resolve_tiles(AddSROptions(**AUTO_TILES, latent_overlap_px=64), torch.device("cpu"), lr_hw=(300, 200))
     assert (addsr.latent_tile_px, addsr.latent_overlap_px, addsr.vae_encode_tile_px, addsr.vae_decode_tile_px) == \
         (DEFAULT_LATENT_TILE_PX, 64, DEFAULT_VAE_TILE_PX, DEFAULT_VAE_TILE_PX)
     seesr = resolve_tiles(SeeSROptions(latent_tile_px=AUTO), torch.device("cpu"))
     assert (seesr.latent_tile_px, seesr.latent_overlap_px) == (768, 32)
-    explicit = UpscaleOptions(latent_tile_px=512, vae_decode_tile_px=AUTO)
+    explicit = AddSROptions(latent_tile_px=512, vae_decode_tile_px=AUTO)
     kept = resolve_tiles(explicit, torch.device("cuda"), torch.bfloat16, (1024, 1024), free_bytes=80 * GiB)
     assert kept.latent_tile_px == 512 and kept.vae_decode_tile_px == memory.MAX_VAE_TILE_PX
-    UpscaleOptions(**AUTO_TILES).validate()  # AUTO is a valid tile option
+    AddSROptions(**AUTO_TILES).validate()  # AUTO is a valid tile option
 
 
 def test_auto_tiles_on_a_gpu_follow_its_free_memory():
-    options = UpscaleOptions(**AUTO_TILES, latent_overlap_px=64)
+    options = AddSROptions(**AUTO_TILES, latent_overlap_px=64)
     small = resolve_tiles(options, torch.device("cuda"), torch.bfloat16, (1024, 1024), free_bytes=3 * GiB)
     expected = gpu_tiles(3 * GiB, torch.bfloat16, 4096 * 4096, max_latent_tile_px=DEFAULT_LATENT_TILE_PX)
     assert (small.latent_tile_px, small.vae_encode_tile_px, small.vae_decode_tile_px) == \
         (expected.latent_tile_px, expected.vae_encode_tile_px, expected.vae_decode_tile_px)
-    assert small.latent_overlap_px == min(64, small.latent_tile_px // 3 // 8 * 8)
+    assert small.latent_overlap_px == min(64, small.latent_tile_px // 2 // 8 * 8)
     seesr = resolve_tiles(SeeSROptions(**AUTO_TILES), torch.device("cuda"), torch.float16, (256, 256), free_bytes=80 * GiB)
     assert seesr.latent_tile_px == 768  # never above the family's own (official) tile
 
@@ -74,7 +75,7 @@ def _cli_args(method: str, *flags: str):
 @pytest.mark.parametrize("method", ["addsr", "seesr"])
 def test_the_cli_leaves_unset_tiles_to_a_gpu_and_keeps_the_cpu_numbers(method):
     cpu = build_options(_cli_args(method), torch.device("cpu"))
-    defaults = UpscaleOptions() if method == "addsr" else SeeSROptions()
+    defaults = AddSROptions() if method == "addsr" else SeeSROptions()
     assert (cpu.latent_tile_px, cpu.latent_overlap_px, cpu.vae_encode_tile_px, cpu.vae_decode_tile_px) == \
         (defaults.latent_tile_px, defaults.latent_overlap_px, DEFAULT_VAE_TILE_PX, DEFAULT_VAE_TILE_PX)
     gpu = build_options(_cli_args(method), torch.device("cuda"))
@@ -90,6 +91,6 @@ def test_upscale_resolves_auto_tiles_to_the_same_image_as_the_defaults(tmp_path)
 
     models = load_tiny_models(write_tiny_kit(tmp_path))
     lr = torch.rand(1, 3, 24, 20, generator=torch.Generator().manual_seed(0))
-    small = dict(steps=1, process_size=96, use_tags=False)
-    auto = upscale(models, lr, UpscaleOptions(**small, **AUTO_TILES))
-    assert torch.equal(auto, upscale(models, lr, UpscaleOptions(**small)))
+    small = dict(steps=1, min_size=96, use_tags=False)
+    auto = upscale(models, lr, AddSROptions(**small, **AUTO_TILES))
+    assert torch.equal(auto, upscale(models, lr, AddSROptions(**small)))

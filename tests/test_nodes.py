@@ -192,14 +192,14 @@ def test_oom_halves_the_tile_then_gives_up(loaded, monkeypatch):
     (cond,) = nodes.AddSREncodeLR().encode(lr_image(), vae, ram, min_size=64)
     tiles = []
 
-    def fake_sample(models, c, pos, neg, sampling, tiling, **kw):
-        tiles.append(tiling.tile_px)
+    def fake_sample(models, c, pos, neg, options, **kw):
+        tiles.append((options.latent_tile_px, options.vae_decode_tile_px))
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
 
     monkeypatch.setattr(pipeline, "sample", fake_sample)
     with pytest.raises(AddSRInputError, match="out of memory even with 256px tiles"):
         nodes.AddSRSampler().sample(model, cond, clip.conditioning("x"), clip.conditioning("y"), tile_size=1024)
-    assert tiles == [1024, 512, 256]
+    assert tiles == [(1024, 1024), (512, 512), (256, 256)]  # the refinement decodes' VAE tile halves too
 
 
 def test_retry_smaller_on_oom_shrinks_to_the_floor_then_raises():
@@ -213,59 +213,53 @@ def test_retry_smaller_on_oom_shrinks_to_the_floor_then_raises():
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return tile
 
-    assert comfy_bridge.retry_smaller_on_oom(run, 1024, floor=256, what="test") == 256 and tried == [1024, 512, 256]
+    halving = comfy_bridge.halving(256)
+    assert comfy_bridge.retry_smaller_on_oom(run, 1024, smaller=halving, what="test") == 256 and tried == [1024, 512, 256]
     tried.clear()
     with pytest.raises(torch.OutOfMemoryError):  # 1280 -> 640 -> 320; 160 is below the floor
-        comfy_bridge.retry_smaller_on_oom(run, 1280, floor=256, what="test", shrink=lambda t: t // 2 // 8 * 8)
+        comfy_bridge.retry_smaller_on_oom(run, 1280, smaller=halving, what="test")
     assert tried == [1280, 640, 320]
+    assert [halving(t) for t in (1280, 520, 511)] == [640, 256, None]  # multiples of 8, never below the floor
     with pytest.raises(ValueError, match="gave up at 320") as info:
-        comfy_bridge.retry_smaller_on_oom(run, 640, floor=256, what="test", exhausted=lambda t: ValueError(f"gave up at {t}"))
+        comfy_bridge.retry_smaller_on_oom(run, 640, smaller=halving, what="test",
+                                          exhausted=lambda t: ValueError(f"gave up at {t}"))
     assert isinstance(info.value.__cause__, torch.OutOfMemoryError)
     with pytest.raises(KeyError):  # anything but an OOM passes straight through, untried again
-        comfy_bridge.retry_smaller_on_oom(lambda t: {}["x"], 1024, floor=256, what="test")
+        comfy_bridge.retry_smaller_on_oom(lambda t: {}["x"], 1024, smaller=halving, what="test")
 
 
-@pytest.mark.parametrize("tile", [256, 512, 768, 1024, 2048])
-def test_upscale_and_sampler_nodes_use_one_overlap_rule(monkeypatch, tile):
-    """Issue 10 defect 2: AddSR Upscale (no overlap input) and AddSR Sampler (default overlap) give the
-    diffusion the same overlap for the same tile, addsr_core.pipeline.tile_overlap_px (64 at 1024)."""
-    import types
-
-    import nodes.sampler as sampler_mod
+@pytest.mark.parametrize("tile", [256, 512, 1024, 2048])
+def test_upscale_and_sampler_nodes_use_one_overlap_rule(loaded, monkeypatch, tile):
+    """AddSR Upscale (no overlap input) and AddSR Sampler (default overlap) give the diffusion the same
+    overlap for the same tile: the one rule, addsr_core.stages.tile_overlap_px (64 px at every tile here)."""
     import nodes.upscale as upscale_mod
-    from addsr_core.pipeline import tile_overlap_px
-    from nodes.encode import AddSRCond
-    from nodes.loaders import AddSRModel, RAMModel
+    from addsr_core.addsr import pipeline as addsr
+    from addsr_core.stages import DEFAULT_LATENT_OVERLAP_PX, tile_overlap_px
+
+    model, ram, vae, clip = loaded
 
     class Stop(Exception):
         pass
 
     seen = {}
 
-    def upscale(models, lr, options, **kw):
-        seen["upscale"] = options.tiling.overlap_px
-        raise Stop
+    def capture(key):
+        def run(*args, **kwargs):
+            options = next(a for a in args if isinstance(a, addsr.AddSROptions))
+            seen[key] = (options.tiling.tile_px, options.tiling.overlap_px)
+            raise Stop
 
-    def run_sampler(addsr_model, addsr_cond, positive, negative, sampling, tiling, **kw):
-        seen["sampler"] = tiling.overlap_px
-        raise Stop
+        return run
 
-    monkeypatch.setattr(upscale_mod, "upscale", upscale)
-    monkeypatch.setattr(sampler_mod, "run_sampler", run_sampler)
-    monkeypatch.setattr(upscale_mod.comfy_bridge, "load_to_device", lambda managed: torch.device("cpu"))
-    monkeypatch.setattr(sampler_mod, "conditioning_tensor", lambda *a, **k: torch.zeros(1, 77, 8))
-    module = types.SimpleNamespace(module=None)
-    model = object.__new__(AddSRModel)
-    model.unet = types.SimpleNamespace(module=types.SimpleNamespace(config=types.SimpleNamespace(cross_attention_dim=8)))
-    model.controlnet = module
-    ram = object.__new__(RAMModel)
-    ram.tagger, ram.encoder = None, module
-    cond = object.__new__(AddSRCond)
-    monkeypatch.setattr(upscale_mod, "as_addsr_vae", lambda vae: types.SimpleNamespace(managed=None, vae=None))
+    monkeypatch.setattr(upscale_mod, "upscale", capture("upscale"))
+    monkeypatch.setattr(addsr, "sample", capture("sampler"))
+    image = lr_image()
     with pytest.raises(Stop):
-        nodes.AddSRUpscale().upscale(torch.rand(1, 16, 16, 3), model, ram, None, None, tile_size=tile)
+        nodes.AddSRUpscale().upscale(image, model, ram, vae, clip, tile_size=tile, min_size=64)
+    (cond,) = nodes.AddSREncodeLR().encode(image, vae, ram, min_size=64)
     with pytest.raises(Stop):
-        nodes.AddSRSampler().sample(model, cond, None, None, tile_size=tile)
-    assert seen["upscale"] == seen["sampler"] == tile_overlap_px(tile)
-    assert tile_overlap_px(1024) == tile_overlap_px(256) == 64 and tile_overlap_px(128) == 40
-    assert tile_overlap_px(1024, 256) == 256 and tile_overlap_px(512, 256) == 168  # at most a third
+        nodes.AddSRSampler().sample(model, cond, clip.conditioning("x"), clip.conditioning("y"), tile_size=tile)
+    assert seen["upscale"] == seen["sampler"] == (tile, tile_overlap_px(tile, DEFAULT_LATENT_OVERLAP_PX)) == (tile, 64)
+    # at most half the tile, a multiple of 8 (a latent pixel), so a tile always steps forward
+    assert (tile_overlap_px(128, 64), tile_overlap_px(96, 64), tile_overlap_px(1024, 700), tile_overlap_px(100, 64)) == \
+        (64, 48, 512, 48)

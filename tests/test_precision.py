@@ -5,7 +5,8 @@ import torch
 
 from addsr_core import precision
 from addsr_core.cli_upscale import resolve_dtype
-from addsr_core.pipeline import DEFAULT_VAE_TILE_PX, UpscaleOptions, upscale, vae_decode, vae_encode
+from addsr_core.pipeline import AddSROptions, upscale
+from addsr_core.stages import DEFAULT_VAE_TILE_PX, vae_decode, vae_encode
 from addsr_core.precision import Precision, apply_precision, auto_precision, resolve_precision
 from addsr_core.addsr.tiny import write_tiny_kit
 from addsr_core.selfcheck import load_tiny_models
@@ -98,7 +99,7 @@ def _upscale(paths, prec: Precision) -> torch.Tensor:
         apply_precision(network, prec)
     lr = torch.rand(1, 3, 24, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        return upscale(models, lr, UpscaleOptions(scale=2, process_size=64, use_tags=False))
+        return upscale(models, lr, AddSROptions(scale=2, min_size=64, use_tags=False))
 
 
 def test_bf16_channels_last_pipeline_stays_close_to_fp32(tiny_kit):

@@ -27,7 +27,7 @@ def _rand_uint8(h, w, c=3, seed=0):
 def test_condition_image_reproduces_official_fixture():
     inputs = load_file(PARITY / "pipeline_small_4step" / "inputs.safetensors")
     lr = to_rgb_float(inputs["lr_image_uint8"].numpy()).rgb
-    cond = official_condition_image(lr, scale=4, process_size=128)
+    cond = official_condition_image(lr, scale=4, min_size=128)
     assert torch.equal(cond, inputs["cond_image"])  # = cond_image_uint8 / 255, bit for bit
     assert torch.equal(cond.mul(255).round().to(torch.uint8)[0].permute(1, 2, 0), inputs["cond_image_uint8"])
 

@@ -1,4 +1,4 @@
-"""The final 8-bit route (UpscaleOptions.rounding): ours by default, the official one as an option.
+"""The final 8-bit route (AddSROptions.rounding): ours by default, the official one as an option.
 
 The official test_addsr.py takes the pipeline's 'pil' output (the decode rounded to 8 bits), colour-
 fixes it against the 8-bit condition image and truncates (ToPILImage). With ``rounding="official"``
@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 from addsr_core.imaging.colorfix import color_fix_uint8, uint8_hwc_to_tensor
 from addsr_core.imaging.prepare import to_uint8_round
-from addsr_core.pipeline import FinishOptions, LRCondition, UpscaleOptions, finish
+from addsr_core.pipeline import AddSROptions
+from addsr_core.stages import FinishOptions, LRCondition, finish
 from conftest import PARITY
 
 CASES = ["pipeline_small_1step", "pipeline_small_4step"]
@@ -58,7 +59,7 @@ def test_the_default_float_route_differs_by_at_most_a_few_levels(name):
 
 def test_unknown_rounding_is_refused():
     with pytest.raises(ValueError, match="rounding must be one of"):
-        UpscaleOptions(rounding="nearest").validate()
+        AddSROptions(rounding="nearest").validate()
 
 
 @pytest.mark.parametrize("method", ["adain", "wavelet", "none"])
@@ -77,12 +78,12 @@ def test_finish_works_on_its_own_copy_and_keeps_the_values(method):
 
 def test_decode_converts_in_place_with_the_same_values():
     from addsr_core.loading.models import load_vae
-    from addsr_core.pipeline import AddSRModels, decode, vae_decode
+    from addsr_core.stages import decode, vae_decode
 
     vae = load_vae(PARITY / "vae_small" / "vae")
     latent = 3 * torch.randn(1, 4, 8, 12, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         raw = vae_decode(vae, latent, 1024, 64)
-        ours = decode(AddSRModels(None, None, vae, None), latent)
+        ours = decode(vae, latent)
     assert torch.equal(ours, (raw / 2 + 0.5).clamp(0, 1))
     assert ((raw < -1) | (raw > 1)).any()  # the clamp is exercised

@@ -9,22 +9,21 @@ from safetensors.torch import load_file
 
 from addsr_core.loading.models import load_vae
 from addsr_core.loading.pack import load_addsr
-from addsr_core.pipeline import AddSRModels, LRCondition
+from addsr_core.stages import AddSRModels, LRCondition
 from addsr_core.sampling.ddpm import ddpm_schedule, ddpm_step, ddpm_timesteps
 from addsr_core.sampling.noise import ReplayNoise, SeededNoise
 from addsr_core.sampling.schedule import add_noise
 from addsr_core.seesr.sampler import SeeSRSampling, sample_seesr, seesr_noise
-from addsr_core.seesr import pipeline as seesr
 from addsr_core.pipeline import run_sampling
 from addsr_core.seesr.pipeline import SeeSROptions, count_network_calls
 
 
 def seesr_sample(networks, cond, prompt, negative, options, **hooks):
-    return run_sampling(networks, cond, prompt, negative, options, method=seesr, **hooks)
+    return run_sampling(networks, cond, prompt, negative, options, **hooks)  # the family from the options' type
 
 
 def _calls(options, latent_hw):
-    return count_network_calls(options.sampling(), options.tiling, latent_hw)
+    return count_network_calls(options, tuple(8 * s for s in latent_hw))
 from addsr_core.addsr.tiny import write_tiny_addsr, write_tiny_sd2
 from conftest import assert_matches
 

@@ -16,21 +16,22 @@ def kit(tmp_path_factory):
 
 @pytest.fixture()
 def small(monkeypatch):
-    """Keep the official 512 minimum size from making test images large; record the options used."""
+    """Record the options each image is upscaled with."""
     used = []
+    real = cli_upscale.upscale_file
 
-    def make(**kw):
-        options = cli_upscale.seesr.SeeSROptions(process_size=32, **kw)
+    def recording(models, src, dst, options, *rest):
         used.append(options)
-        return options
+        return real(models, src, dst, options, *rest)
 
-    monkeypatch.setattr(cli_upscale, "SeeSROptions", make)
+    monkeypatch.setattr(cli_upscale, "upscale_file", recording)
     return used
 
 
 def seesr_upscale(kit, src, out, *extra):
+    # --min-size 32: keep the official 512 minimum size from making test images large
     return cli.main(["upscale", str(src), "-o", str(out), *model_args(kit), "--method", "seesr", "--scale", "2",
-                     "--steps", "2", "--vae-tile", "256", *extra])
+                     "--steps", "2", "--vae-tile", "256", "--min-size", "32", *extra])
 
 
 def test_resumable_seesr_batch(kit, tmp_path, monkeypatch, small, capsys):
@@ -38,11 +39,11 @@ def test_resumable_seesr_batch(kit, tmp_path, monkeypatch, small, capsys):
     write_images(src, [(40, 24, "RGB"), (33, 21, "RGBA"), (20, 20, "L")])
     real, done = cli_upscale.upscale_file, []
 
-    def killed_after_one(models, s, d, options, device, tqdm, method):
-        assert method is cli_upscale.seesr
+    def killed_after_one(models, s, d, options, device, tqdm):
+        assert type(options) is cli_upscale.SeeSROptions
         if done:
             raise KeyboardInterrupt
-        real(models, s, d, options, device, tqdm, method)
+        real(models, s, d, options, device, tqdm)
         done.append(d)
 
     monkeypatch.setattr(cli_upscale, "upscale_file", killed_after_one)

@@ -55,13 +55,13 @@ def test_seesr_sampler_runs_with_progress_and_previews(loaded, monkeypatch):
     model, cond, clip = loaded
     updates = []
     monkeypatch.setattr(nodes.comfy_bridge.Progress, "update", lambda self, n=1, preview=None: updates.append((n, self.total)))
-    (latent,) = nodes.SeeSRSampler().sample(model, cond, clip.conditioning("a, clean, high-resolution, 8k"),
+    (latent,) = nodes.SeeSRSamplerV2().sample(model, cond, clip.conditioning("a, clean, high-resolution, 8k"),
                                             clip.conditioning("dotted, noise"), seed=1, steps=3, cfg=5.5)
     h, w = cond.cond.control_image.shape[-2:]
     assert latent["samples"].shape == (1, 4, h // 8, w // 8) and torch.isfinite(latent["samples"]).all()
     assert [n for n, _ in updates].count(1) == 3 and [n for n, _ in updates].count(0) == 3  # calls + previews
     assert {total for _, total in updates} == {3}
-    again = nodes.SeeSRSampler().sample(model, cond, clip.conditioning("a, clean, high-resolution, 8k"),
+    again = nodes.SeeSRSamplerV2().sample(model, cond, clip.conditioning("a, clean, high-resolution, 8k"),
                                         clip.conditioning("dotted, noise"), seed=1, steps=3, cfg=5.5)[0]
     assert torch.equal(again["samples"], latent["samples"])
 
@@ -80,7 +80,7 @@ def test_seesr_sampler_cancels(loaded, monkeypatch):
 
     monkeypatch.setattr(nodes.comfy_bridge, "check_interrupt", interrupt)
     with pytest.raises(Interrupted):  # Cancel is checked before sampling and at every network call
-        nodes.SeeSRSampler().sample(model, cond, clip.conditioning("x"), clip.conditioning("y"), steps=2, cfg=1.0,
+        nodes.SeeSRSamplerV2().sample(model, cond, clip.conditioning("x"), clip.conditioning("y"), steps=2, cfg=1.0,
                                     official_tiles=False)
 
 
@@ -90,26 +90,62 @@ def test_seesr_sampler_halves_the_tile_on_oom_then_gives_up(loaded, monkeypatch)
     model, cond, clip = loaded
     tiles = []
 
-    def fake_sample(models, c, pos, neg, sampling, tiling, **kw):
-        tiles.append(tiling.tile_px)
+    def fake_sample(models, c, pos, neg, options, **kw):
+        tiles.append(options.latent_tile_px)
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
 
     monkeypatch.setattr(seesr, "sample", fake_sample)
     with pytest.raises(AddSRInputError, match="out of memory even with 256px tiles"):
-        nodes.SeeSRSampler().sample(model, cond, clip.conditioning("x"), clip.conditioning("y"), tile_size=128)
+        nodes.SeeSRSamplerV2().sample(model, cond, clip.conditioning("x"), clip.conditioning("y"), tile_size=1024)
     assert tiles == [1024, 512, 256]
+
+
+def test_the_deprecated_sampler_keeps_its_latent_pixel_values(loaded, monkeypatch):
+    """A workflow saved with the old SeeSR Sampler (tiles in latent pixels) runs the V2 node's code on the
+    same tiles in output pixels: the same latent, the same tiles."""
+    from addsr_core.seesr import pipeline as seesr
+
+    model, cond, clip = loaded
+    old = nodes.SeeSRSampler.INPUT_TYPES()["required"]
+    assert (old["tile_size"][1]["default"], old["tile_overlap"][1]["default"]) == (96, 4)
+    assert nodes.SeeSRSampler.DEPRECATED and not getattr(nodes.SeeSRSamplerV2, "DEPRECATED", False)
+    seen = []
+    real = seesr.sample
+    monkeypatch.setattr(seesr, "sample", lambda *a, **k: seen.append(a[4]) or real(*a, **k))
+    args = (model, cond, clip.conditioning("a"), clip.conditioning("b"))
+    (a,) = nodes.SeeSRSampler().sample(*args, seed=2, steps=2, cfg=1.0, tile_size=8, tile_overlap=2, official_tiles=False)
+    (b,) = nodes.SeeSRSamplerV2().sample(*args, seed=2, steps=2, cfg=1.0, tile_size=64, tile_overlap=16,
+                                         official_tiles=False)
+    assert torch.equal(a["samples"], b["samples"])
+    assert [(o.latent_tile_px, o.latent_overlap_px) for o in seen] == [(64, 16), (64, 16)]
+    assert cond.cond.control_image.shape[-1] > 64  # the image is larger than the tile: it really tiles
+
+
+
+def test_the_deprecated_sampler_says_when_its_overlap_is_capped(loaded, caplog):
+    """The old node allowed an overlap up to the tile; the one rule caps it at half. A saved workflow beyond
+    that runs at the cap, and the log says so."""
+    model, cond, clip = loaded
+    args = (model, cond, clip.conditioning("a"), clip.conditioning("b"))
+    with caplog.at_level(logging.WARNING, logger="addsr"):
+        (a,) = nodes.SeeSRSampler().sample(*args, seed=2, steps=1, cfg=1.0, tile_size=8, tile_overlap=6,
+                                           official_tiles=False)
+    assert "tile overlap of 48 px is more than half the 64 px tile; running with 32 px" in caplog.text
+    (b,) = nodes.SeeSRSamplerV2().sample(*args, seed=2, steps=1, cfg=1.0, tile_size=64, tile_overlap=32,
+                                         official_tiles=False)
+    assert torch.equal(a["samples"], b["samples"])
 
 
 def test_seesr_sampler_warns_on_addsr_weights_and_rejects_bad_inputs(kit, loaded, caplog):
     _, cond, clip = loaded
     (addsr,) = nodes.AddSRModelLoader().load("AddSR-tiny", "fp32")
     with caplog.at_level(logging.WARNING, logger="addsr"):
-        nodes.SeeSRSampler().sample(addsr, cond, clip.conditioning("x"), clip.conditioning("y"), steps=1, cfg=1.0)
+        nodes.SeeSRSamplerV2().sample(addsr, cond, clip.conditioning("x"), clip.conditioning("y"), steps=1, cfg=1.0)
     assert "SeeSR Sampler got addsr weights" in caplog.text
     with pytest.raises(AddSRInputError, match="AddSR Load Model"):
-        nodes.SeeSRSampler().sample("nope", cond, clip.conditioning("x"), clip.conditioning("y"))
+        nodes.SeeSRSamplerV2().sample("nope", cond, clip.conditioning("x"), clip.conditioning("y"))
     with pytest.raises(AddSRInputError, match="start_point"):
-        nodes.SeeSRSampler().sample(addsr, cond, clip.conditioning("x"), clip.conditioning("y"), start_point="middle")
+        nodes.SeeSRSamplerV2().sample(addsr, cond, clip.conditioning("x"), clip.conditioning("y"), start_point="middle")
 
 
 def test_seesr_sampler_refuses_sd15_conditioning(kit, loaded):
@@ -119,12 +155,12 @@ def test_seesr_sampler_refuses_sd15_conditioning(kit, loaded):
     model, cond, clip = loaded
     sd15 = [[torch.randn(1, 77, 768), {"pooled_output": None}]]
     with pytest.raises(AddSRInputError) as err:
-        nodes.SeeSRSampler().sample(model, cond, sd15, clip.conditioning("y"), steps=1)
+        nodes.SeeSRSamplerV2().sample(model, cond, sd15, clip.conditioning("y"), steps=1)
     for words in ("positive conditioning is 768 wide (an SD 1.x CLIP)", f"needs {TEXT_WIDTH}",
                   "SD 2.x checkpoint, 1024 wide", "Load Checkpoint", "CLIP Text Encode"):
         assert words in str(err.value), str(err.value)
     with pytest.raises(AddSRInputError, match="negative conditioning is 768 wide"):
-        nodes.SeeSRSampler().sample(model, cond, clip.conditioning("x"), sd15, steps=1, cfg=5.5)
+        nodes.SeeSRSamplerV2().sample(model, cond, clip.conditioning("x"), sd15, steps=1, cfg=5.5)
 
 
 def test_convert_pack_records_the_family_the_loader_reads(kit, tmp_path, monkeypatch, capsys):

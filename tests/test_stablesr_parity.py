@@ -19,11 +19,12 @@ import addsr_core.stablesr.pipeline as stablesr_pipeline
 from addsr_core.imaging.colorfix import adain_color_fix, wavelet_color_fix
 from addsr_core.models.config import UNetConfig
 from addsr_core.sampling.noise import ReplayNoise
-from addsr_core.sampling.tiling import pixel_tile_plan, tile_origins
-from addsr_core.stablesr import StableSRDenoiser, load_cfw_vae, load_stablesr, respaced_schedule, sample_stablesr, tiled_denoiser
+from addsr_core.sampling.tiling import tile_origins
+from addsr_core.stablesr import StableSRDenoiser, load_cfw_vae, load_stablesr, respaced_schedule, sample_stablesr
 from addsr_core.stablesr.encoder import TimeAwareEncoderConfig
 from addsr_core.stablesr.model import StableSRConfig, StableSRModel
-from addsr_core.stablesr.pipeline import StableSRModels, StableSROptions, decode_cfw, encode_lr, prepare_lr, upscale
+from addsr_core.pipeline import upscale
+from addsr_core.stablesr.pipeline import StableSRModels, StableSROptions, decode_cfw, encode_lr, prepare_lr
 from addsr_core.stablesr.tiny import ldm_cfw_state, ldm_stablesr_state, seeded_weights, tiny_cfw, tiny_stablesr
 from conftest import assert_matches
 
@@ -149,11 +150,14 @@ def loop_networks(tmp_path_factory):
 
 
 def _options(case: dict) -> StableSROptions:
+    """The script's arguments as our options: its --input_size is both the minimum size and the canvas
+    tile (input_size / 8 latents), its overlaps are in latents, its pixel tiles by size and stride."""
     args = case["args"]
+    tile, stride = args.get("vqgantile_size", 1280), args.get("vqgantile_stride", 1000)
     return StableSROptions(
         scale=args["upscale"], steps=args["ddpm_steps"], seed=args["seed"], fidelity=args["dec_w"],
-        color_fix=COLOR_FIX[args["colorfix_type"]], input_size=args["input_size"], tile_overlap=args["tile_overlap"],
-        image_tile_px=args.get("vqgantile_size", 1280), image_tile_stride_px=args.get("vqgantile_stride", 1000),
+        color_fix=COLOR_FIX[args["colorfix_type"]], min_size=args["input_size"], latent_tile_px=args["input_size"],
+        latent_overlap_px=args["tile_overlap"] * 8, pixel_tile_px=tile, pixel_overlap_px=tile - stride,
     )
 
 
@@ -188,13 +192,14 @@ def test_stablesr_parity_sampling_script(loops_fixture, loop_networks, name):
     networks = loop_networks[case["prediction_type"]]
     context = loops_fixture["inputs.context"]
     prepared = prepare_lr(_lr(loops_fixture, name), options)
-    plan = pixel_tile_plan(*prepared.image.shape[-2:], options.image_tile_px, options.image_tile_stride_px)
+    plan = options.pixel_plan(*prepared.control_image.shape[-2:])
     assert plan.count == len(case["pixel_tiles"])
+    tile, overlap = options.tiling.plan((1, 1))
     schedule = respaced_schedule(options.steps)
     for j, ((y0, x0), recorded) in enumerate(zip(plan.origins, case["pixel_tiles"])):
         draws, expected = _tile_records(loops_fixture, name, j)
         assert list(reversed(schedule.timesteps)) == recorded["timesteps_run"]
-        image = prepared.image[..., y0 : y0 + plan.tile_h, x0 : x0 + plan.tile_w]
+        image = prepared.control_image[..., y0 : y0 + plan.tile_h, x0 : x0 + plan.tile_w]
         if "image" in expected:
             assert_matches(image, expected["image"], name=f"{name}: prepared LR")
         noise = ReplayNoise(draws)
@@ -204,11 +209,11 @@ def test_stablesr_parity_sampling_script(loops_fixture, loop_networks, name):
         traced = {}
         with torch.no_grad():
             z0 = sample_stablesr(
-                denoise=tiled_denoiser(per_tile, options.tile, options.tile_overlap), lr_latent=lr_latent, context=context,
+                denoise=options.tiling.wrap(per_tile, lr_latent.shape[-2:], scale=1), lr_latent=lr_latent, context=context,
                 options=options.sampling(networks.model.config.prediction_type), noise=noise,
                 trace=lambda key, value: traced.__setitem__(key, value.clone()),
             )
-        assert len(tile_origins(*lr_latent.shape[-2:], options.tile, options.tile_overlap)) == recorded["canvas_tiles_per_step"]
+        assert len(tile_origins(*lr_latent.shape[-2:], tile, overlap)) == recorded["canvas_tiles_per_step"]
         for key in sorted(k for k in expected if k.startswith("t") or k == "x_T"):
             if ".tile" in key:  # t{t}.tile{k}.model_out: the k-th canvas tile, in the official visit order
                 t, k = key.split(".")[0][1:], key.split(".")[1][4:]
@@ -245,8 +250,9 @@ def test_stablesr_parity_finish(loops_fixture, name):
     prepared = prepare_lr(_lr(loops_fixture, name), options)
     official = _official_image(loops_fixture, name, prepared)
     blend = _official_blend(loops_fixture, name)
-    assert_matches(stablesr_pipeline.finish(blend.clone(), prepared, official=True), official, name=f"{name}: official finish")
-    ours = stablesr_pipeline.finish(blend.clone(), prepared)
+    assert_matches(stablesr_pipeline.finish(blend.clone(), prepared, replace(options, official_finish=True)), official,
+                   name=f"{name}: official finish")
+    ours = stablesr_pipeline.finish(blend.clone(), prepared, options)
     h, w = case["lr_hw"]
     assert tuple(ours.shape[-2:]) == (h * 4, w * 4)
     if prepared.official_hw:  # 12x13 LR: upscaled 64x69, padded 96x96, resized to 72x72, "cropped" to 64x69
@@ -258,15 +264,19 @@ def test_stablesr_parity_finish(loops_fixture, name):
 # DDPM-200 is left out: the same stages as test_stablesr_parity_sampling_script, twice the test time.
 @pytest.mark.parametrize("name", sorted(n for n in LOOPS["cases"] if LOOPS["cases"][n]["args"]["ddpm_steps"] < 200))
 def test_stablesr_parity_upscale_is_the_official_image(loops_fixture, loop_networks, name, monkeypatch):
-    """``upscale(official_finish=True)`` (prepare, pixel tiles, Gaussian blend, finish) is the
-    script's image and PNG, each pixel tile given that tile's official draws (the script reseeds per tile)."""
+    """``upscale`` with ``official_finish`` (prepare, pixel tiles, Gaussian blend, finish: the library's
+    default procedure) is the script's image and PNG, each pixel tile given that tile's official draws
+    (the script reseeds per tile)."""
     case = LOOPS["cases"][name]
     options = replace(_options(case), official_finish=True)
     tiles = iter(range(len(case["pixel_tiles"])))
     monkeypatch.setattr(stablesr_pipeline, "SeededNoise", lambda seed: ReplayNoise(_tile_records(loops_fixture, name, next(tiles))[0]))
     lr = _lr(loops_fixture, name)
+    networks = loop_networks[case["prediction_type"]]
+    context = loops_fixture["inputs.context"]
+    models = StableSRModels(networks.model, networks.vae, text=lambda prompts: context if prompts == [""] else None)
     with torch.no_grad():
-        ours = upscale(loop_networks[case["prediction_type"]], lr, loops_fixture["inputs.context"], options)
+        ours = upscale(models, lr, options)
     assert next(tiles, None) is None
     assert_matches(ours, _official_image(loops_fixture, name, prepare_lr(lr, options)), name=f"{name}: image")
     png = loops_fixture[f"{name}.expected.png"].permute(2, 0, 1)[None].float()

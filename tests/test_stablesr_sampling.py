@@ -11,7 +11,8 @@ import torch
 
 from addsr_core.sampling.noise import SeededNoise
 from addsr_core.sampling.tiling import tile_origins
-from addsr_core.stablesr import StableSRDenoiser, StableSRSampling, respaced_schedule, sample_stablesr, space_timesteps, tiled_denoiser
+from addsr_core.sampling.denoisers import TiledDenoiser
+from addsr_core.stablesr import StableSRDenoiser, StableSRSampling, respaced_schedule, sample_stablesr, space_timesteps
 from addsr_core.stablesr.sampling import ldm_alphas_cumprod
 from addsr_core.stablesr.tiny import tiny_cfw, tiny_stablesr
 from conftest import assert_matches
@@ -130,6 +131,11 @@ def test_bad_options_are_named():
 
 
 # --- tiling ---------------------------------------------------------------------------------------
+
+
+def tiled_denoiser(denoise, tile, overlap):
+    """The official canvas tiles (LatentTiling(rule="square")): the LR latent cropped with the latent."""
+    return TiledDenoiser(denoise, tile, overlap, scale=1, square=True)
 
 
 def test_one_tile_covering_the_latent_equals_untiled(model):

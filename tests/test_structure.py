@@ -30,12 +30,13 @@ LAYERS = {
     "precision": 2, "memory": 2,  # the dtype / memory-format policy (knows the VAE class); the GPU tile-size policy
     "loading": 3, "sampling": 3,  # component folders over the networks
     "ram": 4, "text": 4, "imaging": 4,  # component folders over loading / sampling
-    "addsr": 5, "seesr": 5, "stablesr": 5,  # family folders: never each other
-    "pipeline": 6,  # the shared stages and upscale()
-    "selfcheck": 7, "cli": 7, "cli_upscale": 7, "cli_tag": 7, "__main__": 7, "training": 7,  # entry points
+    "stages": 5,  # the shared stages, the conditioning bundle, the options base: no family
+    "addsr": 6, "seesr": 6, "stablesr": 6,  # family folders: never each other
+    "pipeline": 7,  # the orchestrator: the family from the options type
+    "selfcheck": 8, "cli": 8, "cli_jobs": 8, "cli_upscale": 8, "cli_tag": 8, "__main__": 8, "training": 8,  # entry points
 }
 PACKAGE_ROOT_LAYER = 0  # addsr_core/__init__.py: importing the package must stay free of heavy imports
-ENTRY_POINT_LAYER = 7
+ENTRY_POINT_LAYER = 8
 
 COMFY_MODULES = frozenset({
     "comfy", "comfy_extras", "comfy_api", "comfy_api_nodes", "comfy_execution", "comfy_config", "folder_paths",
@@ -44,22 +45,8 @@ COMFY_MODULES = frozenset({
 COMFY_BRIDGE = "nodes.comfy_bridge"
 DYNAMIC_IMPORTERS = frozenset({"import_module", "comfy_module", "__import__"})
 
-# Each entry: (rule, importer, imported). They sit in files the family-protocol work (issue 25,
-# item 1: one family protocol, the orchestrator picking the family from the options type, the CLI
-# split by command) is rewriting; that work removes them. Do not add to this list: fix the import.
-KNOWN_VIOLATIONS = frozenset({
-    # pipeline.py <-> addsr/pipeline.py: AddSR's sample stage borrows the shared stages from its caller.
-    ("cycle", "addsr_core.pipeline", "addsr_core.addsr.pipeline"),
-    ("cycle", "addsr_core.addsr.pipeline", "addsr_core.pipeline"),
-    ("layer", "addsr_core.addsr.pipeline", "addsr_core.pipeline"),
-    # SeeSR's sample stage does the same (no cycle: pipeline.py does not import SeeSR).
-    ("layer", "addsr_core.seesr.pipeline", "addsr_core.pipeline"),
-    # cli -> cli_upscale / cli_tag dispatch, and both read helpers back from cli.py (cli_tag via cli_upscale).
-    ("cycle", "addsr_core.cli", "addsr_core.cli_tag"),
-    ("cycle", "addsr_core.cli", "addsr_core.cli_upscale"),
-    ("cycle", "addsr_core.cli_tag", "addsr_core.cli_upscale"),
-    ("cycle", "addsr_core.cli_upscale", "addsr_core.cli"),
-})
+# Each entry: (rule, importer, imported). Do not add to this list: fix the import.
+KNOWN_VIOLATIONS = frozenset()
 
 @dataclass(frozen=True)
 class Import:

@@ -11,7 +11,7 @@ from conftest import PARITY
 from addsr_core.imaging.prepare import MAX_ENLARGED_AREA_VS_SQUARE, condition_sizes
 from addsr_core.imaging.tiled_vae import decoder_context, tiled_decode
 from addsr_core.loading.models import load_vae
-from addsr_core.pipeline import UpscaleOptions, upscale
+from addsr_core.pipeline import AddSROptions, upscale
 from addsr_core.addsr.tiny import write_tiny_kit
 from addsr_core.selfcheck import load_tiny_models
 
@@ -78,8 +78,8 @@ def _count_work(models, lr, options):
 def test_thin_image_work_is_proportional_to_its_pixels(models):
     """A 2x100 LR against a 14x14 one (about as many pixels), through the whole pipeline with
     small tiles, so that every tiled stage is exercised."""
-    options = UpscaleOptions(
-        steps=2, use_tags=False, process_size=64, latent_tile_px=128, latent_overlap_px=32,
+    options = AddSROptions(
+        steps=2, use_tags=False, min_size=64, latent_tile_px=128, latent_overlap_px=32,
         vae_encode_tile_px=128, vae_decode_tile_px=128, vae_overlap_px=32,
     )
     g = torch.Generator().manual_seed(0)

@@ -150,9 +150,9 @@ def test_balanced_tile_keeps_the_count_and_covers_with_the_smallest_tile(size, t
 
 
 def test_latent_tiling_balanced_plan_and_calls():
-    from addsr_core.pipeline import LatentTiling
+    from addsr_core.stages import LatentTiling
 
-    balanced, fixed = LatentTiling(1024, 256), LatentTiling(1024, 256, balanced=False)
+    balanced, fixed = LatentTiling(1024, 256), LatentTiling(1024, 256, rule="stride")
     assert balanced.plan((128, 128)) is None and fixed.plan((128, 128)) is None  # one tile: untiled
     assert fixed.plan((256, 256)) == ((128, 128), 32)
     assert balanced.plan((256, 256)) == ((107, 107), 32)  # 3 x 107 instead of 3 x 128 per axis

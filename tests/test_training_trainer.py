@@ -200,7 +200,7 @@ def test_kill_and_resume_equals_uninterrupted_run(kit, finished_run, tmp_path):
 
 def test_export_loads_in_pipeline_and_nodes(finished_run, monkeypatch):
     from addsr_core.loading.pack import load_addsr
-    from addsr_core.pipeline import AddSRModels, UpscaleOptions, upscale
+    from addsr_core.pipeline import AddSRModels, AddSROptions, upscale
 
     cfg, out, tr = finished_run
     folder = out / "export" / "addsr-student"
@@ -221,7 +221,7 @@ def test_export_loads_in_pipeline_and_nodes(finished_run, monkeypatch):
     assert torch.equal(p_unet.state_dict()["down_blocks.0.image_attentions.0.proj_in.weight"].float(), half)
     models = AddSRModels(unet, controlnet, tr.c.vae, tr.c.ram, None, tr.c.text)
     lr = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    sr = upscale(models, lr, UpscaleOptions(steps=1, use_tags=False, process_size=64))
+    sr = upscale(models, lr, AddSROptions(steps=1, use_tags=False, min_size=64))
     assert sr.shape == (1, 3, 64, 64) and torch.isfinite(sr).all()
 
     import nodes

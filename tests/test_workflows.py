@@ -389,3 +389,20 @@ def test_node_by_node_workflow_saves_the_all_in_one_image(tmp_path, models_root,
     one = _run_in_process(REPO / "workflows" / "addsr_all_in_one.json", lr, tmp_path / "one", models_root, monkeypatch)
     assert modular.shape == one.shape == (128, 160, 3)
     assert np.array_equal(modular, one), f"{(modular != one).mean():.1%} of the values differ"
+
+
+@pytest.mark.parametrize("name", ["seesr_quality_50", "stablesr_turbo_4x"])
+def test_a_workflow_saved_with_the_latent_pixel_nodes_gives_the_same_image(name, tmp_path, models_root, monkeypatch):
+    """The shipped file as it was before the tiles became output pixels (tests/fixtures/workflows_before_v2:
+    the deprecated SeeSR Sampler / StableSR Sampler and CFW Decode with their latent-pixel values) runs
+    and saves the image of today's file."""
+    old_path = REPO / "tests" / "fixtures" / "workflows_before_v2" / f"{name}.json"
+    old_types = {n["type"] for n in load_ui_workflow(old_path)["nodes"]}
+    new_types = {n["type"] for n in load_ui_workflow(REPO / "workflows" / f"{name}.json")["nodes"]}
+    assert old_types - new_types and all(getattr(load_pack().NODE_CLASS_MAPPINGS[t], "DEPRECATED", False)
+                                         for t in old_types - new_types)
+    lr = lr_photo(40, 32)
+    old = _run_in_process(old_path, lr, tmp_path / "old", models_root, monkeypatch)
+    new = _run_in_process(REPO / "workflows" / f"{name}.json", lr, tmp_path / "new", models_root, monkeypatch)
+    assert old.shape == new.shape == (128, 160, 3)
+    assert np.array_equal(old, new), f"{(old != new).mean():.1%} of the values differ"

@@ -12,9 +12,9 @@ Run it with a CUDA build of torch (it needs no GPU: ``pip install torch==2.14.1`
 The networks are built by their own constructors in the dtype and layout the precision policy
 picks for the simulated GPU (``--gpu ampere``: bf16, ``turing``: fp16; ``--dtype`` overrides), the
 device comes from the CLI's own ``resolve_device("auto")``, and the library's entry point runs end
-to end with default options (``pipeline.upscale``, ``seesr.upscale``, ``stablesr.upscale``) on a
-random LR of a quarter of ``--size``. Only the PIL preparation of the condition image runs on real
-data, on the host, as it does on a GPU.
+to end with default options (``pipeline.upscale`` with ``AddSROptions``, ``SeeSROptions`` or
+``StableSROptions``) on a random LR of a quarter of ``--size``. Only the PIL preparation of the
+condition image runs on real data, on the host, as it does on a GPU.
 
 It fails (exit 1), naming the line, on a device mismatch, a host sync inside sampling, a network
 computing in another dtype than promised or on the host, or anything fake mode cannot run. It
@@ -124,64 +124,80 @@ def _real_lr(fake_lr: torch.Tensor) -> torch.Tensor:
 def run_addsr_family(args, run: "fc.FakeRun", precision, device, stack: ExitStack):
     import addsr_core.imaging.prepare as prepare
     import addsr_core.imaging.tiled_vae as tiled_vae
-    import addsr_core.pipeline as pipeline
-    from addsr_core.addsr import pipeline as addsr_pipeline
-    from addsr_core.seesr import pipeline as seesr_pipeline
+    import addsr_core.stages as stages
+    from addsr_core.addsr import pipeline as addsr_family
+    from addsr_core.pipeline import family_of
 
     dtype, memory = precision.dtype, run.memory
     with memory.stage("weights"):
         models = addsr_models(precision, device, args.tiny)
-    method = addsr_pipeline if args.family == "addsr" else seesr_pipeline
-    options = make_options(args, pipeline, seesr_pipeline)
+    options = make_options(args)
+    family = family_of(options)
 
     def patch(obj, name, stage, **kw):
         stack.enter_context(mock.patch.object(obj, name, memory.wrap(stage, getattr(obj, name), **kw)))
 
     stack.enter_context(mock.patch.object(prepare, "official_condition_uint8", memory.wrap(
         "prepare (host, PIL)", run.host_function(prepare.official_condition_uint8, _real_lr))))
-    patch(pipeline, "condition_from_lr", "condition")
-    patch(pipeline, "vae_encode", "vae_encode", dtype=dtype)
+    patch(family, "condition", "condition")
+    patch(stages, "vae_encode", "vae_encode", dtype=dtype)
     patch(models.ram, "represent", "ram", dtype=dtype)
     patch(models, "text", "text", dtype=dtype)
-    patch(method, "sample", "sample", sync_free=True)
+    patch(family, "sample", "sample", sync_free=True)
     patch(models.unet, "forward", "unet", dtype=dtype)
     patch(models.controlnet, "forward", "controlnet", dtype=dtype)
-    if method is addsr_pipeline:
-        patch(addsr_pipeline, "vae_decode", "psr_decode", dtype=dtype)
-    patch(pipeline, "decode", "final_decode", dtype=dtype)
-    patch(pipeline, "finish", "finish")
+    if family is addsr_family:
+        patch(addsr_family, "vae_decode", "psr_decode", dtype=dtype)
+    patch(stages, "decode", "final_decode", dtype=dtype)
+    patch(family, "finish", "finish")
     patch(tiled_vae, "decoder_context", "  vae decode: statistics pass")
     patch(tiled_vae, "encoder_context", "  vae encode: statistics pass")
     patch(tiled_vae, "_run_tiles", "  vae: tiles + blend")
 
-    resolved, resolve = [], pipeline.resolve_tiles
-
-    def resolving(*a, **k):  # the tiles upscale() settles on (AUTO ones chosen for the simulated card)
-        resolved.append(resolve(*a, **k))
-        return resolved[-1]
-
-    stack.enter_context(mock.patch.object(pipeline, "resolve_tiles", resolving))
     lr = torch.rand(1, 3, args.size // 4, args.size // 4, device=device)  # the CLI's loaded.rgb.to(device)
     with memory.stage("upscale"):
-        image = pipeline.upscale(models, lr, options, method=method)
-    options = resolved[-1]
+        image, options = upscale(models, lr, options, stack)
     if run.device_type == "cuda":  # meta has no data to copy out
         with memory.stage("to_uint8 (host copy)"):
             prepare.to_uint8_round(image[0])
     return tuple(image.shape), options
 
 
-def make_options(args, pipeline, seesr_pipeline):
+def upscale(models, lr, options, stack: ExitStack) -> tuple:
+    """``pipeline.upscale`` (the family from the options' type), and the options it settled on: the
+    AUTO tiles chosen for the simulated card."""
+    import addsr_core.pipeline as pipeline
+
+    resolved, resolve = [], pipeline.resolve_tiles
+
+    def resolving(*a, **k):
+        resolved.append(resolve(*a, **k))
+        return resolved[-1]
+
+    stack.enter_context(mock.patch.object(pipeline, "resolve_tiles", resolving))
+    image = pipeline.upscale(models, lr, options)
+    return image, resolved[-1]
+
+
+def make_options(args):
+    """The family's default options, with the tiles asked for (a diffusion tile keeps the family's
+    overlap, under the one overlap rule, as the CLI's ``--tile``)."""
+    from addsr_core.pipeline import AddSROptions, SeeSROptions, StableSROptions
+    from addsr_core.seesr.pipeline import DEFAULT_STEPS as SEESR_STEPS
+    from addsr_core.stablesr.sampling import TURBO_STEPS
+
     tiles = {}
     if args.latent_tile is not None:
         tiles.update(latent_tile_px=args.latent_tile)
-        if args.latent_tile != pipeline.AUTO:
-            tiles.update(latent_overlap_px=pipeline.tile_overlap_px(args.latent_tile))
+    if args.family == "stablesr":
+        if args.vae_tile is not None:  # its CFW encode and decode run on its pixel tiles
+            tiles.update(pixel_tile_px=args.vae_tile)
+        return StableSROptions(steps=args.steps or TURBO_STEPS, **tiles)  # StableSR-Turbo
     if args.vae_tile is not None:
         tiles.update(vae_encode_tile_px=args.vae_tile, vae_decode_tile_px=args.vae_tile)
     if args.family == "addsr":
-        return pipeline.UpscaleOptions(steps=args.steps or 4, **tiles)
-    return seesr_pipeline.SeeSROptions(steps=args.steps or seesr_pipeline.DEFAULT_STEPS, **tiles)
+        return AddSROptions(steps=args.steps or 4, **tiles)
+    return SeeSROptions(steps=args.steps or SEESR_STEPS, **tiles)
 
 
 def run_stablesr(args, run: "fc.FakeRun", precision, device, stack: ExitStack):
@@ -195,19 +211,18 @@ def run_stablesr(args, run: "fc.FakeRun", precision, device, stack: ExitStack):
         stack.enter_context(mock.patch.object(obj, name, memory.wrap(stage, getattr(obj, name), **kw)))
 
     patch(sr, "prepare_lr", "prepare")
-    patch(sr, "encode_lr", "vae_encode", dtype=dtype)
+    patch(sr, "encode_moments", "vae_encode", dtype=dtype)
     patch(sr, "sample_latent", "sample", sync_free=True)
     patch(models.model, "forward", "unet + encoder", dtype=dtype)
     patch(sr, "decode_cfw", "cfw_decode", dtype=dtype)
     patch(sr, "finish", "finish")
-    options = sr.StableSROptions(steps=args.steps or 4)  # StableSR-Turbo
-    if args.latent_tile:
-        options.latent_tile = args.latent_tile // 8
+    options = make_options(args)
     lr = torch.rand(1, 3, args.size // 4, args.size // 4, device=device)
     width = models.model.config.unet.cross_attention_dim
     context = torch.zeros(1, 77, width, device=device, dtype=dtype)  # ComfyUI's CLIP output (its own memory)
+    models.text = lambda prompts: context  # the official empty prompt's embedding, whatever the prompt
     with memory.stage("upscale"):
-        image = sr.upscale(models, lr, context, options)
+        image, options = upscale(models, lr, options, stack)
     return tuple(image.shape), options
 
 
@@ -220,7 +235,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
                         help="auto: what the precision policy picks for --gpu")
     parser.add_argument("--latent-tile", type=_tile, help="diffusion tile in output px, or auto (default: the library's)")
-    parser.add_argument("--vae-tile", type=_tile, help="VAE encode/decode tile in px, or auto (default: the library's)")
+    parser.add_argument("--vae-tile", type=_tile,
+                        help="VAE encode/decode tile in px (StableSR: the pixel tile), or auto (default: the library's)")
     parser.add_argument("--tiles", choices=("default", "auto"), default="default",
                         help="auto: every tile left to the device (what the CLI does on a GPU): the largest that "
                              "fit the simulated card's free memory")
@@ -299,9 +315,15 @@ def _tile(value: str) -> int:
 
 
 def _options_summary(options) -> str:
-    keys = ("steps", "latent_tile_px", "latent_overlap_px", "vae_encode_tile_px", "vae_decode_tile_px",
-            "latent_tile", "tile_overlap", "image_tile_px")
-    return ", ".join(f"{k}={getattr(options, k)}" for k in keys if hasattr(options, k))
+    keys = ("steps", "min_size", "latent_tile_px", "latent_overlap_px", "vae_encode_tile_px", "vae_decode_tile_px",
+            "pixel_tile_px", "pixel_overlap_px")
+    from addsr_core.stages import tile_overlap_px
+
+    values = {k: getattr(options, k) for k in keys if hasattr(options, k)}
+    values["latent_overlap_px"] = options.tiling.overlap_px  # the overlaps as used (the one overlap rule)
+    if "pixel_overlap_px" in values:
+        values["pixel_overlap_px"] = tile_overlap_px(options.pixel_tile_px, options.pixel_overlap_px)
+    return ", ".join(f"{k}={v}" for k, v in values.items())
 
 
 if __name__ == "__main__":

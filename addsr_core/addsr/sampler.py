@@ -20,7 +20,7 @@ from ..errors import OptionsError
 from ..imaging.prepare import row_strips
 from ..models.vae import sample_posterior
 from ..precision import unit_float
-from ..sampling.denoisers import CFGDenoiser
+from ..sampling.denoisers import CFGDenoiser, match_batch
 from ..sampling.noise import NoiseSource, SeededNoise
 from ..sampling.schedule import add_noise, predict_z0, scaled_linear_alphas_cumprod
 
@@ -137,10 +137,10 @@ def sample_addsr(
         raise OptionsError("guidance_scale > 1 needs negative prompt embeddings; pass negative_embeds, or set guidance_scale to 1")
 
     batch = control_image.shape[0]
-    prompt_embeds = _match_batch(prompt_embeds, batch)
-    lr_tokens = _match_batch(lr_tokens, batch)
+    prompt_embeds = match_batch(prompt_embeds, batch, "prompt_embeds")
+    lr_tokens = match_batch(lr_tokens, batch, "lr_tokens")
     if negative_embeds is not None:
-        negative_embeds = _match_batch(negative_embeds, batch)
+        negative_embeds = match_batch(negative_embeds, batch, "negative_embeds")
     if lr_latent is None:
         lr_latent = encode_lr_latent(encode, control_image, noise, sf)
     trace("lr_latent", lr_latent)
@@ -184,7 +184,3 @@ def sample_addsr(
             on_step(k, len(timesteps), pred_z0)
     trace("z0", pred_z0)
     return AddSRResult(z0=pred_z0, control_image=image, steps=steps)
-
-
-def _match_batch(embeds: torch.Tensor, batch: int) -> torch.Tensor:
-    return embeds.expand(batch, -1, -1) if embeds.shape[0] == 1 else embeds

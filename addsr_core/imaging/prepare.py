@@ -279,20 +279,20 @@ def resize_pil(images: torch.Tensor, size_hw: Sequence[int], rounding: str = "ro
 MAX_ENLARGED_AREA_VS_SQUARE = 4
 
 
-def _enlargement(h: int, w: int, scale: int, process_size: int) -> float:
-    """The factor that brings the short side to ``process_size // scale``, capped for thin images."""
-    short, side = process_size // scale, min(w, h)
-    upscaled, square = scale * scale * h * w, max(process_size * process_size, scale * scale * h * w)
+def _enlargement(h: int, w: int, scale: int, min_size: int) -> float:
+    """The factor that brings the short side to ``min_size // scale``, capped for thin images."""
+    short, side = min_size // scale, min(w, h)
+    upscaled, square = scale * scale * h * w, max(min_size * min_size, scale * scale * h * w)
     # (short/side)^2 * upscaled > LIMIT * square, in integers so the official case stays exact
     if short * short * upscaled <= MAX_ENLARGED_AREA_VS_SQUARE * square * side * side:
         return short / side  # the official float expression
     return math.sqrt(MAX_ENLARGED_AREA_VS_SQUARE * square / upscaled)
 
 
-def condition_sizes(lr_hw: Sequence[int], scale: int = 4, process_size: int = 512) -> list[tuple[int, int]]:
+def condition_sizes(lr_hw: Sequence[int], scale: int = 4, min_size: int = 512) -> list[tuple[int, int]]:
     """The (h, w) after each official resize step, ending with the condition image's size.
 
-    1. if a side is below ``process_size // scale``: short side -> that size (``int()`` truncation),
+    1. if a side is below ``min_size // scale``: short side -> that size (``int()`` truncation),
        but at most to ``MAX_ENLARGED_AREA_VS_SQUARE`` times the pixels of a square image with as
        many pixels (only images thinner than 4:1 are affected);
     2. x ``scale``;
@@ -304,9 +304,9 @@ def condition_sizes(lr_hw: Sequence[int], scale: int = 4, process_size: int = 51
     if scale < 1:
         raise OptionsError(f"scale must be >= 1, got {scale}")
     sizes = []
-    short = process_size // scale
+    short = min_size // scale
     if w < short or h < short:
-        factor = _enlargement(h, w, scale, process_size)
+        factor = _enlargement(h, w, scale, min_size)
         h, w = int(factor * h), int(factor * w)
         sizes.append((h, w))
     h, w = h * scale, w * scale
@@ -318,10 +318,10 @@ def condition_sizes(lr_hw: Sequence[int], scale: int = 4, process_size: int = 51
     return sizes
 
 
-def official_condition_pil(image: Image.Image, scale: int = 4, process_size: int = 512) -> Image.Image:
+def official_condition_pil(image: Image.Image, scale: int = 4, min_size: int = 512) -> Image.Image:
     """The official preparation on a PIL image (bit-exact): see ``condition_sizes``."""
     image = image.convert("RGB")
-    for h, w in condition_sizes((image.height, image.width), scale, process_size):
+    for h, w in condition_sizes((image.height, image.width), scale, min_size):
         image = image.resize((w, h), Image.BICUBIC)  # a same-size resize is a copy, as in PIL
     return image
 
@@ -334,7 +334,7 @@ def _check_condition_input(lr: torch.Tensor) -> None:
 
 
 def official_condition_image(
-    lr: torch.Tensor, scale: int = 4, process_size: int = 512, method: str = "pil"
+    lr: torch.Tensor, scale: int = 4, min_size: int = 512, method: str = "pil"
 ) -> torch.Tensor:
     """The ControlNet condition image from the LR: [B,3,h,w] in [0,1] -> [B,3,H,W], H and W multiples of 8.
 
@@ -342,21 +342,21 @@ def official_condition_image(
     bits); ``method="torch"`` resizes once, in float, straight to the final size.
     """
     if method == "pil":
-        return unit_float(official_condition_uint8(lr, scale, process_size))
+        return unit_float(official_condition_uint8(lr, scale, min_size))
     if method != "torch":
         raise OptionsError(f"method must be 'pil' or 'torch', got {method!r}")
     _check_condition_input(lr)
-    return resize_to(lr.float(), condition_sizes(lr.shape[-2:], scale, process_size)[-1]).clamp(0.0, 1.0)
+    return resize_to(lr.float(), condition_sizes(lr.shape[-2:], scale, min_size)[-1]).clamp(0.0, 1.0)
 
 
-def official_condition_uint8(lr: torch.Tensor, scale: int = 4, process_size: int = 512) -> torch.Tensor:
+def official_condition_uint8(lr: torch.Tensor, scale: int = 4, min_size: int = 512) -> torch.Tensor:
     """The official condition image as the 8-bit image it is: uint8 [B,3,H,W] (0-255) on ``lr``'s
     device, a quarter of the float's memory; :func:`~addsr_core.precision.unit_float` gives the float, the same bits.
     PIL runs on the host: a GPU ``lr`` is copied to it once (8 bits) and the result copied back."""
     _check_condition_input(lr)
     out = []
     for arr in to_uint8_round(lr).numpy():
-        prepared = official_condition_pil(Image.fromarray(arr, "RGB"), scale, process_size)
+        prepared = official_condition_pil(Image.fromarray(arr, "RGB"), scale, min_size)
         out.append(np.asarray(prepared))
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).to(lr.device)
 

@@ -60,6 +60,12 @@ from torch import nn
 from ..models.operations import compute_device
 from ..sampling.tiling import axis_origins, balanced_tile
 
+# The default tile of both directions, in image pixels: the official decoder tile is 1792 px; 1024 px
+# bounds each full-resolution 128-channel fp32 feature map at ~0.55 GB (1.7 GB at 1792 px), so the
+# decoder's memory stops growing with the image past one tile (docs/performance.md).
+DEFAULT_VAE_TILE_PX = 1024
+DEFAULT_VAE_OVERLAP_PX = 64
+
 # --- Whole-image context: GroupNorm statistics and attention tokens -------------------------------
 
 
@@ -625,8 +631,8 @@ def encoder_context(vae, image: torch.Tensor, max_pixel_area: Optional[int] = No
 def tiled_decode(
     vae,
     latent: torch.Tensor,
-    tile_px: int = 1792,
-    overlap_px: int = 64,
+    tile_px: int = DEFAULT_VAE_TILE_PX,
+    overlap_px: int = DEFAULT_VAE_OVERLAP_PX,
     *,
     halo_px: Optional[int] = None,
     stats_px: Optional[int] = None,
@@ -711,8 +717,8 @@ class _KeptWindow:
 def tiled_encode(
     vae,
     image: torch.Tensor,
-    tile_px: int = 1024,
-    overlap_px: int = 64,
+    tile_px: int = DEFAULT_VAE_TILE_PX,
+    overlap_px: int = DEFAULT_VAE_OVERLAP_PX,
     *,
     halo_px: Optional[int] = None,
     stats_px: Optional[int] = None,

@@ -1,4 +1,9 @@
-"""Adapters from networks to the sampler's ``denoise(z_t, t, control_image, tokens, embeds) -> eps``."""
+"""Adapters from networks to the samplers' ``denoise(z_t, t, spatial, *rest) -> model output``.
+
+Every family's denoiser takes the latent, the timestep and one SPATIAL condition (AddSR and SeeSR:
+the control image at 8x the latent; StableSR: the LR latent), then whatever stays global (RAM
+tokens, text conditioning; the text conditioning LAST, where :class:`CFGDenoiser` looks for it).
+"""
 from __future__ import annotations
 
 import torch
@@ -47,6 +52,17 @@ class CFGDenoiser:
         return out_neg + self.guidance_scale * (out_pos - out_neg)
 
 
+def match_batch(tensor: torch.Tensor, batch: int, what: str = "conditioning") -> torch.Tensor:
+    """``tensor`` [1 or batch, ...] for a batch of ``batch``: one shared row is expanded (a view),
+    one row per item is kept; any other count is refused (the one batch rule of every sampler)."""
+    rows = tensor.shape[0]
+    if rows == batch:
+        return tensor
+    if rows == 1:
+        return tensor.expand(batch, *tensor.shape[1:])
+    raise OptionsError(f"{what} has {rows} rows; give 1 (shared) or one per image ({batch})")
+
+
 def counting(denoise, on_tile=None):
     """``denoise`` calling ``on_tile()`` after each call (an untiled call is one "tile")."""
     if on_tile is None:
@@ -63,10 +79,11 @@ def counting(denoise, on_tile=None):
 class TiledDenoiser:
     """Runs any denoiser on overlapping latent tiles and stitches with Gaussian weights.
 
-    The control image is cropped to the same region at 8x; the RAM tokens stay global, as in the
-    official tiled path (which crashes as shipped; see the reference README §9.6).
-    ``square=True`` keeps the official square tile ``min(tile, h, w)`` (SeeSR); by default the
-    tile is clamped per axis.
+    The spatial condition is cropped to the same region at ``scale`` x the latent (8: the control
+    image; 1: StableSR's LR latent, so its time-aware encoder sees each tile's own crop, as the
+    official canvas sampler does); the rest (RAM tokens, text) stays global, as in the official
+    tiled paths. ``square=True`` keeps the official square tile ``min(tile, h, w)`` (SeeSR,
+    StableSR); by default the tile is clamped per axis.
     """
 
     def __init__(self, denoise, tile: int, overlap: int, scale: int = 8, on_tile=None, square: bool = False):
@@ -76,16 +93,14 @@ class TiledDenoiser:
         self.denoise, self.tile, self.overlap, self.scale, self.on_tile = denoise, tile, overlap, scale, on_tile
         self.square = square
 
-    def __call__(self, z, t, control_image, tokens, prompt_embeds):
+    def __call__(self, z, t, spatial, *rest):
         from .tiling import aggregate_tiles
 
         s = self.scale
 
         def run(y0, x0, th, tw):
-            return self.denoise(
-                z[..., y0 : y0 + th, x0 : x0 + tw], t,
-                control_image[..., s * y0 : s * (y0 + th), s * x0 : s * (x0 + tw)], tokens, prompt_embeds,
-            )
+            return self.denoise(z[..., y0 : y0 + th, x0 : x0 + tw], t,
+                                spatial[..., s * y0 : s * (y0 + th), s * x0 : s * (x0 + tw)], *rest)
 
         # A (tile, tile) pair is clamped per axis: a 64x300 latent with tile 128 takes 3 calls, not
         # the 9 square 64-tiles the official clamp would make.

@@ -1,42 +1,45 @@
-"""The whole SeeSR upscale, from the same stages as AddSR's (:mod:`.pipeline`).
+"""The SeeSR family (the protocol of :class:`addsr_core.stages.Family`): its options and its sample
+stage (the 50-step DDPM teacher of :mod:`.sampler`).
 
-SeeSR shares AddSR's networks, LR preparation, RAM tokens, VAE, decode and colour fix; only the
-sampler and its defaults differ (50 DDPM steps, CFG 5.5, 96-latent tiles). ``sample`` and
-``count_network_calls`` have the AddSR pipeline's signatures so the nodes and the CLI drive either.
+SeeSR shares AddSR's networks, LR condition, RAM tokens, VAE decode and colour fix (the ControlNet
+stages of :mod:`addsr_core.stages`); only the sampler and its defaults differ (50 DDPM steps, CFG 5.5,
+768 px tiles by the official area rule).
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 
-from .. import pipeline
-from ..pipeline import AddSRModels, DecodeOptions, LatentTiling, LRCondition, UpscaleOptions, per_image
 from ..sampling.denoisers import ControlNetDenoiser
 from ..sampling.noise import NoiseSource
-from .sampler import DEFAULT_GUIDANCE, DEFAULT_STEPS, START_POINTS, SeeSRSampling, sample_seesr, seesr_noise  # noqa: F401 (re-exported)
+from ..stages import AddSRModels, ControlNetOptions, LatentTiling, LRCondition, per_image, tile_overlap_px
+from ..stages import controlnet_condition as condition  # noqa: F401 (the family protocol: stages.Family)
+from ..stages import controlnet_decode as decode  # noqa: F401
+from ..stages import controlnet_finish as finish  # noqa: F401
+from ..stages import controlnet_resolve as resolve  # noqa: F401
 from ..text.conditioning import check_prompt_widths
+from .sampler import DEFAULT_GUIDANCE, DEFAULT_STEPS, START_POINTS, SeeSRSampling, sample_seesr, seesr_noise  # noqa: F401 (re-exported)
 
 SEESR_ADDED_PROMPT = "clean, high-resolution, 8k"  # test_seesr.py --added_prompt
-OFFICIAL_TILE, OFFICIAL_OVERLAP = 96, 4  # test_seesr.py --latent_tiled_size / --latent_tiled_overlap (latents)
-TURBO_OVERLAP = 32  # test_seesr_turbo.py
+OFFICIAL_TILE_PX, OFFICIAL_OVERLAP_PX = 96 * 8, 4 * 8  # test_seesr.py --latent_tiled_size / --latent_tiled_overlap (96, 4 latents)
+TURBO_OVERLAP_PX = 32 * 8  # test_seesr_turbo.py
 
 
 @dataclass
-class SeeSROptions(UpscaleOptions):
-    """``test_seesr.py``'s defaults. ``psr_weight`` and ``recompute_tokens`` do not apply to SeeSR.
+class SeeSROptions(ControlNetOptions):
+    """``test_seesr.py``'s defaults.
 
     ``official_tiles`` (on): tile only when the latent's AREA exceeds tile², with square tiles
-    ``min(tile, h, w)``, as the official pipeline; off: tile when a side exceeds the tile, clamped
+    ``min(tile, h, w)``, as the official pipeline; off: tile when a side exceeds the tile, balanced
     per axis (fewer calls on long, thin images).
     """
 
     steps: int = DEFAULT_STEPS
     guidance_scale: float = DEFAULT_GUIDANCE
-    latent_tile_px: int = OFFICIAL_TILE * 8
-    latent_overlap_px: int = OFFICIAL_OVERLAP * 8
+    latent_tile_px: int = OFFICIAL_TILE_PX
+    latent_overlap_px: int = OFFICIAL_OVERLAP_PX
     added_prompt: str = SEESR_ADDED_PROMPT
     conditioning_scale: float = 1.0
     start_point: str = "lr"
@@ -44,8 +47,8 @@ class SeeSROptions(UpscaleOptions):
     timestep_spacing: str = "leading"
     official_tiles: bool = True
 
-    def validate(self) -> None:
-        super().validate()
+    def check(self) -> None:
+        super().check()
         self.sampling().validate()
 
     def sampling(self, **extra) -> SeeSRSampling:
@@ -55,17 +58,20 @@ class SeeSROptions(UpscaleOptions):
 
     @property
     def tiling(self) -> LatentTiling:
-        return LatentTiling(self.latent_tile_px, self.latent_overlap_px, area_rule=self.official_tiles)
+        tile = self.latent_tile_px
+        return LatentTiling(tile, tile_overlap_px(tile, self.latent_overlap_px),
+                            rule="area" if self.official_tiles else "balanced")
 
     @classmethod
     def turbo(cls, **kwargs) -> "SeeSROptions":
-        """``test_seesr_turbo.py``: 2 trailing steps, no CFG, overlap 32 (needs the SD-Turbo UNet)."""
-        defaults = dict(steps=2, guidance_scale=1.0, timestep_spacing="trailing", latent_overlap_px=TURBO_OVERLAP * 8)
+        """``test_seesr_turbo.py``: 2 trailing steps, no CFG, overlap 32 latents (needs the SD-Turbo UNet)."""
+        defaults = dict(steps=2, guidance_scale=1.0, timestep_spacing="trailing", latent_overlap_px=TURBO_OVERLAP_PX)
         return cls(**{**defaults, **kwargs})
 
 
-def count_network_calls(sampling: SeeSRSampling, tiling: LatentTiling, latent_hw, batch: int = 1) -> int:
-    return tiling.calls_per_step(latent_hw) * len(sampling.timesteps()) * batch
+def count_network_calls(options: SeeSROptions, processing_hw, batch: int = 1) -> int:
+    h, w = processing_hw
+    return options.tiling.calls_per_step((h // 8, w // 8)) * len(options.sampling().timesteps()) * batch
 
 
 def sample(
@@ -73,18 +79,16 @@ def sample(
     cond: LRCondition,
     prompt_embeds: torch.Tensor,
     negative_embeds: Optional[torch.Tensor],
-    sampling: SeeSRSampling,
-    tiling: LatentTiling = LatentTiling(OFFICIAL_TILE * 8, OFFICIAL_OVERLAP * 8, area_rule=True),
+    options: SeeSROptions,
     *,
-    seed: int = 0,
-    psr_decode: DecodeOptions | None = None,  # SeeSR has no PSR decode; the AddSR signature
     noise: Optional[NoiseSource] = None,
     on_tile: Optional[Callable[[], None]] = None,
     on_step: Optional[Callable] = None,
     trace=None,
 ) -> torch.Tensor:
-    """Run SeeSR's sampler; returns the scaled latent (like :func:`addsr_core.addsr.pipeline.sample`),
-    one image of a batch at a time, each from ``seed``."""
+    """Run SeeSR's sampler; returns the scaled latent, one image of a batch at a time, each from
+    ``options.seed``."""
+    sampling, tiling = options.sampling(), options.tiling
     sampling.validate()
     tiling.validate()
     # The AddSR sampler's check, before any work; the negative only matters when CFG uses it.
@@ -104,17 +108,10 @@ def sample(
                 negative_embeds=negative,
                 moments=one.moments,
                 options=sampling,
-                noise=noise or seesr_noise(seed),
+                noise=noise or seesr_noise(options.seed),
                 scaling_factor=models.vae.scaling_factor,
                 trace=trace,
                 on_step=on_step,
             ))
     return torch.cat(z0)
 
-
-def upscale(models: AddSRModels, lr: torch.Tensor, options: SeeSROptions | None = None, *, on_tile=None,
-            on_step=None) -> torch.Tensor:
-    """[B,3,h,w] RGB in [0,1] -> [B,3,h*scale,w*scale] in [0,1], SeeSR's way (the AddSR stages
-    with this sampler)."""
-    return pipeline.upscale(models, lr, options or SeeSROptions(), method=sys.modules[__name__],
-                            on_tile=on_tile, on_step=on_step)

@@ -26,7 +26,7 @@ import torch
 from ..errors import OptionsError
 from ..models.vae import sample_posterior
 from ..sampling.ddpm import SPACINGS, SD2_STEPS_OFFSET, ddpm_schedule, sample_ddpm
-from ..sampling.denoisers import CFGDenoiser
+from ..sampling.denoisers import CFGDenoiser, match_batch
 from ..sampling.noise import NoiseSource, SeededNoise
 from ..sampling.schedule import add_noise
 
@@ -133,8 +133,8 @@ def sample_seesr(
     if options.start_point == "lr" and moments is None:
         raise OptionsError("start_point 'lr' needs the VAE moments of the control image; pass moments, or use start_point 'noise'")
     batch, device = control_image.shape[0], control_image.device
-    prompt_embeds, lr_tokens = _match_batch(prompt_embeds, batch), _match_batch(lr_tokens, batch)
-    negative_embeds = _match_batch(negative_embeds, batch) if negative_embeds is not None else None
+    prompt_embeds, lr_tokens = match_batch(prompt_embeds, batch, "prompt_embeds"), match_batch(lr_tokens, batch, "lr_tokens")
+    negative_embeds = match_batch(negative_embeds, batch, "negative_embeds") if negative_embeds is not None else None
 
     latent_hw = (control_image.shape[-2] // 8, control_image.shape[-1] // 8)
     initial = noise.draw("initial_latents", (batch, 4, *latent_hw), device=device, dtype=torch.float32)
@@ -158,7 +158,3 @@ def sample_seesr(
     z = sample_ddpm(model, z, options.schedule(), noise=noise, start_step=options.start_steps, callback=after)
     trace("z0", z)
     return z
-
-
-def _match_batch(embeds: torch.Tensor, batch: int) -> torch.Tensor:
-    return embeds.expand(batch, *embeds.shape[1:]) if embeds.shape[0] == 1 and batch > 1 else embeds

@@ -18,9 +18,8 @@ from .sampling import (
     respaced_schedule,
     sample_stablesr,
     space_timesteps,
-    native_input_size,
+    native_size,
     native_latent_tile,
-    tiled_denoiser,
 )
 from .spade import SPADE, attach_spade
 
@@ -28,7 +27,7 @@ __all__ = [
     "DEFAULT_FIDELITY", "CFWAutoencoder", "CFWDecoder", "FuseSFTBlock", "CheckpointError", "load_lightning_checkpoint",
     "read_checkpoint", "TimeAwareEncoder", "TimeAwareEncoderConfig", "guess_prediction_type", "load_cfw_vae",
     "load_stablesr", "split_stablesr_state_dict", "base_unet_from_state_dict", "infer_stablesr_config", "StableSRConfig", "StableSRModel", "sd2_unet_config",
-    "StableSRDenoiser", "StableSRSampling", "respaced_schedule", "sample_stablesr", "space_timesteps", "tiled_denoiser",
-    "native_input_size", "native_latent_tile",
+    "StableSRDenoiser", "StableSRSampling", "respaced_schedule", "sample_stablesr", "space_timesteps",
+    "native_size", "native_latent_tile",
     "SPADE", "attach_spade",
 ]

@@ -15,48 +15,48 @@ Official recipe (``sr_val_ddpm_text_T_vqganfin_oldcanvas*.py`` + ``LatentDiffusi
   an option, off by default).
 
 ``denoise(z_t, t, lr_latent, context) -> model output`` is the UNet + encoder (optionally tiled
-with :func:`tiled_denoiser`, which re-runs the encoder on each tile's LR crop, as the official
-canvas sampler does).
+with :class:`~addsr_core.sampling.denoisers.TiledDenoiser` at scale 1, which re-runs the encoder on
+each tile's LR crop, as the official canvas sampler does; ``LatentTiling(rule="square")``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 import torch
 
 from ..errors import OptionsError
-from ..sampling.denoisers import CFGDenoiser
+from ..sampling.denoisers import CFGDenoiser, match_batch
 from ..sampling.noise import NoiseSource, SeededNoise
+from ..sampling.schedule import NUM_TRAIN_TIMESTEPS, SD2_BETA_END, SD2_BETA_START
 from .model import PREDICTION_TYPES
 
-NUM_TRAIN_TIMESTEPS = 1000
-LINEAR_START, LINEAR_END = 0.00085, 0.0120
 DEFAULT_STEPS = 200
 TURBO_STEPS = 4
 START_MODES = ("lr_noised", "noise")
 # The image size each release was trained at (official --input_size); the latent tile is 1/8 of it.
-NATIVE_INPUT_SIZE = {"epsilon": 512, "v_prediction": 768}  # 512 + Turbo: eps; 768-v: v
+NATIVE_SIZE = {"epsilon": 512, "v_prediction": 768}  # 512 + Turbo: eps; 768-v: v
 
 
-def native_input_size(prediction_type: str) -> int:
+def native_size(prediction_type: str) -> int:
     """512 for the 512 and Turbo models (epsilon), 768 for the 768-v model (v-prediction)."""
-    if prediction_type not in NATIVE_INPUT_SIZE:
-        raise OptionsError(f"prediction_type must be one of {tuple(NATIVE_INPUT_SIZE)}, got {prediction_type!r}")
-    return NATIVE_INPUT_SIZE[prediction_type]
+    if prediction_type not in NATIVE_SIZE:
+        raise OptionsError(f"prediction_type must be one of {tuple(NATIVE_SIZE)}, got {prediction_type!r}")
+    return NATIVE_SIZE[prediction_type]
 
 
 def native_latent_tile(prediction_type: str) -> int:
     """The official latent tile: 64 (512 and Turbo models) or 96 (768-v model)."""
-    return native_input_size(prediction_type) // 8
+    return native_size(prediction_type) // 8
 
 Denoise = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 Trace = Callable[[str, torch.Tensor], None]
 
 
-def ldm_alphas_cumprod(num_steps: int = NUM_TRAIN_TIMESTEPS, start: float = LINEAR_START, end: float = LINEAR_END) -> np.ndarray:
-    """float64 cumprod of the LDM "linear" schedule (linear in sqrt(beta))."""
+def ldm_alphas_cumprod(num_steps: int = NUM_TRAIN_TIMESTEPS, start: float = SD2_BETA_START, end: float = SD2_BETA_END) -> np.ndarray:
+    """float64 cumprod of the LDM "linear" schedule (linear in sqrt(beta)): SD 2's schedule, kept in
+    float64 as the official ``register_schedule`` builds it."""
     betas = torch.linspace(start**0.5, end**0.5, num_steps, dtype=torch.float64).numpy() ** 2
     return np.cumprod(1.0 - betas)
 
@@ -174,8 +174,8 @@ def sample_stablesr(
         raise OptionsError("guidance_scale > 1 needs negative_context (the negative prompt's embedding); pass it, or set guidance_scale to 1")
     lr_latent = lr_latent.float()
     batch, device = lr_latent.shape[0], lr_latent.device
-    context = _match_batch(context, batch)
-    negative_context = _match_batch(negative_context, batch) if negative_context is not None else None
+    context = match_batch(context, batch, "context")
+    negative_context = match_batch(negative_context, batch, "negative_context") if negative_context is not None else None
 
     eps = noise.draw("initial_noise", lr_latent.shape, device=device, dtype=torch.float32)
     z = eps if options.start == "noise" else schedule.start_signal * lr_latent + schedule.start_noise * eps
@@ -204,8 +204,6 @@ def sample_stablesr(
     return z
 
 
-def _match_batch(embeds: torch.Tensor, batch: int) -> torch.Tensor:
-    return embeds.expand(batch, *embeds.shape[1:]) if embeds.shape[0] == 1 and batch > 1 else embeds
 
 
 class StableSRDenoiser:
@@ -217,29 +215,3 @@ class StableSRDenoiser:
     def __call__(self, z, t, lr_latent, context):
         dtype = self.model.dtype
         return self.model(z.to(dtype), t, lr_latent.to(dtype), context.to(dtype))
-
-
-def tiled_denoiser(denoise: Denoise, tile, overlap, on_tile: Optional[Callable[[], None]] = None) -> Denoise:
-    """Run ``denoise`` on overlapping latent tiles (latent and LR latent cropped alike, so the
-    time-aware encoder sees each tile's own LR crop) and stitch with the official Gaussian weights.
-
-    Official: ``tile = input_size / 8`` (64 for the 512 and Turbo models, 96 for 768-v) and
-    ``overlap = --tile_overlap`` (32 latent pixels by default). An int tile is square and clamped
-    to the latent's shorter side (the official canvas pads the image to at least one tile
-    instead); ``(tile_h, tile_w)`` is clamped per axis. See :func:`~addsr_core.sampling.tiling.aggregate_tiles`.
-    """
-    from ..sampling.tiling import aggregate_tiles
-
-    tiles = (tile, tile) if isinstance(tile, int) else tuple(tile)
-    overlaps = (overlap, overlap) if isinstance(overlap, int) else tuple(overlap)
-    if any(t <= o for t, o in zip(tiles, overlaps)):
-        raise OptionsError(f"latent tile ({tile}) must be larger than the overlap ({overlap}); lower the overlap or raise the tile")
-
-    def run(z, t, lr_latent, context):
-        def one(y0, x0, th, tw):
-            crop = (..., slice(y0, y0 + th), slice(x0, x0 + tw))
-            return denoise(z[crop], t, lr_latent[crop], context)
-
-        return aggregate_tiles(one, z.shape[-2:], tile, overlap, on_tile=on_tile)
-
-    return run

@@ -351,15 +351,15 @@ def validation_files(source: str, count: int) -> list[Path]:
 
 def run_validation(trainer: Trainer, out_dir: Path) -> list[Path]:
     from ..imaging.prepare import load_image
-    from ..pipeline import AddSRModels, UpscaleOptions, upscale
+    from ..pipeline import AddSRModels, AddSROptions, upscale
 
     t, c = trainer.cfg.train, trainer.c
     files = validation_files(t.validation_images, t.validation_count)
     out_dir.mkdir(parents=True, exist_ok=True)
     models = AddSRModels(c.student.unet, c.student.controlnet, c.vae, c.ram, None, c.text)
-    options = UpscaleOptions(
+    options = AddSROptions(
         steps=t.validation_sampler_steps, use_tags=False, seed=0, scale=trainer.cfg.data.degradation.scale,
-        process_size=trainer.cfg.data.resolution,  # small LRs are brought up to the training crop size
+        min_size=trainer.cfg.data.resolution,  # small LRs are brought up to the training crop size
     )
     saved = []
     was_training = c.student.training

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from addsr_core.pipeline import DEFAULT_LATENT_TILE_PX, DEFAULT_VAE_TILE_PX
+from addsr_core.memory import AUTO
 
 from .builder import start
 from .files import FILES_NOTE
@@ -12,18 +12,19 @@ from .modular import NEGATIVE_PROMPT, load_nodes, modular, place_loaders
 
 def addsr_basic_4x() -> dict:
     return modular(
-        "addsr_basic_4x", steps=4, vae_tile=DEFAULT_VAE_TILE_PX, decode_tile=DEFAULT_VAE_TILE_PX,
+        "addsr_basic_4x", steps=4, vae_tile=AUTO, decode_tile=AUTO,
         about="## AddSR basic 4x\n\nThe official setting: **4 steps**, PSR weight **0.4**, no CFG, RAM tags + "
               "quality words as the prompt, **adain** colour fix against the input.\n\n"
               "Load your low-resolution photo in *Low-resolution image*. Inputs whose upscaled short side is "
-              "below 512 px are first enlarged (official `process_size`). Images larger than one tile "
-              "(1024 px) are tiled automatically.",
+              "below 512 px are first enlarged (`min_size`, the official `process_size`). The tile sizes are "
+              "0, auto: on a GPU the largest that fit its free memory, on a CPU 1024 px; larger images are "
+              "tiled.",
     )
 
 
 def addsr_fast_1step() -> dict:
     return modular(
-        "addsr_fast_1step", steps=1, vae_tile=DEFAULT_VAE_TILE_PX, decode_tile=DEFAULT_VAE_TILE_PX,
+        "addsr_fast_1step", steps=1, vae_tile=AUTO, decode_tile=AUTO,
         about="## AddSR fast (1 step)\n\nThe same graph as the basic workflow with **1 step** instead of 4: "
               "about 4x faster sampling, a little less generated detail. PSR weight has no effect with one "
               "step (there is no next step to refine).",
@@ -48,8 +49,8 @@ def addsr_all_in_one() -> dict:
     files = b.note(FILES_NOTE, title="Model files")
     loaded = load_nodes(b)
     upscale = b.add("AddSRUpscale", prompt="", seed=0, steps=4, scale=4, psr_weight=0.4, color_fix="adain",
-                    tile_size=DEFAULT_LATENT_TILE_PX, use_tags=True, cfg=0.0, negative_prompt=NEGATIVE_PROMPT,
-                    min_size=512, vae_tile_size=DEFAULT_VAE_TILE_PX)
+                    tile_size=AUTO, use_tags=True, cfg=0.0, negative_prompt=NEGATIVE_PROMPT,
+                    min_size=512, vae_tile_size=AUTO)
     nearest = b.add("ImageScaleBy", title="Input, 4x nearest (for comparison)", upscale_method="nearest-exact",
                     scale_by=4.0)
     save = b.add("SaveImage", filename_prefix=f"AddSR/{name}")

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from addsr_core.pipeline import DEFAULT_LATENT_OVERLAP_PX, DEFAULT_LATENT_TILE_PX
+from addsr_core.memory import AUTO
+from addsr_core.stages import DEFAULT_LATENT_OVERLAP_PX, DEFAULT_VAE_OVERLAP_PX
 from addsr_core.text.prompt import DEFAULT_ADDED_PROMPT, DEFAULT_NEGATIVE_PROMPT
 
 from .builder import Layout, WorkflowBuilder, start
@@ -103,7 +104,7 @@ class Method:
     files_note: str = FILES_NOTE
 
 
-def addsr_method(*, steps: int = 4, tile: int = DEFAULT_LATENT_TILE_PX, overlap: int = DEFAULT_LATENT_OVERLAP_PX) -> Method:
+def addsr_method(*, steps: int = 4, tile: int = AUTO, overlap: int = DEFAULT_LATENT_OVERLAP_PX) -> Method:
     return Method("AddSRSampler", dict(seed=0, steps=steps, psr_weight=0.4, cfg=0.0, tile_size=tile,
                                        tile_overlap=overlap, recompute_tokens=True))
 
@@ -127,7 +128,7 @@ def decode_and_finish(b: WorkflowBuilder, loaded: Loaded, sampler_node: int, enc
                       titles: tuple = (None, None)) -> tuple[int, int]:
     """Tiled VAE Decode of the sampler's latent, then AddSR Finish (adain colour fix against the
     upscaled LR, exact size, alpha) with the Encode LR bundle: the all-in-one node's last stages."""
-    decode = b.add("AddSRTiledVAEDecode", title=titles[0], tile_size=decode_tile, overlap=64)
+    decode = b.add("AddSRTiledVAEDecode", title=titles[0], tile_size=decode_tile, overlap=DEFAULT_VAE_OVERLAP_PX)
     finish = b.add("AddSRFinish", title=titles[1], color_fix="adain")
     b.connect(sampler_node, "latent", decode, "samples")
     b.connect(loaded.checkpoint, "VAE", decode, "vae")
@@ -136,7 +137,7 @@ def decode_and_finish(b: WorkflowBuilder, loaded: Loaded, sampler_node: int, enc
     return decode, finish
 
 
-def modular(name: str, *, steps: int = 4, sampler_tile: int = DEFAULT_LATENT_TILE_PX,
+def modular(name: str, *, steps: int = 4, sampler_tile: int = AUTO,
             sampler_overlap: int = DEFAULT_LATENT_OVERLAP_PX, vae_tile: int,
             decode_tile: int, about: str, method: Method | None = None) -> dict:
     """LoadImage -> tags -> prompt -> Encode LR -> Sampler -> Tiled Decode -> Finish -> Save."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from addsr_core.memory import AUTO
 from addsr_core.seesr import pipeline as seesr
 
 from .builder import start
@@ -28,11 +29,12 @@ DAPE_ROLE = "SeeSR's degradation-aware RAM LoRA, which AddSR uses too"
 
 
 def seesr_method() -> Method:
-    """test_seesr.py's setting: 50 DDPM steps, CFG 5.5 with the negative, 96/4-latent tiles, from the LR."""
-    values = dict(seed=0, steps=seesr.DEFAULT_STEPS, cfg=seesr.DEFAULT_GUIDANCE, tile_size=seesr.OFFICIAL_TILE,
-                  tile_overlap=seesr.OFFICIAL_OVERLAP, start_point="lr", official_tiles=True)
+    """test_seesr.py's setting: 50 DDPM steps, CFG 5.5 with the negative, 768 px tiles overlapping by 32 px
+    (96 and 4 latents), from the LR."""
+    values = dict(seed=0, steps=seesr.DEFAULT_STEPS, cfg=seesr.DEFAULT_GUIDANCE, tile_size=seesr.OFFICIAL_TILE_PX,
+                  tile_overlap=seesr.OFFICIAL_OVERLAP_PX, start_point="lr", official_tiles=True)
     return Method(
-        "SeeSRSampler", values, release=SEESR_RELEASE, family="seesr", added_prompt=seesr.SEESR_ADDED_PROMPT,
+        "SeeSRSamplerV2", values, release=SEESR_RELEASE, family="seesr", added_prompt=seesr.SEESR_ADDED_PROMPT,
         negative_title="Negative prompt (official; cfg 5.5 uses it)", model_title="SeeSR weights (family seesr)",
         section="SeeSR (50 steps, cfg 5.5)", files_note=files_note((SEESR_RELEASE,), DAPE_ROLE),
     )
@@ -40,10 +42,10 @@ def seesr_method() -> Method:
 
 def seesr_quality_50() -> dict:
     return modular(
-        "seesr_quality_50", vae_tile=1024, decode_tile=1024, method=seesr_method(),
+        "seesr_quality_50", vae_tile=AUTO, decode_tile=AUTO, method=seesr_method(),
         about="## SeeSR 4x, 50 steps (quality)\n\nThe official SeeSR run (`test_seesr.py`): **50 DDPM steps** "
               "from the LR latent noised to t=999, **CFG 5.5** with the negative prompt, RAM tags + "
-              "'clean, high-resolution, 8k' as the prompt, 96-latent (768 px) tiles with 4 overlap, **adain** "
+              "'clean, high-resolution, 8k' as the prompt, 768 px tiles overlapping by 32 px (96 and 4 latents), **adain** "
               "colour fix.\n\nSlow: 100 network calls per tile (50 steps, CFG doubles each) against AddSR's 4. "
               "*AddSR Load Model* has family **seesr**; the SeeSR Sampler warns when given AddSR weights.",
     )
@@ -57,12 +59,12 @@ def addsr_vs_seesr() -> dict:
     loaded = load_nodes(b, model_title="AddSR weights")
     seesr_model = model_loader(b, SEESR_RELEASE, "seesr", "SeeSR weights (family seesr)")
     prompts = prompt_nodes(b, loaded, negative_title="Negative prompt (SeeSR's cfg 5.5 uses it)")
-    encode = encode_lr(b, loaded, 1024)
+    encode = encode_lr(b, loaded, AUTO)
     addsr = sampler(b, addsr_method(), loaded.addsr, encode, prompts, loaded, title="AddSR Sampler (4 steps)")
     seesr_sampler = sampler(b, seesr_method(), seesr_model, encode, prompts, loaded, title="SeeSR Sampler (50 steps)")
-    addsr_decode, addsr_fix = decode_and_finish(b, loaded, addsr, encode, 1024,
+    addsr_decode, addsr_fix = decode_and_finish(b, loaded, addsr, encode, AUTO,
                                                 titles=("AddSR: Tiled VAE Decode", "AddSR: Finish"))
-    seesr_decode, seesr_fix = decode_and_finish(b, loaded, seesr_sampler, encode, 1024,
+    seesr_decode, seesr_fix = decode_and_finish(b, loaded, seesr_sampler, encode, AUTO,
                                                 titles=("SeeSR: Tiled VAE Decode", "SeeSR: Finish"))
     # Two Save Image nodes, not one over a Batch Images: ComfyUI 0.33 marks ImageBatch deprecated.
     addsr_save = b.add("SaveImage", title="AddSR, 4 steps", filename_prefix=f"AddSR/{name}_addsr")

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from typing import Callable
 
+from addsr_core.memory import AUTO
+from addsr_core.stablesr.pipeline import OFFICIAL_OVERLAP_PX, OFFICIAL_PIXEL_OVERLAP_PX
+
 from .builder import start
 from .files import CFW, INPUT_IMAGE, SD2_CHECKPOINT, SD_TURBO, STABLESR_512, STABLESR_TURBO, model_entry, stablesr_files_note
 
@@ -21,22 +24,23 @@ def stablesr(name: str, *, turbo: bool) -> dict:
     b.nodes[checkpoint - 1]["properties"]["models"] = [model_entry(base, "checkpoints")]
 
     positive = b.add("CLIPTextEncode", title="Prompt (official: empty)", text="")
-    sampler = b.add("StableSRSampler", seed=0, steps=4 if turbo else 200, scale=4.0, tile_size=0, tile_overlap=32,
-                    cfg=1.0, start="lr_noised", min_size=0)
-    decode = b.add("StableSRCFWDecode", fidelity=0.5, color_fix="adain", tile_size=1280, tile_overlap=280)
+    sampler = b.add("StableSRSamplerV2", seed=0, steps=4 if turbo else 200, scale=4.0, procedure="official",
+                    tile_size=AUTO, tile_overlap=OFFICIAL_OVERLAP_PX, pixel_tile_size=AUTO,
+                    pixel_tile_overlap=OFFICIAL_PIXEL_OVERLAP_PX, cfg=1.0, start_point="lr", min_size=0)
+    decode = b.add("StableSRCFWDecodeV2", fidelity=0.5, color_fix="adain")
     save = b.add("SaveImage", filename_prefix=f"StableSR/{name}")
     nearest = b.add("ImageScaleBy", title="Input, 4x nearest (for comparison)", upscale_method="nearest-exact", scale_by=4.0)
     preview = b.add("PreviewImage", title="Preview: input 4x nearest")
     if turbo:
         about_text = ("## StableSR-Turbo 4x\n\nStableSR trained on **SD-Turbo**: **4 steps** (DDPM respaced to "
-                      "999/666/333/0) from the LR latent noised to t=999; the time-aware encoder re-runs on every "
-                      "64-latent (512 px) tile. CFW decode with **fidelity 0.5**, then the **adain** colour fix.\n\n"
+                      "999/666/333/0) from the LR latent noised to t=999, each 1280 px pixel tile on its own (the "
+                      "official procedure); the time-aware encoder re-runs on every 512 px diffusion tile. CFW decode with **fidelity 0.5**, then the **adain** colour fix.\n\n"
                       "SD-Turbo's MODEL feeds *base_model*: with `stablesr_turbo.ckpt` it is the same UNet; with a "
                       "webui SR module it is required.")
     else:
         about_text = ("## StableSR 4x, 200 steps (quality)\n\nThe official StableSR run: **200 DDPM steps** "
-                      "(respaced from 1000) from the LR latent noised to t=999, 64-latent (512 px) tiles with 32 "
-                      "overlap, empty prompt, CFW **fidelity 0.5**, **adain** colour fix. Slow: about 50x the "
+                      "(respaced from 1000) from the LR latent noised to t=999, each 1280 px pixel tile on its own, "
+                      "512 px diffusion tiles overlapping by 256 px, empty prompt, CFW **fidelity 0.5**, **adain** colour fix. Slow: about 50x the "
                       "Turbo workflow.\n\nFidelity: lower for more generated detail, higher to stay closer to the "
                       "input.")
     about = b.note(about_text, title="About this workflow")
