@@ -263,3 +263,65 @@ def test_upscale_and_sampler_nodes_use_one_overlap_rule(loaded, monkeypatch, til
     # at most half the tile, a multiple of 8 (a latent pixel), so a tile always steps forward
     assert (tile_overlap_px(128, 64), tile_overlap_px(96, 64), tile_overlap_px(1024, 700), tile_overlap_px(100, 64)) == \
         (64, 48, 512, 48)
+
+
+def test_auto_tiles_of_the_nodes_follow_comfyuis_free_memory(loaded, monkeypatch):
+    """Tile widgets at 0 (auto): the library's GPU choice (memory.gpu_tiles) from what ComfyUI reports free;
+    where it reports nothing (a CPU) the measured defaults. Explicit tiles are kept."""
+    import nodes.upscale as upscale_mod
+    from addsr_core.addsr import pipeline as addsr
+    from addsr_core.memory import gpu_tiles
+    from addsr_core.stages import DEFAULT_LATENT_TILE_PX, DEFAULT_VAE_TILE_PX
+
+    model, ram, vae, clip = loaded
+    GiB = 2**30
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def capture(*args, **kwargs):
+        options = next(a for a in args if isinstance(a, addsr.AddSROptions))
+        seen.append((options.latent_tile_px, options.vae_encode_tile_px, options.vae_decode_tile_px))
+        raise Stop
+
+    monkeypatch.setattr(upscale_mod, "upscale", capture)
+    monkeypatch.setattr(addsr, "sample", capture)
+    image = lr_image(h=96, w=128)  # 4x: 384 x 512 px
+    chosen = {}
+    for free in (None, 2 * GiB, 80 * GiB):
+        monkeypatch.setattr(nodes.comfy_bridge, "free_memory", lambda device, free=free: free)
+        seen.clear()
+        with pytest.raises(Stop):
+            nodes.AddSRUpscale().upscale(image, model, ram, vae, clip, min_size=64)
+        (cond,) = nodes.AddSREncodeLR().encode(image, vae, ram, min_size=64)
+        with pytest.raises(Stop):
+            nodes.AddSRSampler().sample(model, cond, clip.conditioning("x"), clip.conditioning("y"))
+        if free is None:
+            expected = (DEFAULT_LATENT_TILE_PX, DEFAULT_VAE_TILE_PX, DEFAULT_VAE_TILE_PX)
+        else:
+            tiles = gpu_tiles(free, torch.float32, 384 * 512, max_latent_tile_px=DEFAULT_LATENT_TILE_PX)
+            expected = (tiles.latent_tile_px, tiles.vae_encode_tile_px, tiles.vae_decode_tile_px)
+        upscale_tiles, sampler_tiles = seen
+        assert upscale_tiles == expected, free
+        # Encode LR keeps the widget's 0; the sampler picks its refinement decodes' tile where it runs
+        assert cond.vae_tile_px == 0 and (sampler_tiles[0], sampler_tiles[2]) == (expected[0], expected[2]), free
+        chosen[free] = expected
+    assert len(set(chosen.values())) == 3  # at 384 x 512 px the three memories give three sets of VAE tiles
+    seen.clear()
+    with pytest.raises(Stop):  # explicit widgets are kept whatever the memory
+        nodes.AddSRUpscale().upscale(image, model, ram, vae, clip, min_size=64, tile_size=512, vae_tile_size=256)
+    assert seen == [(512, 256, 256)]
+
+
+def test_free_memory_asks_comfyuis_model_management_on_cuda_only(monkeypatch):
+    from types import SimpleNamespace
+
+    from nodes import comfy_bridge
+
+    asked = []
+    mm = SimpleNamespace(get_free_memory=lambda device: asked.append(device) or 5 * 2**30)
+    monkeypatch.setattr(comfy_bridge, "_model_management", lambda: mm)
+    assert comfy_bridge.free_memory(torch.device("cuda", 0)) == 5 * 2**30 and asked == [torch.device("cuda", 0)]
+    assert comfy_bridge.free_memory(torch.device("cpu")) is None and len(asked) == 1
