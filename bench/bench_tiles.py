@@ -105,8 +105,8 @@ def vae_table(models, tiles, dtype, repeats: int) -> list[dict]:
     the decoder's also trimmed as ``tiled_decode`` runs it, and the same size run whole (an image
     that fits, untiled). Seconds per megapixel are per CORE pixel for a tile (what a large image
     pays), per pixel for the whole run."""
-    from addsr_core.imaging.tiled_vae import (Span, _KeptWindow, decoder_receptive_px, decoder_trim_margins,
-                                              encoder_receptive_px)
+    from addsr_core.imaging.tiled_vae import Span, decoder_receptive_px, decoder_trim_margins, encoder_receptive_px
+    from addsr_core.imaging.tiled_vae.codec import _KeptWindow
 
     vae, g = models.vae, torch.Generator().manual_seed(1)
     margins = decoder_trim_margins(vae)

@@ -77,12 +77,12 @@ def test_default_statistics_pass_is_a_quarter_of_the_image_and_at_most_a_tile(va
     """The default pass: a quarter of the input's area, at most what one tile computes at full
     resolution (a trimmed decoder tile: its core; an untrimmed one or an encoder tile: core and
     halo); an input no larger than that cap runs whole, even when wider than a tile."""
-    from addsr_core.imaging import tiled_vae
+    from addsr_core.imaging.tiled_vae import codec
 
     areas = []
     for name in ("decoder_context", "encoder_context"):
-        real = getattr(tiled_vae, name)
-        monkeypatch.setattr(tiled_vae, name, lambda vae, x, area, _real=real: areas.append(area) or _real(vae, x, area))
+        real = getattr(codec, name)
+        monkeypatch.setattr(codec, name, lambda vae, x, area, _real=real: areas.append(area) or _real(vae, x, area))
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():  # a 32 px halo (4 latents) keeps the untrimmed and encoder cases small
         for hw, trim, want in [((24, 32), True, 24 * 32 // 4), ((40, 40), True, 16 * 16),
@@ -307,7 +307,7 @@ def test_float32_output_is_the_blend_itself_and_the_weights_sum_per_axis(vae, sm
     from); the blend's weights are normalised by per-axis sums, equal to the full weight plane."""
     import copy
 
-    from addsr_core.imaging.tiled_vae import _feather_sum
+    from addsr_core.imaging.tiled_vae.geometry import _feather_sum
 
     _, _, latent, _ = smooth
     low = copy.deepcopy(vae).to(torch.bfloat16)

@@ -123,7 +123,7 @@ def _real_lr(fake_lr: torch.Tensor) -> torch.Tensor:
 
 def run_addsr_family(args, run: "fc.FakeRun", precision, device, stack: ExitStack):
     import addsr_core.imaging.prepare as prepare
-    import addsr_core.imaging.tiled_vae as tiled_vae
+    import addsr_core.imaging.tiled_vae.codec as tiled_vae_codec
     import addsr_core.stages as stages
     from addsr_core.addsr import pipeline as addsr_family
     from addsr_core.pipeline import family_of
@@ -150,9 +150,9 @@ def run_addsr_family(args, run: "fc.FakeRun", precision, device, stack: ExitStac
         patch(addsr_family, "vae_decode", "psr_decode", dtype=dtype)
     patch(stages, "decode", "final_decode", dtype=dtype)
     patch(family, "finish", "finish")
-    patch(tiled_vae, "decoder_context", "  vae decode: statistics pass")
-    patch(tiled_vae, "encoder_context", "  vae encode: statistics pass")
-    patch(tiled_vae, "_run_tiles", "  vae: tiles + blend")
+    patch(tiled_vae_codec, "decoder_context", "  vae decode: statistics pass")
+    patch(tiled_vae_codec, "encoder_context", "  vae encode: statistics pass")
+    patch(tiled_vae_codec, "_run_tiles", "  vae: tiles + blend")
 
     lr = torch.rand(1, 3, args.size // 4, args.size // 4, device=device)  # the CLI's loaded.rgb.to(device)
     with memory.stage("upscale"):
