@@ -260,6 +260,23 @@ def test_a_workflow_saved_before_the_compile_input_still_loads(installed, ours):
     assert loaded.widgets_values[str(loader["id"])] == loader["widgets_values"] + ["off"]
 
 
+OLD_NODE_FILES = sorted((REPO / "tests" / "fixtures" / "workflows_before_v2").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", OLD_NODE_FILES, ids=[p.name for p in OLD_NODE_FILES])
+def test_a_workflow_saved_with_the_latent_pixel_nodes_still_loads(path, installed, ours):
+    """A file saved before the SeeSR/StableSR tiles became output pixels: its nodes (now deprecated) load
+    with their values where they were, nothing red, nothing missing (test_workflows.py runs it)."""
+    workflow = read_workflow(path)
+    deprecated = {"SeeSRSampler", "StableSRSampler", "StableSRCFWDecode"}
+    assert deprecated & {n["type"] for n in workflow["nodes"]}
+    loaded = installed.load(workflow, f"before_v2_{path.name}")
+    assert installed_problems(workflow, loaded, ours) == []
+    for node in workflow["nodes"]:
+        if node["type"] in deprecated:
+            assert loaded.widgets_values[str(node["id"])] == node["widgets_values"], node["type"]
+
+
 def _first_with_widgets(workflow: dict, ours: set[str]) -> dict:
     return next(n for n in workflow["nodes"] if n["type"] in ours and n.get("widgets_values"))
 
