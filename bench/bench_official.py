@@ -232,6 +232,12 @@ SD2_VAE_DIFFUSERS = {
     "sample_size": 512, "scaling_factor": 0.18215,
 }
 LR_SIDE, SEED = 128, 1241
+# Our side takes the official route to 8 bits (the decode rounded to 8 bits, the colour fix on that,
+# truncated), not our default float route. With random weights the decode is nearly flat (its values
+# span ~10 of the 256 levels) and adain stretches it to the LR's spread, ~30x: the two routes'
+# half-level rounding difference becomes up to 44 levels (mean 18) on the same decode. The cost of
+# either route is a few milliseconds at 512².
+COMPARED_ROUNDING = "official"
 
 
 def bench_precision(dtype: str):
@@ -300,9 +306,12 @@ def global_rng_draws(seed: int, shape, steps: int) -> dict:
     return draws
 
 
-def ours_upscale(kit: Path, out_png: Path, steps: int, dtype: str = "auto", compile_mode: str = "off") -> dict:
+def ours_upscale(kit: Path, out_png: Path, steps: int, dtype: str = "auto", compile_mode: str = "off",
+                 decoded_latents: list | None = None) -> dict:
     """Our pipeline on the kit: load (files to networks), compute (LR file to PNG) and stages, with the
-    official run's prompt embeddings and random draws."""
+    official run's prompt embeddings and random draws, and the official 8-bit route to the PNG
+    (``rounding="official"``: see COMPARED_ROUNDING). ``decoded_latents`` receives each VAE decode's
+    input, as :func:`official_addsr.official_upscale` records the official run's."""
     from safetensors.torch import load_file
 
     import addsr_core.stages as stages
@@ -329,7 +338,7 @@ def ours_upscale(kit: Path, out_png: Path, steps: int, dtype: str = "auto", comp
     load_s = time.perf_counter() - t0
     inputs = load_file(str(kit / "inputs.safetensors"))
     draws = {"initial_latents": inputs["initial_latents"], **global_rng_draws(SEED, inputs["initial_latents"].shape, steps)}
-    options = AddSROptions(steps=steps, use_tags=False, seed=SEED)
+    options = AddSROptions(steps=steps, use_tags=False, seed=SEED, rounding=COMPARED_ROUNDING)
     clock = StageClock()
     # The stages of pipeline.upscale in its order, on the official run's prompt embeddings and draws
     # (the official pipeline's clock counts every vae.decode: its decodes between steps and the last).
@@ -342,8 +351,9 @@ def ours_upscale(kit: Path, out_png: Path, steps: int, dtype: str = "auto", comp
         models.ram.represent = clock.wrap("ram", models.ram.represent)
         unet.forward = clock.wrap("unet", unet.forward)
         controlnet.forward = clock.wrap("controlnet", controlnet.forward)
-        stages.vae_decode = clock.wrap("vae_decode", stages.vae_decode)  # the final decode
-        addsr_family.vae_decode = clock.wrap("vae_decode", addsr_family.vae_decode)  # the decodes between steps
+        record = (lambda fn: fn) if decoded_latents is None else (lambda fn: recording(fn, decoded_latents))
+        stages.vae_decode = clock.wrap("vae_decode", record(stages.vae_decode))  # the final decode
+        addsr_family.vae_decode = clock.wrap("vae_decode", record(addsr_family.vae_decode))  # the decodes between steps
         cond = family.condition(models, lr, options)
         z0 = family.sample(models, cond, inputs["prompt_embeds"], None, options, noise=ReplayNoise(draws))
         image = family.finish(family.decode(models, z0, cond, options), cond, options)
@@ -353,21 +363,36 @@ def ours_upscale(kit: Path, out_png: Path, steps: int, dtype: str = "auto", comp
             "stages_s": {k: round(v, 2) for k, v in clock.seconds.items()}}
 
 
+def recording(decode_fn, latents: list):
+    """``pipeline.vae_decode`` that first keeps a copy of its latent (outside the stage's clock)."""
+
+    def decode(vae, latent, *args, **kwargs):
+        latents.append(latent.detach().float().clone())
+        return decode_fn(vae, latent, *args, **kwargs)
+
+    return decode
+
+
 def run_one(side: str, kit: Path, steps: int, out_png: Path, dtype: str, compile_mode: str) -> dict:
     """One whole upscale in this process (``--run``)."""
     import resource
 
     from safetensors.torch import load_file
 
+    from safetensors.torch import save_file
+
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    latents: list = []
     if side == "official":
         from official_addsr import official_upscale
 
         inputs = load_file(str(kit / "inputs.safetensors"))
         draws = {"initial_latents": inputs["initial_latents"], "global_seed": SEED}
-        result = official_upscale(kit, kit / "lr.png", out_png, steps, draws, inputs["prompt_embeds"], load_kit_ram(kit))
+        result = official_upscale(kit, kit / "lr.png", out_png, steps, draws, inputs["prompt_embeds"], load_kit_ram(kit),
+                                  decoded_latents=latents)
     else:
-        result = ours_upscale(kit, out_png, steps, dtype, compile_mode)
+        result = ours_upscale(kit, out_png, steps, dtype, compile_mode, decoded_latents=latents)
+    save_file({f"decode{i}": z.float().contiguous() for i, z in enumerate(latents)}, str(latents_file(out_png)))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return {"side": side, "steps": steps, "torch": torch.__version__, **result, "peak_rss_gib": round(peak, 2)}
 
@@ -384,13 +409,31 @@ def run_in_process(python: str, side: str, kit: Path, steps: int, out_png: Path,
     return json.loads(lines[-1])
 
 
+def latents_file(png: Path) -> Path:
+    return png.with_suffix(".latents.safetensors")
+
+
 def png_diff(a: Path, b: Path) -> dict:
+    """How far two PNGs are apart, in 8-bit levels: max, mean, and the share of values more than 2
+    levels apart (with random weights, see COMPARED_ROUNDING, a decode that lands on the other side
+    of an 8-bit rounding boundary is stretched to tens of levels: a few values, not the image)."""
     import numpy as np
     from PIL import Image
 
     x, y = (np.asarray(Image.open(p).convert("RGB"), dtype=np.int16) for p in (a, b))
     d = np.abs(x - y)
-    return {"max_levels": int(d.max()), "mean_levels": round(float(d.mean()), 3)}
+    return {"max_levels": int(d.max()), "mean_levels": round(float(d.mean()), 4),
+            "over_2_levels": int((d > 2).sum()), "values": int(d.size)}
+
+
+def latent_diff(a: Path, b: Path) -> dict:
+    """Each VAE decode's input (PSR steps, then the final latent) of two runs: ‖a − b‖ / ‖b‖."""
+    from safetensors.torch import load_file
+
+    x, y = load_file(str(latents_file(a))), load_file(str(latents_file(b)))
+    if sorted(x) != sorted(y):
+        return {"decodes": [len(x), len(y)], "error": "the runs decoded a different number of latents"}
+    return {k: f"{float((x[k] - y[k]).norm() / y[k].norm()):.2e}" for k in sorted(x)}
 
 
 def whole_upscale(kit: Path, steps_list=(4, 1), reps: int = 2, dtype: str = "auto", ours_python: str | None = None,
@@ -412,7 +455,9 @@ def whole_upscale(kit: Path, steps_list=(4, 1), reps: int = 2, dtype: str = "aut
         row = {"steps": steps, "dtype": dtype, "reps": reps,
                "official_compute_s": spread([r["compute_s"] for r in runs["official"]]),
                "ours_compute_s": spread([r["compute_s"] for r in runs["ours"]]),
-               "ours_over_official": spread(ratios), "png_diff": png_diff(kit / f"official_{steps}.png", kit / f"ours_{steps}.png")}
+               "ours_over_official": spread(ratios),
+               "decoded_latents_rel_diff": latent_diff(kit / f"ours_{steps}.png", kit / f"official_{steps}.png"),
+               "png_diff": png_diff(kit / f"official_{steps}.png", kit / f"ours_{steps}.png")}
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows

@@ -166,12 +166,15 @@ class _RAMAdapter:
         return self.ram(normalised)
 
 
-def official_upscale(kit: Path, lr_png: Path, out_png: Path, steps: int, draws: dict, prompt_embeds, ram) -> dict:
+def official_upscale(kit: Path, lr_png: Path, out_png: Path, steps: int, draws: dict, prompt_embeds, ram,
+                     decoded_latents: list | None = None) -> dict:
     """test_addsr.py on one LR file, timed: load (files to networks), compute (LR file to PNG) and stages.
 
     ``draws``: initial_latents (passed as ``latents``) and ``global_seed`` (torch's global RNG, which
     the official code draws the posterior sample and the re-noising from). ``ram``: our RAM network,
-    which stands in for the official one (whose constructor downloads bert-base-uncased)."""
+    which stands in for the official one (whose constructor downloads bert-base-uncased).
+    ``decoded_latents``: a list that receives each VAE decode's input (the PSR steps' unscaled
+    pred_z0, then the final latent), to compare a run against ours step by step."""
     import time
 
     from PIL import Image
@@ -204,6 +207,8 @@ def official_upscale(kit: Path, lr_png: Path, out_png: Path, steps: int, draws: 
         fn = getattr(obj, attr)
 
         def timed(*args, **kwargs):
+            if stage == "vae_decode" and decoded_latents is not None:
+                decoded_latents.append(args[0].detach().clone())
             start = time.perf_counter()
             out = fn(*args, **kwargs)
             stages[stage] = stages.get(stage, 0.0) + time.perf_counter() - start
