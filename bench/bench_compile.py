@@ -37,6 +37,13 @@ from addsr_core.models import SD2_UNET, ControlNetModel, UNet2DConditionModel  #
 from addsr_core.precision import apply_precision, resolve_precision  # noqa: E402
 
 
+def flat(out) -> torch.Tensor:
+    """Every tensor of a network's output in one (the ControlNet's residuals and features; the eps)."""
+    if isinstance(out, torch.Tensor):
+        return out.flatten()
+    return torch.cat([flat(o) for o in out])
+
+
 def one_mode(network: str, side: int, mode: str, dtype: str, reps: int) -> dict:
     from addsr_core.compiling import compile_network
 
@@ -59,13 +66,12 @@ def one_mode(network: str, side: int, mode: str, dtype: str, reps: int) -> dict:
             def run(call):
                 return call(x["z"], 999, x["ctx"], x["tokens"], down, mid)
 
-        first = lambda out: out[0] if isinstance(out, tuple) else out  # noqa: E731
         t = time.perf_counter()
-        eager_out = first(run(net.forward)).float()
+        eager_out = flat(run(net.forward)).float()
         eager_first = time.perf_counter() - t
         compile_network(net, mode)
         t = time.perf_counter()
-        compiled_out = first(run(net)).float()
+        compiled_out = flat(run(net)).float()
         compiled_first = time.perf_counter() - t
         times = {"eager": [], "compiled": []}
         calls = {"eager": net.forward, "compiled": net}
