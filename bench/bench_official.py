@@ -102,9 +102,19 @@ def official_call(controlnet, unet, x, t=999):
     return eps, t1 - t0, time.perf_counter() - t1
 
 
-def percall(sides=(64, 128), dtypes=("fp32", "bf16"), reps: int = 3) -> list[dict]:
+def profile_table(run, rows: int = 15) -> str:
+    """Self CPU time per operator over one call of ``run``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
+def percall(sides=(64, 128), dtypes=("fp32", "bf16"), reps: int = 3, profile: bool = False) -> list[dict]:
     """Steady ControlNet + UNet calls, ours and diffusers' (the official classes) on the SAME parameter
-    tensors and inputs, alternating (ABBA), after one untimed call each."""
+    tensors and inputs, alternating (ABBA), after one untimed call each. ``profile``: then one call of
+    each side under torch.profiler, its per-operator table printed."""
     from official_addsr import official_twin
 
     results = []
@@ -136,6 +146,11 @@ def percall(sides=(64, 128), dtypes=("fp32", "bf16"), reps: int = 3) -> list[dic
                    "ours_over_diffusers": ratio, "eps_rel_diff": f"{rel:.2e}"}
             print(json.dumps(row), flush=True)
             sides_out.append(row)
+            if profile:
+                with torch.no_grad():
+                    for k, run in runs.items():
+                        print(f"{k}, {precision.name}, latent {side}: self CPU time per operator, one call")
+                        print(profile_table(run), flush=True)
         results += sides_out
         del controlnet, unet, twins
     return results
@@ -469,6 +484,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sides", type=int, nargs="+", default=[64, 128], help="latent sides for --percall")
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], help="precisions for --percall")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="--percall: then each side's per-operator profile")
     parser.add_argument("--pipeline", action="store_true")
     parser.add_argument("--flops", action="store_true")
     parser.add_argument("--kit", type=Path, default=Path(os.environ.get("ADDSR_BENCH_KIT", "/tmp/addsr-bench-kit")),
@@ -488,7 +504,7 @@ def main(argv=None) -> int:
     print(json.dumps(report), flush=True)
     everything = not (args.percall or args.flops or args.pipeline)
     if args.percall or everything:
-        report["percall"] = percall(tuple(args.sides), tuple(args.dtypes), args.reps)
+        report["percall"] = percall(tuple(args.sides), tuple(args.dtypes), args.reps, args.profile)
     if args.flops or everything:
         report["flops"] = network_rates(args.sides[0], tuple(args.dtypes), max(1, args.reps - 1))
     if args.pipeline or everything:

@@ -88,6 +88,42 @@ def test_vae_channels_last_makes_only_the_vae_nhwc(tiny_kit):
     assert models.unet.conv_in.weight.is_contiguous() and models.controlnet.conv_in.weight.is_contiguous()
 
 
+def _layouts(*tensors):
+    return ["nhwc" if t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous() else "nchw"
+            for t in tensors]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_networks_run_in_their_weights_layout_whatever_their_inputs_layout(tiny_kit, channels_last):
+    """An NHWC latent (a channels_last VAE's encode) into an NCHW UNet would make every conv reorder its
+    weight at every call: the networks take their inputs in their own layout, so the outputs are the same
+    bits in the weights' layout either way."""
+    from addsr_core.stablesr.tiny import tiny_stablesr
+
+    models = load_tiny_models(tiny_kit)
+    stablesr = tiny_stablesr()
+    for network in (models.unet, models.controlnet, stablesr):
+        apply_precision(network, Precision(torch.float32, channels_last=channels_last))
+    g = torch.Generator().manual_seed(5)
+    z, image = torch.randn(1, 4, 8, 8, generator=g), torch.rand(1, 3, 64, 64, generator=g)
+    sr_z, sr_context = torch.randn(1, 4, 32, 32, generator=g), torch.randn(1, 77, 16, generator=g)
+    embeds = torch.randn(1, 77, models.unet.config.cross_attention_dim, generator=g)
+    tokens = models.ram.represent(image)
+    t = torch.tensor([999])
+    expected = "nhwc" if channels_last else "nchw"
+    outputs = []
+    with torch.no_grad():
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            zf, imagef = z.contiguous(memory_format=fmt), image.contiguous(memory_format=fmt)
+            down, mid, _, _ = models.controlnet(zf, t, embeds, imagef, 1.0, image_encoder_hidden_states=tokens)
+            eps = models.unet(zf, t, embeds, tokens, down, mid)
+            sr_zf = sr_z.contiguous(memory_format=fmt)
+            sr_eps = stablesr(sr_zf, t, sr_zf, sr_context)
+            assert _layouts(*down, mid, eps, sr_eps) == [expected] * (len(down) + 3)
+            outputs.append([*down, mid, eps, sr_eps])
+    assert all(torch.equal(a, b) for a, b in zip(*outputs))
+
+
 @pytest.fixture(scope="module")
 def tiny_kit(tmp_path_factory):
     return write_tiny_kit(tmp_path_factory.mktemp("precision"))

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import UNetConfig
-from .layers import TimestepEmbedding
+from .layers import TimestepEmbedding, in_weight_layout
 from .operations import resolve_operations
 from .unet_blocks import MidBlock, build_down_blocks
 
@@ -102,8 +102,10 @@ class ControlNetModel(nn.Module):
             timestep, sample.shape[0], sample.device, sample.dtype, cfg.flip_sin_to_cos, cfg.freq_shift
         )
 
-        cond_embedding, features = self.controlnet_cond_embedding(controlnet_cond.to(sample.dtype))
-        h = self.conv_in(sample) + cond_embedding
+        cond_embedding, features = self.controlnet_cond_embedding(
+            in_weight_layout(controlnet_cond.to(sample.dtype), self.controlnet_cond_embedding.conv_in)
+        )
+        h = self.conv_in(in_weight_layout(sample, self.conv_in)) + cond_embedding
         states = [h]
         for block in self.down_blocks:
             h, block_states = block(h, temb, encoder_hidden_states, image_encoder_hidden_states)

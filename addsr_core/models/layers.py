@@ -12,6 +12,20 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def in_weight_layout(x: torch.Tensor, conv: nn.Module) -> torch.Tensor:
+    """``x`` in the memory format of ``conv``'s weight (no copy when it already is).
+
+    A conv whose input and weight layouts differ runs in the input's layout and reorders its weight
+    at every call, and its output carries that layout on through the network: an NHWC latent from a
+    channels_last VAE would make every conv of an NCHW UNet reorder its weight.
+    """
+    weight = getattr(conv, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 4 or x.dim() != 4:
+        return x
+    nhwc = weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    return x.contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
+
+
 def timestep_embedding(timesteps: torch.Tensor, dim: int, flip_sin_to_cos: bool = True, freq_shift: float = 0.0) -> torch.Tensor:
     """Sinusoidal embedding of (possibly fractional) timesteps, [B] -> [B, dim] in float32."""
     half = dim // 2

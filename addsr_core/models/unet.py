@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import UNetConfig
-from .layers import TimestepEmbedding
+from .layers import TimestepEmbedding, in_weight_layout
 from .operations import resolve_operations
 from .unet_blocks import MidBlock, build_down_blocks, build_up_blocks
 
@@ -60,7 +60,7 @@ class UNet2DConditionModel(nn.Module):
         temb = self.time_embed(timestep, sample.shape[0], sample.device, sample.dtype)
         ctx, img_ctx = encoder_hidden_states, image_encoder_hidden_states
 
-        h = self.conv_in(sample)
+        h = self.conv_in(in_weight_layout(sample, self.conv_in))
         skips = [h]
         for block in self.down_blocks:
             h, states = block(h, temb, ctx, img_ctx, struct_cond)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
-from ..models.layers import broadcast_timesteps, timestep_embedding
+from ..models.layers import broadcast_timesteps, in_weight_layout, timestep_embedding
 from ..models.operations import resolve_operations
 from .spade import group_norm32
 
@@ -135,7 +135,7 @@ class TimeAwareEncoder(nn.Module):
         t = broadcast_timesteps(timestep, lr_latent.shape[0], lr_latent.device)
         emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(self.dtype))
         taps = []
-        h = lr_latent.to(self.dtype)
+        h = in_weight_layout(lr_latent.to(self.dtype), self.input_blocks[0][0])
         for block in self.input_blocks:
             if isinstance(block[0], Downsample):
                 taps.append(h)
