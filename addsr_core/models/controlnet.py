@@ -112,6 +112,8 @@ class ControlNetModel(nn.Module):
             states.extend(block_states)
         h = self.mid_block(h, temb, encoder_hidden_states, image_encoder_hidden_states)
 
-        down = [conv(s) * conditioning_scale for conv, s in zip(self.controlnet_down_blocks, states)]
-        mid = self.controlnet_mid_block(h) * conditioning_scale
+        down = [conv(s) for conv, s in zip(self.controlnet_down_blocks, states)]
+        mid = self.controlnet_mid_block(h)
+        if conditioning_scale != 1:  # x * 1.0 is x: the official default skips 13 full-size passes
+            down, mid = [d * conditioning_scale for d in down], mid * conditioning_scale
         return ControlNetOutput(down, mid, cond_embedding, features)
