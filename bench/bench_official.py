@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench"), str(REPO / "tools")]
 
 from bench_pipeline import random_full_size  # noqa: E402
+from cpu_isa import ISAS, apply_isa, isa_in_effect  # noqa: E402
 from addsr_core.models import SD2_UNET, ControlNetModel, UNet2DConditionModel  # noqa: E402
 from addsr_core.precision import apply_precision, fast_low_precision, resolve_precision  # noqa: E402
 
@@ -57,7 +58,7 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": model, "threads": torch.get_num_threads(), "torch": torch.__version__}
+    return {"cpu": model, "threads": torch.get_num_threads(), "torch": torch.__version__, "isa": isa_in_effect()}
 
 
 def spread(values) -> dict:
@@ -494,9 +495,12 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", default="off", help="our compile mode in --pipeline (off, inductor, freezing)")
     parser.add_argument("--pipeline-reps", type=int, default=2)
     parser.add_argument("--ours-python", default=None)
+    parser.add_argument("--isa", choices=ISAS, default="native",
+                        help="avx2: both sides' kernels capped at AVX2, as on a CPU whose fast path is fp32 (bench/cpu_isa.py)")
     parser.add_argument("--run", choices=["official", "ours"], help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    apply_isa(args.isa)  # the runs of --pipeline inherit the caps
     if args.run:
         print(json.dumps(run_one(args.run, args.kit, args.steps[0], args.out, args.dtype, args.compile)))
         return 0
