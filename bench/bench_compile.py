@@ -32,7 +32,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 
 from bench_official import loadavg, machine, network_inputs, spread  # noqa: E402
 from bench_pipeline import random_full_size  # noqa: E402
-from cpu_isa import ISAS, apply_isa, isa_in_effect  # noqa: E402
+from cpu_isa import ISAS, apply_isa  # noqa: E402
 from addsr_core.models import SD2_UNET, ControlNetModel, UNet2DConditionModel  # noqa: E402
 from addsr_core.precision import apply_precision, resolve_precision  # noqa: E402
 
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     if args.one:
         print(json.dumps(one_mode(args.network, args.side, args.one, args.dtype, args.reps)), flush=True)
         return 0
-    print(json.dumps({"machine": machine(), "isa": isa_in_effect(), "load_before": loadavg()}), flush=True)
+    print(json.dumps({"machine": machine(), "load_before": loadavg()}), flush=True)
     for mode in args.modes:
         env = dict(os.environ)
         if not args.warm_cache:
