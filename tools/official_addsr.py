@@ -145,7 +145,8 @@ def import_pipeline(one_step: bool = False):
 
 
 class _NoTextEncoder(torch.nn.Module):
-    """The pipeline reads only the text encoder's dtype when it is given ``prompt_embeds``."""
+    """The pipeline reads only the text encoder's dtype (and, as any module of the pipeline, its device)
+    when it is given ``prompt_embeds``."""
 
     def __init__(self):
         super().__init__()
@@ -154,6 +155,13 @@ class _NoTextEncoder(torch.nn.Module):
     @property
     def dtype(self):
         return torch.float32
+
+    @property
+    def device(self):
+        # diffusers' pipeline.device asks the first of its modules (a set: the order follows the
+        # string hash seed); a module without .device there raised AttributeError inside the
+        # _execution_device property, reported as "no attribute '_execution_device'" in some runs
+        return self.anchor.device
 
 
 class _RAMAdapter:
