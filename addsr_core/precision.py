@@ -11,7 +11,11 @@ natively there). On a CPU that stays fp32, ``auto`` still makes the VAE NHWC: me
 AVX2-only EPYC (``bench/bench_vae_layout.py``, full-size, 768 px), decode 43.5 s / 3226 B per
 pixel against 51.3 s / 3914 B contiguous (0.85x time, 0.82x memory), encode 20.3 s / 2576 B
 against 27.2 s / 3090 B (0.75x, 0.83x). The UNet and ControlNet were within noise, so they stay
-contiguous. What stays fp32 regardless: the scheduler arithmetic and the
+contiguous. There ``auto`` also computes the VAE decoder's nearest-2x-then-3x3-conv upsampling on the
+small grid (``vae_subpixel``, :mod:`addsr_core.models.subpixel`: the same function, 4/9 of that conv's
+work, fp32-rounding-level differences; a decode 0.90x the time capped at AVX2, 0.92x with AVX-512; in
+bf16 on AMX it was 1.12x, so not there); an explicit dtype keeps the official op order. What
+stays fp32 regardless: the scheduler arithmetic and the
 latent between steps (the denoisers return float32), the colour fix, and the reductions inside GroupNorm and softmax,
 which PyTorch accumulates in fp32 for bf16/fp16 inputs.
 """
@@ -35,11 +39,12 @@ class Precision:
     dtype: torch.dtype
     channels_last: bool  # every network's convs NHWC
     vae_channels_last: bool = False  # the VAE's convs NHWC (implied by channels_last)
+    vae_subpixel: bool = False  # the VAE decoder's upsampling convs on the small grid (models/subpixel.py)
 
     @property
     def name(self) -> str:
         layout = "+channels_last" if self.channels_last else "+vae_channels_last" if self.vae_channels_last else ""
-        return next(k for k, v in DTYPES.items() if v == self.dtype) + layout
+        return next(k for k, v in DTYPES.items() if v == self.dtype) + layout + ("+vae_subpixel" if self.vae_subpixel else "")
 
     def nhwc(self, module: nn.Module) -> bool:
         """Whether ``module``'s convs run NHWC under this precision."""
@@ -82,10 +87,11 @@ def fast_low_precision(device: torch.device) -> torch.dtype | None:
 
 
 def auto_precision(device: torch.device) -> Precision:
+    cpu = torch.device(device).type == "cpu"
     dtype = fast_low_precision(device)
     if dtype is not None:
         return Precision(dtype, channels_last=True)
-    return Precision(torch.float32, channels_last=False, vae_channels_last=torch.device(device).type == "cpu")
+    return Precision(torch.float32, channels_last=False, vae_channels_last=cpu, vae_subpixel=cpu)
 
 
 def resolve_precision(choice: str, device: torch.device) -> Precision:
@@ -105,9 +111,17 @@ def host_layout(dtype: torch.dtype, device: torch.device) -> Precision:
 
 
 def apply_layout(module: nn.Module, precision: Precision) -> nn.Module:
-    """Make ``module``'s convs NHWC where ``precision.nhwc(module)``; the dtype stays as it is."""
+    """Make ``module``'s convs NHWC where ``precision.nhwc(module)``, and a VAE's upsampling
+    sub-pixel where ``precision.vae_subpixel``; the dtype stays as it is."""
+    from .models.layers import Upsample2D
+    from .models.vae import AutoencoderKL
+
     if precision.nhwc(module):
         module.to(memory_format=torch.channels_last)
+    if isinstance(module, AutoencoderKL):
+        for layer in module.modules():
+            if isinstance(layer, Upsample2D):
+                layer.subpixel = precision.vae_subpixel
     return module
 
 

@@ -258,11 +258,11 @@ COMPARED_ROUNDING = "official"
 
 def bench_precision(dtype: str):
     """``resolve_precision``, plus ``auto-fp32cpu``: what ``auto`` picks on a CPU without fast bf16
-    (fp32, the VAE NHWC), to measure that case on any CPU."""
+    (fp32, the VAE NHWC and sub-pixel), to measure that case on any CPU."""
     from addsr_core.precision import Precision
 
     if dtype == "auto-fp32cpu":
-        return Precision(torch.float32, channels_last=False, vae_channels_last=True)
+        return Precision(torch.float32, channels_last=False, vae_channels_last=True, vae_subpixel=True)
     return resolve_precision(dtype, torch.device("cpu"))
 
 

@@ -35,14 +35,16 @@ def cpu_with(monkeypatch):
 @pytest.mark.parametrize("flag", ["amx_bf16", "avx512_bf16"])
 def test_auto_is_bf16_channels_last_on_cpus_with_native_bf16(cpu_with, flag):
     cpu_with("avx2", flag)
-    assert auto_precision(torch.device("cpu")) == Precision(torch.bfloat16, channels_last=True)
+    assert auto_precision(torch.device("cpu")) == Precision(torch.bfloat16, channels_last=True)  # no sub-pixel: slower in bf16
 
 
 def test_auto_is_fp32_where_bf16_would_be_emulated(cpu_with):
     cpu_with("avx", "avx2", "fma")  # e.g. an AVX2-only AMD EPYC: bf16 matmuls ~180x slower than fp32
     # fp32, with only the VAE NHWC (faster and lighter there in fp32 too: measured, docs/performance.md)
-    assert auto_precision(torch.device("cpu")) == Precision(torch.float32, channels_last=False, vae_channels_last=True)
-    assert auto_precision(torch.device("cpu")).name == "fp32+vae_channels_last"
+    # and the decoder's upsampling sub-pixel (4/9 of its work, rounding-level difference)
+    assert auto_precision(torch.device("cpu")) == Precision(torch.float32, channels_last=False, vae_channels_last=True,
+                                                            vae_subpixel=True)
+    assert auto_precision(torch.device("cpu")).name == "fp32+vae_channels_last+vae_subpixel"
     cpu_with("avx512_bf16", mkldnn_bf16=False)  # the flag alone is not enough: oneDNN must use it
     assert auto_precision(torch.device("cpu")).dtype == torch.float32
 
@@ -154,6 +156,25 @@ def test_channels_last_alone_changes_nothing_beyond_reduction_order(tiny_kit):
     assert (nhwc - reference).abs().max() <= 1e-5
     vae_nhwc = _upscale(tiny_kit, Precision(torch.float32, channels_last=False, vae_channels_last=True))
     assert (vae_nhwc - reference).abs().max() <= 1e-5 and vae_nhwc.is_contiguous()
+
+
+def test_the_vae_subpixel_option_changes_nothing_beyond_rounding(tiny_kit):
+    reference = _upscale(tiny_kit, Precision(torch.float32, channels_last=False))
+    auto_fp32 = _upscale(tiny_kit, Precision(torch.float32, channels_last=False, vae_channels_last=True, vae_subpixel=True))
+    assert not torch.equal(auto_fp32, reference)  # the sub-pixel decode really ran
+    assert (auto_fp32 - reference).abs().max() <= 1e-5
+
+
+def test_only_the_vae_upsamples_subpixel(tiny_kit):
+    from addsr_core.models.layers import Upsample2D
+
+    models = load_tiny_models(tiny_kit)
+    for network in (models.unet, models.vae):
+        apply_precision(network, Precision(torch.float32, channels_last=False, vae_subpixel=True))
+    flags = lambda net: {m.subpixel for m in net.modules() if isinstance(m, Upsample2D)}  # noqa: E731
+    assert flags(models.vae) == {True} and flags(models.unet) == {False}
+    apply_precision(models.vae, resolve_precision("fp32", torch.device("cpu")))  # an explicit fp32: the reference path
+    assert flags(models.vae) == {False}
 
 
 def _relative(low: torch.Tensor, ref: torch.Tensor) -> float:

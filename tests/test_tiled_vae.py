@@ -283,6 +283,25 @@ def test_a_channels_last_vae_tiles_to_the_same_pixels(vae, smooth):
     assert (got[0] - decoded).abs().max() < 2e-5 and (got[1] - moments).abs().max() < 2e-5
 
 
+def test_a_subpixel_decoder_tiles_to_the_same_pixels(vae, smooth):
+    """``auto`` on a CPU: NHWC and the upsampling on the small grid (models/subpixel.py). It reaches the
+    same pixels as the upsampled conv, so the halos, the trimming and the context keep their meaning."""
+    import copy
+
+    from addsr_core.precision import Precision, apply_layout
+
+    _, _, latent, decoded = smooth
+    net = apply_layout(copy.deepcopy(vae), Precision(torch.float32, channels_last=False, vae_channels_last=True,
+                                                     vae_subpixel=True))
+    with torch.no_grad():
+        untiled = net.decode(latent)
+        tiled = tiled_decode(net, latent, 128, 32, context=decoder_context(net, latent))
+        full_halo = tiled_decode(net, latent, 128, 32, context=decoder_context(net, latent), trim=False)
+    assert not torch.equal(untiled, decoded)  # the sub-pixel path ran
+    assert (untiled - decoded).abs().max() < 2e-5
+    assert (tiled - untiled).abs().max() < 2e-5 and (full_halo - tiled).abs().max() < 1e-5
+
+
 def test_a_bf16_nhwc_vae_tiles_within_its_own_rounding(vae, smooth):
     """bf16 + NHWC, the policy's low precision: the tiles' float32 statistics (recorded by the native
     norm kernel, applied as an inference batch norm) and the flash attention over recorded keys

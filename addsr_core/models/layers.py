@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .subpixel import upsample_conv as subpixel_upsample_conv
+
 
 def in_weight_layout(x: torch.Tensor, conv: nn.Module) -> torch.Tensor:
     """``x`` in the memory format of ``conv``'s weight (no copy when it already is).
@@ -119,11 +121,19 @@ class Downsample2D(nn.Module):
 
 
 class Upsample2D(nn.Module):
+    """2x nearest upsampling and a 3x3 conv. ``subpixel`` (set by the precision policy,
+    :func:`addsr_core.precision.apply_layout`) computes a plain 2x on the small grid instead
+    (:mod:`.subpixel`: 4/9 of the work, other rounding)."""
+
+    subpixel = False
+
     def __init__(self, channels: int, operations=nn):
         super().__init__()
         self.conv = operations.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x, size=None):
+        if self.subpixel and size is None and type(self.conv) is nn.Conv2d:  # a host's layer class casts per call
+            return subpixel_upsample_conv(x, self.conv.weight, self.conv.bias)
         # Upsampling to the skip's size (not a blind 2x) keeps odd latent sizes working.
         if size is None:
             x = F.interpolate(x, scale_factor=2.0, mode="nearest")
