@@ -7,7 +7,7 @@ same for columns. So the four phases are one 2x2 conv of ``x`` padded by one, wi
 channels, interleaved: 16 taps where the upsampled conv does 36 per 2x2 output pixels, 4/9 of its
 work. The sums of kernel taps round differently from summing the products (fp32: ~1e-6 relative
 per layer), so this is a speed option of the precision policy, not the reference path
-(``addsr_core.precision``: ``auto`` on a CPU). Measured in docs/performance.md.
+(``addsr_core.precision``: ``auto`` on a CPU that stays fp32). Measured in docs/performance.md.
 """
 from __future__ import annotations
 
