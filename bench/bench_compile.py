@@ -30,18 +30,11 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
-from bench_official import loadavg, machine, network_inputs, spread  # noqa: E402
+from bench_official import flat, loadavg, machine, network_inputs, spread  # noqa: E402
 from bench_pipeline import random_full_size  # noqa: E402
 from cpu_isa import ISAS, apply_isa  # noqa: E402
 from addsr_core.models import SD2_UNET, ControlNetModel, UNet2DConditionModel  # noqa: E402
 from addsr_core.precision import apply_precision, resolve_precision  # noqa: E402
-
-
-def flat(out) -> torch.Tensor:
-    """Every tensor of a network's output in one (the ControlNet's residuals and features; the eps)."""
-    if isinstance(out, torch.Tensor):
-        return out.flatten()
-    return torch.cat([flat(o) for o in out])
 
 
 def one_mode(network: str, side: int, mode: str, dtype: str, reps: int) -> dict:
@@ -67,11 +60,11 @@ def one_mode(network: str, side: int, mode: str, dtype: str, reps: int) -> dict:
                 return call(x["z"], 999, x["ctx"], x["tokens"], down, mid)
 
         t = time.perf_counter()
-        eager_out = flat(run(net.forward)).float()
+        eager_out = flat(run(net.forward))
         eager_first = time.perf_counter() - t
         compile_network(net, mode)
         t = time.perf_counter()
-        compiled_out = flat(run(net)).float()
+        compiled_out = flat(run(net))
         compiled_first = time.perf_counter() - t
         times = {"eager": [], "compiled": []}
         calls = {"eager": net.forward, "compiled": net}

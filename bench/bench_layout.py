@@ -28,9 +28,9 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
-from bench_official import loadavg, machine, network_inputs, spread  # noqa: E402
+from bench_official import flat, loadavg, machine, network_inputs, spread  # noqa: E402
 from bench_pipeline import random_full_size  # noqa: E402
-from cpu_isa import ISAS, apply_isa, isa_in_effect  # noqa: E402
+from cpu_isa import ISAS, apply_isa  # noqa: E402
 from addsr_core.models import SD2_UNET, SD2_VAE, AutoencoderKL, ControlNetModel, UNet2DConditionModel  # noqa: E402
 from addsr_core.models.layers import Upsample2D  # noqa: E402
 from addsr_core.precision import resolve_precision  # noqa: E402
@@ -55,13 +55,6 @@ def calls(name: str, side: int, generator: torch.Generator, dtype: torch.dtype =
         return vae, lambda: vae.decode(x["z"])
     image = x["cond"] * 2 - 1
     return vae, lambda: vae.encode_moments(image)
-
-
-def flat(out) -> torch.Tensor:
-    """Every tensor of a network's output (the ControlNet's residuals: a tuple of lists), as one vector."""
-    if isinstance(out, torch.Tensor):
-        return out.float().flatten()
-    return torch.cat([flat(o) for o in out if o is not None and not isinstance(o, (int, float))])
 
 
 VARIANTS = {  # name: (memory format, sub-pixel upsampling)
@@ -123,7 +116,7 @@ def main(argv=None) -> int:
     parser.add_argument("--isa", choices=ISAS, default="native")
     args = parser.parse_args(argv)
     apply_isa(args.isa)
-    print(json.dumps({"machine": machine(), "isa": isa_in_effect(), "load_before": loadavg()}), flush=True)
+    print(json.dumps({"machine": machine(), "load_before": loadavg()}), flush=True)
     for name in args.networks:
         compare(name, args.side, args.reps, tuple(args.variants), args.dtype)
     print(json.dumps({"load_after": loadavg()}), flush=True)

@@ -66,6 +66,13 @@ def spread(values) -> dict:
     return {"median": round(statistics.median(values), 3), "min": round(values[0], 3), "max": round(values[-1], 3)}
 
 
+def flat(out) -> torch.Tensor:
+    """Every tensor of a network's output (the ControlNet's residuals: a tuple of lists), as one float32 vector."""
+    if isinstance(out, torch.Tensor):
+        return out.float().flatten()
+    return torch.cat([flat(o) for o in out if o is not None and not isinstance(o, (int, float))])
+
+
 def network_inputs(side: int, dtype: torch.dtype, seed: int = 3) -> dict:
     g = torch.Generator().manual_seed(seed)
     return {

@@ -24,10 +24,8 @@ def phase_weights(weight: torch.Tensor) -> torch.Tensor:
 
     The taps are summed in float32 (a bf16/fp16 weight is rounded once, as the weight itself was)."""
     w = weight.float()
-    kernels = []
-    for a, b in _PHASES:
-        rows = torch.stack([w[:, :, list(taps)].sum(2) for taps in _TAPS[a]], 2)  # [O, I, 2, 3]
-        kernels.append(torch.stack([rows[..., list(taps)].sum(-1) for taps in _TAPS[b]], -1))  # [O, I, 2, 2]
+    rows = [torch.stack([w[:, :, list(taps)].sum(2) for taps in row_taps], 2) for row_taps in _TAPS]  # [O, I, 2, 3] per a
+    kernels = [torch.stack([rows[a][..., list(taps)].sum(-1) for taps in _TAPS[b]], -1) for a, b in _PHASES]  # [O, I, 2, 2]
     return torch.cat(kernels).to(weight.dtype)
 
 
